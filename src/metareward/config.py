@@ -1,0 +1,322 @@
+"""The run configuration: typed, validated, YAML in, resolved YAML out.
+
+Every field has a default taken from the paper where the paper gives one (spec §2–§4), and a comment
+that says where it comes from. A YAML file only needs what differs from the defaults. Loading checks
+types, ranges and unknown keys, and every error names the file and the field path, e.g.
+``configs/x.yaml: iterations[1].rho: must be in [0, 1], got 1.5``, before any model is loaded.
+
+Two switches change the method itself:
+* ``mode: meta-rewarding`` (default): actor pairs every iteration, judge pairs where an iteration says
+  ``train_judge: true``.
+* ``mode: self-rewarding``: the paper's baseline (Self-Rewarding + LC, spec §4.4); no meta-judge stage,
+  actor pairs only, whatever the iterations say about the judge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from metareward.errors import InputError
+
+ScoringMode = Literal["free_text", "constrained"]
+
+
+@dataclass
+class EngineConfig:
+    """How generation runs. ``hf`` is transformers on CPU or one GPU (the default)."""
+
+    name: Literal["hf", "vllm", "openai"] = "hf"
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default. Competing processes collapse 2 threads.
+    batch_size: int = 32  # sequences per forward pass (hf engine)
+    chunk_size: int = 64  # requests per resumable unit written to disk; smaller = finer resume
+    tensor_parallel_size: int = 1  # vllm
+    data_parallel_size: int = 1  # vllm replicas through Ray
+    gpu_memory_utilization: float = 0.85  # vllm
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the *name* of the variable holding the key
+    served_model: str | None = None  # openai: model name on the server (default: the run's model)
+    max_concurrency: int = 16  # openai
+    request_timeout: float = 120.0  # openai, seconds per request
+    max_retries: int = 6  # openai
+
+
+@dataclass
+class ActorConfig:
+    """Response sampling (spec §2.1): K=7 samples at T=0.8, top-p 0.95."""
+
+    k: int = 7
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 1024
+
+
+@dataclass
+class JudgeConfig:
+    """LLM-as-a-Judge sampling (spec §2.2): N=11 judgments per response.
+
+    ``scoring``: ``free_text`` parses the last ``Score: x`` of the judgment (the paper's way; for
+    capable models). ``constrained`` appends ``Score: `` after the free-text judgment and reads the
+    model's next-token distribution over 0..5: score = expected value (fewer ties), text ends with the
+    most likely digit. For small models that never follow the format.
+    """
+
+    n: int = 11
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 512
+    scoring: ScoringMode = "free_text"
+    template: str | None = None  # path to a custom judge prompt; default: the paper's (templates/judge.txt)
+
+
+@dataclass
+class MetaJudgeConfig:
+    """LLM-as-a-Meta-Judge (spec §3.2–3.3): every pair of distinct judgments, both orders."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    scoring: ScoringMode = "free_text"
+    template: str | None = None  # path to a custom meta-judge prompt
+    bt_l2: float = 1e-3  # Bradley–Terry L2 regulariser: keeps never-winning judgments finite
+    require_different_scores: bool = True  # drop judge pairs whose two judgments give the same score
+
+
+@dataclass
+class TrainingConfig:
+    """DPO (spec §4.1: lr 5e-6, beta 0.1, global batch 32, cosine, up to 10 epochs) via TRL."""
+
+    method: Literal["full", "lora"] = "full"
+    learning_rate: float = 5e-6
+    beta: float = 0.1
+    epochs: float = 1.0
+    batch_size: int = 4  # per device
+    gradient_accumulation: int = 8  # batch_size * gradient_accumulation * devices = global batch (32)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_length: int = 4096
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPUs that support it
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    shuffle_seed: int = 0
+
+
+@dataclass
+class IterationConfig:
+    """One iteration of the schedule (spec §4.3)."""
+
+    prompts: int = 5000  # prompts drawn (without replacement across iterations) from the pool
+    rho: float = 0.0  # length-control quality tier (spec §2.4); 0 = plain argmax/argmin
+    train_judge: bool = True  # build judge pairs with the meta-judge and train on them
+    actor_max_chosen_length: int | None = None  # drop actor pairs whose chosen response is longer (chars)
+    judge_max_chosen_length: int | None = None  # drop judge pairs whose chosen judgment is longer (chars)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model, prompt pool, stage settings and the iteration schedule."""
+
+    run_dir: str = "runs/default"
+    model: str = "smollm2-135m"
+    prompts: str = ""  # JSONL ({"id"?, "prompt"|"text"|"instruction"}) or plain text, one prompt a line
+    mode: Literal["meta-rewarding", "self-rewarding"] = "meta-rewarding"
+    seed: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    meta_judge: MetaJudgeConfig = field(default_factory=MetaJudgeConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    iterations: list[IterationConfig] = field(default_factory=lambda: [IterationConfig()])
+
+    def judge_trained(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (1-based) runs the meta-judge and trains judge pairs."""
+        return self.mode == "meta-rewarding" and self.iterations[iteration - 1].train_judge
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A short hash of everything that affects results (not where they are written)."""
+        data = self.to_dict()
+        data.pop("run_dir")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_hash(*parts: Any) -> str:
+    """Hash of the settings and inputs a stage depends on; stored in its manifest entry."""
+    blob = json.dumps(
+        [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading and validation
+
+
+def _check_type(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _check_type(value, arg, path)
+            except InputError as e:
+                errors.append(str(e))
+        names = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        raise InputError(f"{path}: expected {names}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise InputError(f"{path}: must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise InputError(f"{path}: expected a list, got {value!r}")
+        return [_check_type(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise InputError(f"{path}: expected null, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise InputError(f"{where}: unknown field (known: {', '.join(sorted(known))})")
+    kwargs = {k: _check_type(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _require(cond: bool, path: str, msg: str) -> None:
+    if not cond:
+        raise InputError(f"{path}: {msg}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    e = cfg.engine
+    _require(e.threads >= 0, "engine.threads", f"must be >= 0, got {e.threads}")
+    _require(e.batch_size >= 1, "engine.batch_size", f"must be >= 1, got {e.batch_size}")
+    _require(e.chunk_size >= 1, "engine.chunk_size", f"must be >= 1, got {e.chunk_size}")
+    _require(0 < e.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization", "must be in (0, 1]")
+    _require(e.max_concurrency >= 1, "engine.max_concurrency", "must be >= 1")
+    for name, sec in (("actor", cfg.actor), ("judge", cfg.judge), ("meta_judge", cfg.meta_judge)):
+        _require(sec.temperature >= 0, f"{name}.temperature", f"must be >= 0, got {sec.temperature}")
+        _require(0 < sec.top_p <= 1, f"{name}.top_p", f"must be in (0, 1], got {sec.top_p}")
+        _require(sec.max_tokens >= 1, f"{name}.max_tokens", f"must be >= 1, got {sec.max_tokens}")
+        template = getattr(sec, "template", None)
+        if template is not None:
+            _require(Path(template).is_file(), f"{name}.template", f"file not found: {template}")
+    _require(cfg.actor.k >= 2, "actor.k", f"need at least 2 responses per prompt to form a pair, got {cfg.actor.k}")
+    _require(cfg.judge.n >= 1, "judge.n", f"must be >= 1, got {cfg.judge.n}")
+    _require(cfg.meta_judge.bt_l2 >= 0, "meta_judge.bt_l2", "must be >= 0")
+    t = cfg.training
+    _require(t.learning_rate > 0, "training.learning_rate", "must be > 0")
+    _require(t.beta > 0, "training.beta", "must be > 0")
+    _require(t.epochs > 0, "training.epochs", "must be > 0")
+    _require(t.batch_size >= 1, "training.batch_size", "must be >= 1")
+    _require(t.gradient_accumulation >= 1, "training.gradient_accumulation", "must be >= 1")
+    _require(0 <= t.warmup_ratio < 1, "training.warmup_ratio", "must be in [0, 1)")
+    _require(t.max_length >= 16, "training.max_length", "must be >= 16")
+    _require(len(cfg.iterations) >= 1, "iterations", "need at least one iteration")
+    for i, it in enumerate(cfg.iterations):
+        p = f"iterations[{i}]"
+        _require(it.prompts >= 1, f"{p}.prompts", f"must be >= 1, got {it.prompts}")
+        _require(0 <= it.rho <= 0.5, f"{p}.rho", f"must be in [0, 0.5] (above 0.5 the tiers overlap), got {it.rho}")
+        for name in ("actor_max_chosen_length", "judge_max_chosen_length"):
+            v = getattr(it, name)
+            _require(v is None or v > 0, f"{p}.{name}", f"must be > 0 or null, got {v}")
+    _require(bool(cfg.prompts), "prompts", "a prompts file is required")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load, merge ``overrides`` (dotted keys), type-check and validate a YAML config.
+
+    Relative paths in the file (prompts, templates) are taken relative to the current directory,
+    the way a user types them on the command line next to the config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InputError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        cfg = _build(RunConfig, data, "")
+        validate(cfg)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    return cfg
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        data = data.setdefault(p, {})
+    data[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` from the command line; the value is parsed as YAML (numbers, bools, null)."""
+    if "=" not in text:
+        raise InputError(f"--set {text!r}: expected KEY=VALUE, e.g. engine.threads=2")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the fully resolved config (every default spelled out) atomically."""
+    from metareward.store import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

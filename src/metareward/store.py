@@ -1,0 +1,198 @@
+"""The run directory: where every stage's output lives, and how it survives a kill.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml                   the resolved config (every default spelled out)
+      iter_1/
+        manifest.json               per stage: done, count, seconds, settings hash; model in/out; summary
+        prompts.jsonl responses.jsonl judgments.jsonl meta_judgments.jsonl
+        actor_pairs.jsonl judge_pairs.jsonl
+        model/                      the trained model (next iteration's start)
+        .work/                      in-flight chunk logs of unfinished stages (removed when done)
+
+Two write disciplines, both safe against a kill at any instant:
+
+* **Atomic files** (artifacts, manifest, model folder): written to a temp name, fsynced, renamed.
+  A file either exists whole or not at all.
+* **Chunk logs** (generation in progress): a stage's requests are cut into fixed chunks, in a fixed
+  order. Each finished chunk is appended to ``.work/<stage>.chunks.jsonl`` as one line and fsynced.
+  On resume a torn last line (the kill came mid-write) is cut off, finished chunks are skipped and
+  the rest are run again. Because chunks are fixed and each is seeded the same way, a resumed stage
+  produces the same records as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from metareward.errors import InputError
+
+Req = TypeVar("Req")
+Out = TypeVar("Out")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@dataclass
+class StageResult:
+    name: str
+    count: int
+    seconds: float
+    skipped: bool  # True when the stage was already done and nothing ran
+
+
+class IterationStore:
+    """One iteration's folder and manifest."""
+
+    def __init__(self, run_dir: Path, iteration: int):
+        self.iteration = iteration
+        self.dir = Path(run_dir) / f"iter_{iteration}"
+        self.work = self.dir / ".work"
+        self.manifest_path = self.dir / "manifest.json"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifest: dict[str, Any] = (
+            json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {"stages": {}}
+        )
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    def save_manifest(self) -> None:
+        atomic_write_json(self.manifest_path, self.manifest)
+
+    def stage_done(self, stage: str, settings: str) -> bool:
+        """True if ``stage`` finished with these settings. A finished stage whose settings changed is
+        an error, not a silent recompute: its outputs cost compute and downstream stages used them."""
+        entry = self.manifest["stages"].get(stage)
+        if not entry or not entry.get("done"):
+            return False
+        if entry.get("settings") != settings:
+            raise InputError(
+                f"{self.dir}: stage '{stage}' already ran with different settings "
+                f"(hash {entry.get('settings')} vs {settings} now). Use a new run_dir, or restore the "
+                "config it ran with (see config.yaml in the run directory)."
+            )
+        return True
+
+    def mark_done(self, stage: str, settings: str, count: int, seconds: float, **extra: Any) -> None:
+        self.manifest["stages"][stage] = {
+            "done": True,
+            "settings": settings,
+            "count": count,
+            "seconds": round(seconds, 3),
+            **extra,
+        }
+        self.save_manifest()
+
+
+class ChunkLog:
+    """Append-only log of finished chunks for one in-flight stage (see module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: dict[int, list[dict[str, Any]]] = {}
+        if path.is_file():
+            self._load_and_repair()
+
+    def _load_and_repair(self) -> None:
+        good_bytes = 0
+        with self.path.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn last write
+                try:
+                    entry = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                self.done[entry["chunk"]] = entry["outputs"]
+                good_bytes += len(raw)
+        if good_bytes != self.path.stat().st_size:
+            with self.path.open("r+b") as f:
+                f.truncate(good_bytes)
+
+    def append(self, chunk: int, outputs: list[dict[str, Any]]) -> None:
+        line = json.dumps({"chunk": chunk, "outputs": outputs}, ensure_ascii=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[chunk] = outputs
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_chunked(
+    log_path: Path,
+    requests: Sequence[Req],
+    call: Callable[[Sequence[Req]], Iterator[Out]],
+    encode: Callable[[Out], dict[str, Any]],
+    chunk_size: int,
+    desc: str,
+    request_id: Callable[[Req], str] = lambda r: r.id,  # type: ignore[attr-defined]
+) -> dict[str, dict[str, Any]]:
+    """Run ``requests`` through ``call`` in fixed chunks, logging each finished chunk.
+
+    Returns every output (encoded as a dict with an ``id``) keyed by request id, whether computed
+    now or found in the log from an earlier, interrupted attempt.
+    """
+    log = ChunkLog(log_path)
+    chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
+    done_requests = sum(len(chunks[c]) for c in log.done if c < len(chunks))
+    # A chunk counts as done only if it holds exactly this chunk's request ids (same order).
+    bar = tqdm(total=len(requests), initial=done_requests, desc=desc, unit="req", dynamic_ncols=True)
+    try:
+        for c, chunk in enumerate(chunks):
+            if c in log.done and [o["id"] for o in log.done[c]] == [request_id(r) for r in chunk]:
+                continue
+            outputs: dict[str, dict[str, Any]] = {}
+            for out in call(chunk):
+                enc = encode(out)
+                outputs[enc["id"]] = enc
+                bar.update(1)
+            missing = [request_id(r) for r in chunk if request_id(r) not in outputs]
+            if missing:
+                raise RuntimeError(f"{desc}: engine returned no output for {missing[:5]}")
+            log.append(c, [outputs[request_id(r)] for r in chunk])
+    finally:
+        bar.close()
+    result: dict[str, dict[str, Any]] = {}
+    for c in range(len(chunks)):
+        for enc in log.done[c]:
+            result[enc["id"]] = enc
+    return result
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
