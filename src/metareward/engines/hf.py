@@ -138,7 +138,7 @@ class HFEngine(Engine):
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault((r.n, r.sampling), []).append(i)
-        for (n, sampling), idx in groups.items():
+        for (n, _sampling), idx in groups.items():
             for batch in self._batches([n] * len(idx), [len(prompts[i]) for i in idx]):
                 members = [idx[b] for b in batch]
                 yield from self._generate_batch([requests[i] for i in members], [prompts[i] for i in members])
