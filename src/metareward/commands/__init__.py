@@ -1,0 +1,1 @@
+"""Subcommands of the ``metareward`` CLI; each module defines ``register(subparsers)``."""
