@@ -111,6 +111,7 @@ class TrainingConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     shuffle_seed: int = 0
+    save_steps: int = 200  # checkpoint interval; a killed training run resumes from the last checkpoint
 
 
 @dataclass
@@ -301,10 +302,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.0.c``-style keys; integer parts index lists (``iterations.0.rho``)."""
+    node: Any = data
     parts = key.split(".")
-    for p in parts[:-1]:
-        data = data.setdefault(p, {})
-    data[parts[-1]] = value
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise InputError(f"--set {key}: {'.'.join(parts[:depth]) or key} has no item {part}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -3,7 +3,8 @@
 Accepted forms (chosen by extension):
 * ``.jsonl``: one JSON object per line with the prompt under ``prompt``, ``text`` or ``instruction``
   (first present wins) and an optional string ``id``;
-* ``.txt``: one prompt per non-empty line.
+* ``.txt``: one prompt per non-empty line;
+* ``builtin:NAME``: a prompt set shipped inside the package (``builtin:seed_prompts``).
 
 Ids default to ``p{line:06d}``. Empty prompts, duplicate ids and malformed lines are errors that name
 the file and line; exact duplicate prompt texts are dropped (first kept), since the paper samples
@@ -21,8 +22,24 @@ from metareward.records import Prompt
 TEXT_KEYS = ("prompt", "text", "instruction")
 
 
+BUILTIN = "builtin:"
+
+
+def resolve_pool_path(path: str | Path) -> Path:
+    """``builtin:NAME`` is ``NAME.jsonl`` shipped in ``metareward/data``; anything else is a path."""
+    text = str(path)
+    if text.startswith(BUILTIN):
+        name = text[len(BUILTIN) :]
+        builtin = Path(__file__).parent / "data" / f"{name}.jsonl"
+        if not builtin.is_file():
+            shipped = sorted(p.stem for p in builtin.parent.glob("*.jsonl"))
+            raise InputError(f"prompts: no built-in prompt set {name!r} (shipped: {shipped})")
+        return builtin
+    return Path(path)
+
+
 def load_prompt_pool(path: str | Path) -> list[Prompt]:
-    path = Path(path)
+    path = resolve_pool_path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
     prompts: list[Prompt] = []

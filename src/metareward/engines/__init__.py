@@ -1,0 +1,23 @@
+"""Generation engines behind one interface (``base.Engine``); ``make_engine`` picks one by config."""
+
+from __future__ import annotations
+
+from metareward.config import EngineConfig
+from metareward.engines.base import Engine
+
+
+def make_engine(cfg: EngineConfig, model_path: str) -> Engine:
+    """Build the configured engine for ``model_path`` (imports heavy backends only when used)."""
+    if cfg.name == "hf":
+        from metareward.engines.hf import HFEngine
+
+        return HFEngine(model_path, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, threads=cfg.threads)
+    if cfg.name == "vllm":
+        from metareward.engines.vllm import make_vllm_engine
+
+        return make_vllm_engine(cfg, model_path)
+    if cfg.name == "openai":
+        from metareward.engines.openai import OpenAIEngine
+
+        return OpenAIEngine.from_config(cfg, model_path)
+    raise ValueError(f"unknown engine {cfg.name!r}")

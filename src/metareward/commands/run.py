@@ -1,0 +1,41 @@
+"""``metareward run CONFIG``: run (or resume) the iterations of a config.
+
+Rerunning the same command after a crash or Ctrl-C resumes: finished stages are skipped, a half-done
+generation stage continues from its last finished chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from metareward.config import load_config, parse_override
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run or resume Meta-Rewarding iterations", description=__doc__)
+    p.add_argument("config", help="YAML run config, e.g. configs/tiny-cpu.yaml")
+    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set engine.threads=2 --set iterations.0.prompts=4 (repeatable)",
+    )
+    p.add_argument("--check", action="store_true", help="validate the config and inputs, load nothing, exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metareward.loop import Runner
+
+    overrides = dict(parse_override(s) for s in args.set)
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    cfg = load_config(args.config, overrides)
+    runner = Runner(cfg)
+    if args.check:
+        pool = runner.preflight()
+        print(f"ok: {args.config} is valid; {len(pool)} prompts; model {cfg.model}")
+        return 0
+    summaries = runner.run()
+    print(json.dumps({"run_dir": cfg.run_dir, "iterations": len(summaries)}))
+    return 0

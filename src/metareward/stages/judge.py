@@ -1,0 +1,111 @@
+"""Judge stage (spec §2.2–2.3): N judgments per response with the additive 5-point prompt.
+
+Two scoring modes (``JudgeConfig.scoring``):
+
+* ``free_text`` (the paper's): the score is the *last* ``Score: x`` of the judgment, fractions allowed,
+  in [0, 5]; a judgment without one is invalid (``score=None``) and is excluded downstream, never
+  counted as 0. The response text is untrusted: a ``Score: 5`` inside the response, even when the judge
+  quotes it, does not count (see ``parsing.parse_score``).
+* ``constrained``: the free-text judgment is cut before any score it wrote, ``\\nScore: `` is appended,
+  and the engine returns the next-token distribution over ``0``..``5``. Score = expected value (finer,
+  fewer ties); the stored text ends with the most likely digit so that judge DPO pairs train on a
+  well-formed judgment. Every judgment is valid in this mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from metareward.config import JudgeConfig
+from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
+from metareward.parsing import parse_score, truncate_before_score
+from metareward.records import Judgment, Prompt, Response
+from metareward.stages.common import request_seed, user_turn
+from metareward.templates import judge_prompt
+
+SCORE_CHOICES = ("0", "1", "2", "3", "4", "5")
+
+
+def judge_requests(
+    prompts: Mapping[str, Prompt], responses: Sequence[Response], cfg: JudgeConfig, run_seed: int, iteration: int
+) -> list[GenerationRequest]:
+    sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    return [
+        GenerationRequest(
+            id=r.id,
+            messages=user_turn(judge_prompt(prompts[r.prompt_id].text, r.text, cfg.template)),
+            sampling=sampling,
+            n=cfg.n,
+            seed=request_seed(run_seed, iteration, "judge", r.id),
+        )
+        for r in responses
+    ]
+
+
+def judgments_from_output(response: Response, out: GenerationOutput, cfg: JudgeConfig) -> list[Judgment]:
+    """The N judgments of one response; scored now in free-text mode, later in constrained mode."""
+    judgments = []
+    for n, (text, n_tok) in enumerate(zip(out.texts, out.n_tokens, strict=True)):
+        score = parse_score(text, response.text) if cfg.scoring == "free_text" else None
+        judgments.append(
+            Judgment(
+                id=f"{response.id}/j{n}",
+                response_id=response.id,
+                prompt_id=response.prompt_id,
+                index=n,
+                text=text,
+                score=score,
+                n_tokens=n_tok,
+            )
+        )
+    return judgments
+
+
+def constrained_prefix(judgment_text: str) -> str:
+    """The assistant text after which the score digit is read: judgment up to its own score line."""
+    body = truncate_before_score(judgment_text)
+    return f"{body}\nScore: " if body else "Score: "
+
+
+def score_requests(
+    prompts: Mapping[str, Prompt], responses: Mapping[str, Response], judgments: Sequence[Judgment], cfg: JudgeConfig
+) -> list[ChoiceRequest]:
+    """One choice request per judgment (constrained mode)."""
+    return [
+        ChoiceRequest(
+            id=j.id,
+            messages=user_turn(judge_prompt(prompts[j.prompt_id].text, responses[j.response_id].text, cfg.template)),
+            assistant_prefix=constrained_prefix(j.text),
+            choices=SCORE_CHOICES,
+        )
+        for j in judgments
+    ]
+
+
+def apply_score(judgment: Judgment, probs: Sequence[float]) -> Judgment:
+    """Constrained mode: score = E[digit], text ends with the most likely digit."""
+    p = np.asarray(probs, dtype=float)
+    values = np.arange(len(SCORE_CHOICES), dtype=float)
+    best = SCORE_CHOICES[int(p.argmax())]
+    return Judgment(
+        id=judgment.id,
+        response_id=judgment.response_id,
+        prompt_id=judgment.prompt_id,
+        index=judgment.index,
+        text=constrained_prefix(judgment.text) + best,
+        score=float(round(float(p @ values), 6)),
+        score_probs=[round(float(x), 6) for x in p],
+        n_tokens=judgment.n_tokens,
+    )
+
+
+def valid_scores(judgments: Sequence[Judgment]) -> dict[str, list[float]]:
+    """Valid scores per response id (invalid judgments excluded), in judgment order."""
+    out: dict[str, list[float]] = {}
+    for j in sorted(judgments, key=lambda j: (j.response_id, j.index)):
+        out.setdefault(j.response_id, [])
+        if j.score is not None:
+            out[j.response_id].append(j.score)
+    return out

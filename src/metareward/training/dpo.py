@@ -1,0 +1,153 @@
+"""DPO on the pooled actor + judge pairs, with TRL's DPOTrainer (spec §4.1).
+
+Assumptions and choices:
+* The policy starts from the iteration's starting model and the reference model is that same
+  starting model (standard iterative DPO; spec §1.3). TRL makes the frozen reference copy itself.
+* Pairs are conversational: the user turn is the instruction (actor pairs) or the filled judge prompt
+  (judge pairs); chosen/rejected are assistant turns. TRL applies the model's chat template.
+* Actor and judge pairs are shuffled together (spec §3.6: "used together"; no mixing ratio given).
+* Precision comes from the device, not TRL's defaults (on trl 1.16 ``bf16`` defaults to True and fails
+  on CPU): bf16 only on a GPU that supports it, else fp32. Gradient checkpointing is off unless asked.
+* ``method: lora`` trains adapters and merges them, so the next iteration loads a plain folder.
+* Checkpoints go to ``work_dir``; a rerun after a kill resumes from the last one. The final model is
+  written to a temp folder and renamed into place, so ``out_dir`` exists only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metareward.config import TrainingConfig
+from metareward.records import PreferencePair
+
+
+def to_conversational(pairs: Sequence[PreferencePair], seed: int) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p.prompt}],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in pairs
+    ]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def use_bf16(precision: str) -> bool:
+    if precision == "bfloat16":
+        return True
+    if precision == "float32":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train_dpo(
+    model_path: str,
+    pairs: Sequence[PreferencePair],
+    out_dir: str | Path,
+    cfg: TrainingConfig,
+    work_dir: str | Path,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Train one DPO round from ``model_path`` on ``pairs``; save the result to ``out_dir``.
+
+    Returns training metrics (loss, rewards/margins, accuracies, runtime, steps).
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    bf16 = use_bf16(cfg.precision)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    dataset = Dataset.from_list(to_conversational(pairs, cfg.shuffle_seed))
+    args = DPOConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=1,
+        report_to=[],
+        seed=cfg.shuffle_seed,
+        disable_tqdm=False,
+        dataset_num_proc=None,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    trained = trainer.model
+    if cfg.method == "lora":
+        trained = trained.merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    metrics = {
+        "pairs": len(pairs),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "runtime_s": result.metrics.get("train_runtime"),
+        "precision": "bfloat16" if bf16 else "float32",
+        "first": _pick(logs[0]) if logs else {},
+        "last": _pick(logs[-1]) if logs else {},
+    }
+    del trainer, model, trained
+    return metrics
+
+
+def _pick(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
+    return {k: entry[k] for k in keys if k in entry}
