@@ -139,7 +139,7 @@ class Runner:
     # ------------------------------------------------------------------ one iteration
 
     def run_iteration(self, i: int, prompts: Sequence[Prompt], model_path: str) -> tuple[dict[str, Any], str]:
-        cfg, it = self.cfg, self.cfg.iterations[i - 1]
+        cfg = self.cfg
         store = IterationStore(self.run_dir, i)
         store.manifest.update({"iteration": i, "config_hash": cfg.hash(), "seed": cfg.seed, "model_in": model_path})
         store.save_manifest()
@@ -191,7 +191,10 @@ class Runner:
                         score_log, score_reqs, self.engine(model_path).choice_probs, _encode, chunk,
                         f"[iter {i}] judge score",
                     )
-                    judgments = [judge.apply_score(j, scores[j.id]["probs"]) for j in judgments]
+                    judgments = [
+                        judge.apply_score(j, scores[j.id]["probs"], responses_by_id[j.response_id].text)
+                        for j in judgments
+                    ]
                     score_log.unlink(missing_ok=True)
                 n = write_jsonl_atomic(store.path("judgments.jsonl"), judgments)
             store.mark_done("judge", key_judge, n, t.seconds, generated_tokens=tokens)

@@ -103,9 +103,7 @@ def _response_score_fragments(response: str) -> list[str]:
     if not SCORE_RE.search(strip_markdown(response)):
         return []
     fragments = {response.strip()}
-    fragments.update(
-        line.strip() for line in response.splitlines() if SCORE_RE.search(strip_markdown(line))
-    )
+    fragments.update(line.strip() for line in response.splitlines() if SCORE_RE.search(strip_markdown(line)))
     fragments.discard("")
     return sorted(fragments, key=len, reverse=True)
 

@@ -63,9 +63,10 @@ def judgments_from_output(response: Response, out: GenerationOutput, cfg: JudgeC
     return judgments
 
 
-def constrained_prefix(judgment_text: str) -> str:
-    """The assistant text after which the score digit is read: judgment up to its own score line."""
-    body = truncate_before_score(judgment_text)
+def constrained_prefix(judgment_text: str, response_text: str | None = None) -> str:
+    """The assistant text after which the score digit is read: judgment up to its own score line
+    (a ``Score:`` inside a quote of the response does not cut it short)."""
+    body = truncate_before_score(judgment_text, response_text)
     return f"{body}\nScore: " if body else "Score: "
 
 
@@ -77,14 +78,14 @@ def score_requests(
         ChoiceRequest(
             id=j.id,
             messages=user_turn(judge_prompt(prompts[j.prompt_id].text, responses[j.response_id].text, cfg.template)),
-            assistant_prefix=constrained_prefix(j.text),
+            assistant_prefix=constrained_prefix(j.text, responses[j.response_id].text),
             choices=SCORE_CHOICES,
         )
         for j in judgments
     ]
 
 
-def apply_score(judgment: Judgment, probs: Sequence[float]) -> Judgment:
+def apply_score(judgment: Judgment, probs: Sequence[float], response_text: str | None = None) -> Judgment:
     """Constrained mode: score = E[digit], text ends with the most likely digit."""
     p = np.asarray(probs, dtype=float)
     values = np.arange(len(SCORE_CHOICES), dtype=float)
@@ -94,7 +95,7 @@ def apply_score(judgment: Judgment, probs: Sequence[float]) -> Judgment:
         response_id=judgment.response_id,
         prompt_id=judgment.prompt_id,
         index=judgment.index,
-        text=constrained_prefix(judgment.text) + best,
+        text=constrained_prefix(judgment.text, response_text) + best,
         score=float(round(float(p @ values), 6)),
         score_probs=[round(float(x), 6) for x in p],
         n_tokens=judgment.n_tokens,

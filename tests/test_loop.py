@@ -1,0 +1,184 @@
+"""The run loop with a fake engine: artifacts, resume after a crash, settings changes, modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fakes import Crash, FakeEngine
+
+from metareward.config import IterationConfig, RunConfig
+from metareward.errors import InputError
+from metareward.loop import Runner
+from metareward.records import Judgment, MetaJudgment, PreferencePair, Response, read_jsonl
+
+ARTIFACTS = ["prompts.jsonl", "responses.jsonl", "judgments.jsonl", "meta_judgments.jsonl",
+             "actor_pairs.jsonl", "judge_pairs.jsonl", "manifest.json"]
+
+
+class FakeTrainRunner(Runner):
+    """Skips real DPO (tested end to end elsewhere): 'trains' by writing the pair ids."""
+
+    def train(self, model_path, train_set, store):
+        store.model_dir.mkdir(parents=True, exist_ok=True)
+        (store.model_dir / "pairs.json").write_text(json.dumps([p.id for p in train_set]))
+        return {"pairs": len(train_set)}
+
+
+def make_cfg(tmp_path: Path, **kw) -> RunConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"Question number {i}?" for i in range(12)) + "\n")
+    cfg = RunConfig(run_dir=str(tmp_path / "run"), prompts=str(prompts), **kw)
+    cfg.actor.k, cfg.judge.n = 4, 4
+    cfg.engine.chunk_size = 3
+    cfg.iterations = [IterationConfig(prompts=5, rho=0.0, train_judge=True),
+                      IterationConfig(prompts=5, rho=0.32, train_judge=True)]
+    return cfg
+
+
+def records(run_dir: Path) -> dict[str, list[str]]:
+    out = {}
+    for it in sorted(run_dir.glob("iter_*")):
+        for name in ARTIFACTS[:-1]:
+            out[f"{it.name}/{name}"] = (it / name).read_text().splitlines()
+    return out
+
+
+def run(cfg, engine):
+    return FakeTrainRunner(cfg, engine_factory=lambda path: engine, echo=lambda s: None).run()
+
+
+@pytest.mark.parametrize("scoring", ["free_text", "constrained"])
+def test_full_run_writes_every_artifact(tmp_path, scoring):
+    cfg = make_cfg(tmp_path)
+    cfg.judge.scoring = cfg.meta_judge.scoring = scoring
+    summaries = run(cfg, FakeEngine())
+    run_dir = Path(cfg.run_dir)
+    assert (run_dir / "config.yaml").is_file()
+    for i in (1, 2):
+        for name in ARTIFACTS:
+            assert (run_dir / f"iter_{i}" / name).is_file(), name
+        assert not (run_dir / f"iter_{i}" / ".work").exists()
+    it1 = run_dir / "iter_1"
+    responses = read_jsonl(it1 / "responses.jsonl", Response)
+    judgments = read_jsonl(it1 / "judgments.jsonl", Judgment)
+    metas = read_jsonl(it1 / "meta_judgments.jsonl", MetaJudgment)
+    pairs = read_jsonl(it1 / "actor_pairs.jsonl", PreferencePair) + read_jsonl(it1 / "judge_pairs.jsonl", PreferencePair)
+    # fake actor: sample 2 of every prompt is a duplicate candidate only if identical text; ids are stable
+    assert len({r.id for r in responses}) == len(responses)
+    assert len(judgments) == len(responses) * 4
+    assert {p.kind for p in pairs} == {"actor", "judge"}
+    assert metas and all(m.result in (-1, 0, 1) for m in metas)
+    # both orders of each pair are present
+    orders = {(m.judgment_a, m.judgment_b) for m in metas}
+    assert all((b, a) in orders for a, b in orders)
+    if scoring == "constrained":
+        assert all(j.score is not None and j.score_probs for j in judgments)
+        assert all(j.text.rstrip()[-1] in "012345" for j in judgments)
+    else:
+        assert any(j.score is None for j in judgments)  # fake writes no score 1 time in 7
+    manifest = json.loads((it1 / "manifest.json").read_text())
+    assert manifest["summary"]["judgments"] == len(judgments)
+    assert set(manifest["timings_s"]) == {"prompts", "actor", "judge", "meta_judge", "pairs", "train"}
+    assert summaries[0]["actor_pairs"] == manifest["stages"]["pairs"]["actor_pairs"]
+    # iteration 2 starts from iteration 1's model and draws different prompts
+    m2 = json.loads((run_dir / "iter_2" / "manifest.json").read_text())
+    assert m2["model_in"] == str(it1 / "model")
+    p1 = {json.loads(x)["id"] for x in (it1 / "prompts.jsonl").read_text().splitlines()}
+    p2 = {json.loads(x)["id"] for x in (run_dir / "iter_2" / "prompts.jsonl").read_text().splitlines()}
+    assert len(p1) == len(p2) == 5 and not p1 & p2
+
+
+@pytest.mark.parametrize("crash_after", [2, 7, 30, 75, 130])
+def test_crash_anywhere_then_resume_gives_identical_records(tmp_path, crash_after):
+    ref_cfg = make_cfg(tmp_path / "ref")
+    run(ref_cfg, FakeEngine())
+    cfg = make_cfg(tmp_path / "crash")
+    with pytest.raises(Crash):
+        run(cfg, FakeEngine(fail_after=crash_after))
+    second = FakeEngine()
+    run(cfg, second)
+    assert records(Path(cfg.run_dir)) == records(Path(ref_cfg.run_dir))
+    total = FakeEngine()
+    run(make_cfg(tmp_path / "count"), total)
+    # the rerun redid at most the one chunk that was in flight (chunk_size = 3)
+    redone = second.emitted - (total.emitted - crash_after)
+    assert 0 <= redone < cfg.engine.chunk_size
+    # a third run does nothing at all
+    third = FakeEngine()
+    run(cfg, third)
+    assert third.emitted == 0
+
+
+def test_torn_chunk_log_line_is_repaired(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(Crash):
+        run(cfg, FakeEngine(fail_after=40))
+    logs = list(Path(cfg.run_dir).glob("iter_1/.work/*.chunks.jsonl"))
+    assert logs
+    with logs[0].open("a") as f:
+        f.write('{"chunk": 99, "outputs": [{"id": "tor')  # a kill in the middle of a write
+    run(cfg, FakeEngine())
+    ref = make_cfg(tmp_path / "ref")
+    run(ref, FakeEngine())
+    assert records(Path(cfg.run_dir)) == records(Path(ref.run_dir))
+
+
+def test_changed_settings_of_a_finished_stage_is_refused(tmp_path):
+    cfg = make_cfg(tmp_path)
+    run(cfg, FakeEngine())
+    cfg.judge.n = 5
+    with pytest.raises(InputError, match="stage 'judge' already ran with different settings"):
+        run(cfg, FakeEngine())
+
+
+def test_adding_an_iteration_reuses_finished_ones(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.iterations = cfg.iterations[:1]
+    run(cfg, FakeEngine())
+    cfg.iterations.append(IterationConfig(prompts=5, rho=0.32))
+    engine = FakeEngine()
+    run(cfg, engine)
+    assert engine.calls and (Path(cfg.run_dir) / "iter_2" / "manifest.json").is_file()
+    once = make_cfg(tmp_path / "once")
+    run(once, FakeEngine())
+    assert records(Path(cfg.run_dir)) == records(Path(once.run_dir))
+
+
+def test_self_rewarding_mode_has_no_meta_judge(tmp_path):
+    cfg = make_cfg(tmp_path, mode="self-rewarding")
+    run(cfg, FakeEngine())
+    for i in (1, 2):
+        d = Path(cfg.run_dir) / f"iter_{i}"
+        assert not (d / "meta_judgments.jsonl").exists()
+        assert (d / "judge_pairs.jsonl").read_text() == ""
+        assert (d / "actor_pairs.jsonl").read_text()
+        assert "meta_judge" not in json.loads((d / "manifest.json").read_text())["stages"]
+
+
+def test_iteration_without_judge_training(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.iterations[1].train_judge = False
+    run(cfg, FakeEngine())
+    assert (Path(cfg.run_dir) / "iter_1" / "judge_pairs.jsonl").read_text()
+    assert (Path(cfg.run_dir) / "iter_2" / "judge_pairs.jsonl").read_text() == ""
+
+
+def test_preflight_errors_before_any_model(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.iterations[0].prompts = 100
+    factory_called = []
+    runner = Runner(cfg, engine_factory=lambda p: factory_called.append(p), echo=lambda s: None)
+    with pytest.raises(InputError, match="need 105 prompts"):
+        runner.run()
+    cfg = make_cfg(tmp_path)
+    cfg.model = "no-such-model"
+    with pytest.raises(InputError, match="unknown model 'no-such-model'"):
+        Runner(cfg, engine_factory=lambda p: factory_called.append(p)).run()
+    cfg = make_cfg(tmp_path)
+    cfg.prompts = str(tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match="missing.jsonl: prompts file not found"):
+        Runner(cfg, engine_factory=lambda p: factory_called.append(p)).run()
+    assert factory_called == []
