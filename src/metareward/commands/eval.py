@@ -1,0 +1,103 @@
+"""``metareward eval``: judge agreement, win rates (+ LC), verifiable instruction following, lengths.
+
+Examples::
+
+    metareward eval --run-dir runs/tiny                         # seed + every iteration, all parts
+    metareward eval --run-dir runs/tiny --parts winrate,length --limit 20
+    metareward eval --models seed=smollm2-135m mine=path/to/model --parts agreement --scoring constrained
+    metareward eval --run-dir runs/tiny --baseline reference:mtbench-gpt4 --judge path/to/strong-judge
+
+Results: ``OUT/eval.json`` (default ``RUN_DIR/eval`` or ``./eval``) and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from metareward.config import EngineConfig
+from metareward.evaluation.runner import (
+    PARTS,
+    EvalOptions,
+    Evaluator,
+    format_table,
+    parse_model_args,
+    run_models,
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate models: judge agreement, win rate (+LC), instruction following, length",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run-dir", type=Path, help="a run directory: evaluates its seed and iteration models")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="models to evaluate: labels of the run (seed, iter_2), LABEL=PATH, or names/paths")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval, or ./eval)")
+    p.add_argument("--limit", type=int, default=8, help="prompts per prompt set; 0 = all (default 8)")
+    p.add_argument("--prompts", default="mtbench", help="win-rate/length prompt set: mtbench, ifbench or a file")
+    p.add_argument("--agreement-set", default="known-order",
+                   help="ranked responses JSONL for judge agreement, or 'known-order' (shipped)")
+    p.add_argument("--agreement-limit", type=int, default=8, help="prompts of the ranked set; 0 = all")
+    p.add_argument("--judge-n", type=int, default=3, help="judgments per response (agreement)")
+    p.add_argument("--scoring", choices=["free_text", "constrained"], default=None,
+                   help="judge scoring for agreement (default: the run's judge.scoring, else free_text)")
+    p.add_argument("--baseline", default="seed",
+                   help="win-rate baseline: a model label, or reference:mtbench-gpt4 / reference:FILE")
+    p.add_argument("--judge", default=None, help="win-rate judge: a model label or name/path (default: baseline)")
+    p.add_argument("--verdict-mode", choices=["free_text", "constrained"], default="free_text")
+    p.add_argument("--max-tokens", type=int, default=512, help="answer length cap (tokens)")
+    p.add_argument("--temperature", type=float, default=0.0, help="answer sampling temperature (0 = greedy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metareward.config import JudgeConfig
+    from metareward.errors import InputError
+
+    known: dict[str, str] = {}
+    engine, judge = EngineConfig(), JudgeConfig()
+    if args.run_dir is not None:
+        models, engine, judge = run_models(args.run_dir)
+        known = dict(models)
+    if args.models:
+        models = parse_model_args(args.models, known)
+    elif args.run_dir is None:
+        raise InputError("give --run-dir RUN_DIR or --models MODEL [MODEL ...]")
+    for name in ("engine", "device", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(engine, "name" if name == "engine" else name, value)
+    if args.limit < 0 or args.agreement_limit < 0 or args.judge_n < 1:
+        raise InputError("--limit/--agreement-limit must be >= 0 and --judge-n >= 1")
+    opts = EvalOptions(
+        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
+        limit=args.limit,
+        prompt_set=args.prompts,
+        agreement_set=args.agreement_set,
+        agreement_limit=args.agreement_limit,
+        judge_n=args.judge_n,
+        scoring=args.scoring or judge.scoring,
+        baseline=args.baseline,
+        judge=args.judge,
+        verdict_mode=args.verdict_mode,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        engine=engine,
+        judge_template=judge.template,
+    )
+    out = args.out or ((args.run_dir / "eval") if args.run_dir is not None else Path("eval"))
+    report = Evaluator(models, opts, out).run()
+    print(format_table(report))
+    print(f"\nwritten: {out / 'eval.json'}")
+    return 0

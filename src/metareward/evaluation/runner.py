@@ -1,0 +1,316 @@
+"""``metareward eval``: every evaluation part for a list of models, one engine at a time.
+
+Models are ``(label, path)`` pairs: with a run directory, ``seed`` (the run's ``model``) and
+``iter_<i>`` (each ``RUN_DIR/iter_<i>/model``) by default; or any names/paths. Parts:
+
+* ``agreement`` -- each model judges a ranked set (``evaluation.agreement``);
+* ``winrate``   -- each model answers the prompt set (greedy), then one fixed judge model compares
+  its answers with the baseline's (another model's answers, or reference outputs) in both orders
+  (``evaluation.winrate``);
+* ``ifbench``   -- each model answers IFBench prompts, checked by code (``evaluation.instruction_following``);
+* ``length``    -- characters of each model's answers on the prompt set (and on IFBench when run).
+
+Everything generated is kept under ``WORK`` (chunk logs, resumable) and the answers are written to
+``OUT_DIR/outputs/<label>.<set>.jsonl``; the results go to ``OUT_DIR/eval.json`` atomically.
+Sizes default small (``limit``) so that a CPU run takes minutes, not hours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metareward.config import EngineConfig, JudgeConfig, load_config
+from metareward.engines import make_engine
+from metareward.engines.base import Engine, GenerationRequest, SamplingParams
+from metareward.errors import InputError
+from metareward.evaluation import agreement as agreement_mod
+from metareward.evaluation import instruction_following as ifollow
+from metareward.evaluation import winrate as winrate_mod
+from metareward.evaluation.diagnostics import iteration_dirs
+from metareward.evaluation.generation import generate_cached, settings_key
+from metareward.evaluation.prompt_sets import (
+    ifbench_rows,
+    load_prompt_set,
+    load_reference,
+    mtbench_judge_template,
+)
+from metareward.evaluation.ranked import known_order_set, load_ranked
+from metareward.models import check_model_name, resolve_model
+from metareward.records import Prompt
+from metareward.stages.common import user_turn
+from metareward.store import atomic_write_json
+
+PARTS = ("agreement", "winrate", "ifbench", "length")
+
+
+@dataclass
+class EvalOptions:
+    parts: tuple[str, ...] = PARTS
+    limit: int = 8  # prompts per prompt set (0 = all)
+    prompt_set: str = "mtbench"
+    agreement_set: str = "known-order"
+    agreement_limit: int = 8
+    judge_n: int = 3  # judgments per response for agreement (Self-Rewarding used 3)
+    judge_max_tokens: int = 256
+    scoring: str = "free_text"  # agreement: free_text | constrained
+    baseline: str = "seed"  # a model label, or reference:<mtbench-gpt4|FILE>
+    judge: str | None = None  # judge model for win rates (label or name/path); default: the baseline model
+    verdict_mode: str = "free_text"  # win-rate judge: free_text | constrained
+    verdict_max_tokens: int = 384
+    max_tokens: int = 512  # answers
+    temperature: float = 0.0  # answers: greedy by default
+    seed: int = 0
+    bootstrap: int = 1000
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    judge_template: str | None = None  # judge prompt for agreement (default: the paper's)
+
+
+def run_models(run_dir: Path) -> tuple[list[tuple[str, str]], EngineConfig, JudgeConfig]:
+    """Default models of a run directory (seed + every iteration with a trained model) and its settings."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{run_dir}: no config.yaml; is this a metareward run directory?")
+    cfg = load_config(cfg_path)
+    models = [("seed", cfg.model)]
+    for i, folder in iteration_dirs(run_dir):
+        if (folder / "model" / "config.json").is_file():
+            models.append((f"iter_{i}", str(folder / "model")))
+    return models, cfg.engine, cfg.judge
+
+
+def parse_model_args(items: Sequence[str], known: dict[str, str]) -> list[tuple[str, str]]:
+    """``LABEL=PATH``, a known label (``seed``, ``iter_2``), or a model name/path (labelled by its name)."""
+    out = []
+    for item in items:
+        if item in known:
+            out.append((item, known[item]))
+            continue
+        label, _, path = item.partition("=") if "=" in item else (Path(item).name or item, "", item)
+        check_model_name(path, field=f"--models {item}")
+        out.append((label, path))
+    return out
+
+
+def _limit(xs: list, n: int) -> list:
+    return xs[:n] if n and n > 0 else xs
+
+
+def length_stats(texts: Sequence[str]) -> dict[str, Any]:
+    """Mean, spread and the full list of response lengths (characters)."""
+    lens = [len(t) for t in texts]
+    if not lens:
+        return {"n": 0}
+    q = np.quantile(lens, [0.1, 0.5, 0.9])
+    return {
+        "n": len(lens),
+        "mean": float(statistics.fmean(lens)),
+        "std": float(np.std(lens)),
+        "p10": float(q[0]),
+        "median": float(q[1]),
+        "p90": float(q[2]),
+        "lengths": lens,
+    }
+
+
+class Evaluator:
+    """Runs the selected parts; see the module docstring. ``engine_factory`` is for tests."""
+
+    def __init__(
+        self,
+        models: Sequence[tuple[str, str]],
+        opts: EvalOptions,
+        out_dir: Path,
+        engine_factory: Callable[[str], Engine] | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        unknown = [p for p in opts.parts if p not in PARTS]
+        if unknown:
+            raise InputError(f"--parts: unknown part(s) {unknown}; expected some of {list(PARTS)}")
+        if opts.scoring not in ("free_text", "constrained") or opts.verdict_mode not in ("free_text", "constrained"):
+            raise InputError("--scoring/--verdict-mode: expected free_text or constrained")
+        labels = [m[0] for m in models]
+        if len(set(labels)) != len(labels):
+            raise InputError(f"--models: duplicate labels {labels}")
+        self.models = list(models)
+        self.opts = opts
+        self.out_dir = Path(out_dir)
+        self.work = self.out_dir / "work"
+        self.engine_factory = engine_factory or (lambda path: make_engine(opts.engine, resolve_model(path)))
+        self.log = log
+        self.paths = dict(models)
+
+    # ------------------------------------------------------------------ inputs
+
+    def prompt_set(self) -> list[Prompt]:
+        return _limit(load_prompt_set(self.opts.prompt_set), self.opts.limit)
+
+    def ranked_set(self):
+        s = known_order_set() if self.opts.agreement_set == "known-order" else load_ranked(self.opts.agreement_set)
+        return _limit(s, self.opts.agreement_limit)
+
+    def judge_cfg(self, base: JudgeConfig | None = None) -> JudgeConfig:
+        b = base or JudgeConfig()
+        return JudgeConfig(
+            n=self.opts.judge_n, temperature=b.temperature, top_p=b.top_p, max_tokens=self.opts.judge_max_tokens,
+            scoring=self.opts.scoring, template=self.opts.judge_template or b.template,
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    def answers(self, engine: Engine, label: str, set_name: str, prompts: Sequence[Prompt]) -> dict[str, str]:
+        sampling = SamplingParams(temperature=self.opts.temperature, top_p=1.0, max_tokens=self.opts.max_tokens)
+        reqs = [GenerationRequest(id=p.id, messages=user_turn(p.text), sampling=sampling, seed=self.opts.seed)
+                for p in prompts]
+        key = settings_key(self.paths[label], sampling, self.opts.seed, [(p.id, p.text) for p in prompts])
+        outs = generate_cached(engine, reqs, self.work / f"answers.{label}.{set_name}.{key}.jsonl",
+                               f"answers {set_name} [{label}]")
+        answers = {p.id: outs[p.id].texts[0] for p in prompts}
+        path = self.out_dir / "outputs" / f"{label}.{set_name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"id": p.id, "prompt": p.text, "output": answers[p.id]}, ensure_ascii=False)
+                 for p in prompts]
+        from metareward.store import atomic_write_text
+
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return answers
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        results: dict[str, dict[str, Any]] = {label: {} for label, _ in self.models}
+        answers: dict[str, dict[str, str]] = {}
+        need_answers = "winrate" in o.parts or "length" in o.parts
+        prompts = self.prompt_set() if need_answers else []
+        rows = _limit(ifbench_rows(), o.limit) if "ifbench" in o.parts else []
+        ranked = self.ranked_set() if "agreement" in o.parts else []
+        for label, path in self.models:
+            self.log(f"[eval] {label}: loading {path}")
+            engine = self.engine_factory(path)
+            try:
+                if need_answers:
+                    answers[label] = self.answers(engine, label, "prompts", prompts)
+                if rows:
+                    ifp = [Prompt(f"ifb{r['key']}", r["prompt"]) for r in rows]
+                    ifa = self.answers(engine, label, "ifbench", ifp)
+                    checked = [ifollow.check_response(r, ifa[f"ifb{r['key']}"]) for r in rows]
+                    results[label]["ifbench"] = ifollow.summarize(checked)
+                    results[label]["ifbench_length"] = length_stats(list(ifa.values()))
+                if ranked:
+                    js = agreement_mod.judge_ranked_set(engine, ranked, self.judge_cfg(), self.work, label, o.seed)
+                    results[label]["agreement"] = agreement_mod.agreement(ranked, js).to_dict()
+            finally:
+                engine.close()
+        if "length" in o.parts:
+            for label in answers:
+                results[label]["length"] = length_stats(list(answers[label].values()))
+        winrates = self.winrates(prompts, answers) if "winrate" in o.parts else {}
+        for label, wr in winrates.items():
+            results[label]["winrate"] = wr
+        report = {
+            "models": dict(self.models),
+            "options": {**asdict(o), "parts": list(o.parts)},
+            "prompt_set": {"name": o.prompt_set, "prompts": len(prompts)},
+            "results": results,
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out_dir / "eval.json", _finite(report))
+        return report
+
+    def winrates(self, prompts: Sequence[Prompt], answers: dict[str, dict[str, str]]) -> dict[str, Any]:
+        o = self.opts
+        if o.baseline.startswith("reference:"):
+            baseline_label = o.baseline
+            baseline = load_reference(o.baseline.split(":", 1)[1])
+            if not any(p.id in baseline for p in prompts):
+                raise InputError(f"--baseline {o.baseline}: no reference output for any prompt of the set")
+        else:
+            if o.baseline not in answers:
+                raise InputError(f"--baseline {o.baseline!r} is not one of the evaluated models {list(answers)}")
+            baseline_label, baseline = o.baseline, answers[o.baseline]
+        judge_ref = o.judge or (o.baseline if o.baseline in self.paths else self.models[0][0])
+        judge_path = self.paths.get(judge_ref, judge_ref)
+        template = mtbench_judge_template("pair-v2")
+        others = [label for label in answers if label != baseline_label]
+        if not others:
+            return {}
+        self.log(f"[eval] win rates vs {baseline_label}, judged by {judge_ref}")
+        judge = self.engine_factory(judge_path)
+        out = {}
+        try:
+            for label in others:
+                outcomes = winrate_mod.judge_pairs(
+                    judge, prompts, answers[label], baseline, template, self.work,
+                    f"{label}_vs_{baseline_label.replace(':', '-')}_by_{Path(str(judge_ref)).name}",
+                    mode=o.verdict_mode, max_tokens=o.verdict_max_tokens,
+                )
+                out[label] = {
+                    "baseline": baseline_label,
+                    "judge": judge_ref,
+                    **winrate_mod.summarize(outcomes, n_resamples=o.bootstrap, seed=o.seed),
+                    "per_prompt": [
+                        {"id": x.prompt_id, "model_first": x.verdict_model_first,
+                         "model_second": x.verdict_model_second, "preference": x.preference}
+                        for x in outcomes
+                    ],
+                }
+        finally:
+            judge.close()
+        return out
+
+
+def _finite(x: Any) -> Any:
+    """NaN/inf -> None, so eval.json is strict JSON that any tool can read."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The headline numbers, one row per model (what ``metareward eval`` prints)."""
+    cols = [
+        ("model", lambda r: r["label"]),
+        ("agree", lambda r: _pct(r.get("agreement", {}).get("agreement"))),
+        ("agree w/o ties", lambda r: _pct(r.get("agreement", {}).get("agreement_without_ties"))),
+        ("spearman", lambda r: _num(r.get("agreement", {}).get("spearman"), 3)),
+        ("parse", lambda r: _pct(r.get("agreement", {}).get("parse_rate"))),
+        ("win rate [95% CI]", lambda r: _wr(r.get("winrate"), "win_rate", "win_rate_ci95")),
+        ("LC win rate [95% CI]", lambda r: _wr(r.get("winrate"), "lc_win_rate", "lc_win_rate_ci95")),
+        ("IF prompt strict", lambda r: _pct(r.get("ifbench", {}).get("prompt_strict"))),
+        ("IF instr loose", lambda r: _pct(r.get("ifbench", {}).get("instruction_loose"))),
+        ("length", lambda r: _num(r.get("length", {}).get("mean"), 0)),
+    ]
+    rows = [{"label": label, **res} for label, res in report["results"].items()]
+    cells = [[name for name, _ in cols]] + [[f(r) for _, f in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(cols))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def _num(x: Any, digits: int) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _wr(w: dict[str, Any] | None, key: str, ci: str) -> str:
+    if not w or w.get(key) is None:
+        return "-"
+    lo, hi = w.get(ci) or [None, None]
+    interval = f" [{lo:.1f}, {hi:.1f}]" if lo is not None and hi is not None else ""
+    return f"{w[key]:.1f}{interval}"
