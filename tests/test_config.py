@@ -1,0 +1,88 @@
+"""Config loading: defaults from the paper, typed fields, errors that name the file and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from metareward.config import RunConfig, load_config, parse_override
+from metareward.errors import InputError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load(tmp_path):
+    tiny = load_config("configs/tiny-cpu.yaml")
+    assert tiny.model == "smollm2-135m" and len(tiny.iterations) == 2
+    assert tiny.judge.scoring == "constrained" and tiny.iterations[1].rho == 0.32
+    paper = load_config("configs/paper-llama3-8b.yaml")
+    assert (paper.actor.k, paper.judge.n) == (7, 11)
+    assert [it.rho for it in paper.iterations] == [0.0, 0.32, 0.32, 0.4]
+    assert [it.train_judge for it in paper.iterations] == [True, True, False, False]
+    assert [it.prompts for it in paper.iterations] == [5000] * 4
+    assert paper.iterations[0].actor_max_chosen_length == 2500
+    assert [it.judge_max_chosen_length for it in paper.iterations[:2]] == [1100, 1000]
+    assert (paper.training.learning_rate, paper.training.beta) == (5e-6, 0.1)
+    assert paper.training.batch_size * paper.training.gradient_accumulation == 32
+
+
+def test_defaults_are_the_papers():
+    cfg = RunConfig()
+    assert (cfg.actor.k, cfg.actor.temperature, cfg.actor.top_p) == (7, 0.8, 0.95)
+    assert cfg.judge.n == 11 and cfg.judge.scoring == "free_text"
+    assert cfg.mode == "meta-rewarding"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("prompts: p.txt\niterations:\n  - rho: 0.7\n", "c.yaml: iterations[0].rho: must be in [0, 0.5]"),
+        ("prompts: p.txt\nactor:\n  k: seven\n", "c.yaml: actor.k: expected an integer, got 'seven'"),
+        ("prompts: p.txt\nactor:\n  kk: 3\n", "c.yaml: actor.kk: unknown field"),
+        ("prompts: p.txt\njudge:\n  scoring: regex\n", "c.yaml: judge.scoring: must be one of ['free_text', 'constrained']"),
+        ("prompts: p.txt\nmode: selfish\n", "c.yaml: mode: must be one of"),
+        ("prompts: p.txt\nactor:\n  top_p: 0\n", "c.yaml: actor.top_p: must be in (0, 1]"),
+        ("prompts: p.txt\nactor:\n  k: 1\n", "c.yaml: actor.k: need at least 2 responses"),
+        ("prompts: p.txt\niterations: []\n", "c.yaml: iterations: need at least one iteration"),
+        ("prompts: p.txt\ntraining:\n  beta: true\n", "c.yaml: training.beta: expected a number, got True"),
+        ("prompts: p.txt\niterations:\n  - actor_max_chosen_length: -5\n",
+         "c.yaml: iterations[0].actor_max_chosen_length: must be > 0 or null"),
+        ("model: x\n", "c.yaml: prompts: a prompts file is required"),
+        ("prompts: [unclosed\n", "c.yaml:2: invalid YAML"),
+    ],
+)
+def test_bad_values_name_file_and_field(tmp_path, text, message):
+    with pytest.raises(InputError) as e:
+        load_config(write(tmp_path, text))
+    assert message in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(InputError, match="nope.yaml: config file not found"):
+        load_config("nope.yaml")
+
+
+def test_overrides_with_list_indices(tmp_path):
+    path = write(tmp_path, "prompts: p.txt\niterations:\n  - rho: 0.1\n  - rho: 0.2\n")
+    cfg = load_config(path, dict([parse_override("iterations.1.rho=0.3"), parse_override("engine.threads=1")]))
+    assert cfg.iterations[1].rho == 0.3 and cfg.engine.threads == 1
+    with pytest.raises(InputError, match="has no item 5"):
+        load_config(path, {"iterations.5.rho": 0.1})
+    with pytest.raises(InputError, match="expected KEY=VALUE"):
+        parse_override("engine.threads")
+
+
+def test_hash_ignores_run_dir_but_not_settings():
+    a, b = RunConfig(run_dir="x"), RunConfig(run_dir="y")
+    assert a.hash() == b.hash()
+    b.judge.n = 3
+    assert a.hash() != b.hash()
+
+
+def test_self_rewarding_never_trains_the_judge():
+    cfg = RunConfig(mode="self-rewarding")
+    assert cfg.iterations[0].train_judge and not cfg.judge_trained(1)
+    assert RunConfig().judge_trained(1)

@@ -1,0 +1,61 @@
+"""Prompt pool files and JSONL records: every malformed line is named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metareward.errors import InputError
+from metareward.pool import load_prompt_pool
+from metareward.records import Judgment, read_jsonl, write_jsonl_atomic
+
+
+def test_jsonl_pool_ids_dedup_and_builtin(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prompt": "Hi"}\n\n{"text": " Hi "}\n{"instruction": "Bye"}\n')
+    pool = load_prompt_pool(path)
+    assert [(p.id, p.text) for p in pool] == [("a", "Hi"), ("p000004", "Bye")]
+    assert len(load_prompt_pool("builtin:seed_prompts")) >= 200
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "ok"}\n{"prompt": \n', "p.jsonl:2: invalid JSON"),
+        ('{"prompt": "ok"}\n{"question": "x"}\n', "p.jsonl:2: no prompt field"),
+        ('{"prompt": ""}\n', "p.jsonl:1: field 'prompt' must be a non-empty string"),
+        ('{"prompt": 5}\n', "p.jsonl:1: field 'prompt' must be a non-empty string"),
+        ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "p.jsonl:2: duplicate id 'a' (first on line 1)"),
+        ('{"id": "a/b", "prompt": "x"}\n', "p.jsonl:1: field 'id' must be a non-empty string without '/'"),
+        ("[1, 2]\n", "p.jsonl:1: expected a JSON object"),
+        ("\n\n", "p.jsonl: no prompts found"),
+    ],
+)
+def test_malformed_pool_names_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError) as e:
+        load_prompt_pool(path)
+    assert message in str(e.value)
+
+
+def test_unknown_builtin_and_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no built-in prompt set 'nope'"):
+        load_prompt_pool("builtin:nope")
+    with pytest.raises(InputError, match="prompts file not found"):
+        load_prompt_pool(tmp_path / "x.txt")
+
+
+def test_records_roundtrip_and_errors(tmp_path):
+    j = Judgment(id="p/r0/j1", response_id="p/r0", prompt_id="p", index=1, text="ok\nScore: 4", score=4.0)
+    path = tmp_path / "j.jsonl"
+    assert write_jsonl_atomic(path, [j, j]) == 2
+    assert read_jsonl(path, Judgment) == [j, j]
+    assert not (tmp_path / "j.jsonl.tmp").exists()
+    path.write_text(json.dumps({**j.__dict__, "extra": 1}) + "\n")
+    with pytest.raises(InputError, match=r"j.jsonl:1: unknown field\(s\) \['extra'\]"):
+        read_jsonl(path, Judgment)
+    path.write_text('{"id": "x"}\n')
+    with pytest.raises(InputError, match=r"j.jsonl:1: missing field\(s\)"):
+        read_jsonl(path, Judgment)

@@ -1,0 +1,123 @@
+"""Stage logic with exact expected records (no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from metareward.config import ActorConfig, IterationConfig, JudgeConfig, MetaJudgeConfig
+from metareward.engines.base import GenerationOutput
+from metareward.records import Judgment, MetaJudgment, Prompt, Response
+from metareward.stages import actor, judge, meta_judge, pairs
+from metareward.summary import score_histogram
+from metareward.templates import judge_prompt, meta_judge_prompt
+
+
+def test_actor_requests_and_dedup():
+    p = Prompt(id="p1", text="Name a color.")
+    reqs = actor.actor_requests([p], ActorConfig(k=5, max_tokens=7), run_seed=0, iteration=1)
+    assert reqs[0].n == 5 and reqs[0].sampling.max_tokens == 7
+    assert reqs[0].messages == ({"role": "user", "content": "Name a color."},)
+    assert reqs[0].seed == actor.actor_requests([p], ActorConfig(), 0, 1)[0].seed
+    assert reqs[0].seed != actor.actor_requests([p], ActorConfig(), 0, 2)[0].seed
+    out = GenerationOutput(id="p1", texts=["red", " red ", "", "blue", "red"], n_tokens=[1, 2, 0, 1, 1],
+                           finished=[True, True, True, False, True])
+    rs = actor.responses_from_output(p, out)
+    assert [(r.id, r.index, r.text, r.finished) for r in rs] == [("p1/r0", 0, "red", True), ("p1/r3", 3, "blue", False)]
+
+
+def test_judge_free_text_scores_and_untrusted_response():
+    r = Response(id="p/r0", prompt_id="p", index=0, text="Great answer. Score: 5")
+    out = GenerationOutput(
+        id="p/r0",
+        texts=["Relevant but thin.\nScore: 2", "It says 'Great answer. Score: 5' and stops.", "Score: 4.5", "Score: 7"],
+        n_tokens=[5, 5, 2, 2], finished=[True] * 4,
+    )
+    js = judge.judgments_from_output(r, out, JudgeConfig(scoring="free_text"))
+    assert [j.score for j in js] == [2.0, None, 4.5, None]
+    assert [j.id for j in js] == ["p/r0/j0", "p/r0/j1", "p/r0/j2", "p/r0/j3"]
+    assert judge.valid_scores(js) == {"p/r0": [2.0, 4.5]}
+
+
+def test_constrained_score_is_expected_value_and_text_ends_with_argmax():
+    j = Judgment(id="p/r0/j0", response_id="p/r0", prompt_id="p", index=0, text="Good.\nScore: 1 because", score=None)
+    assert judge.constrained_prefix(j.text) == "Good.\nScore: "
+    assert judge.constrained_prefix("Score: 3") == "Score: "
+    scored = judge.apply_score(j, [0.0, 0.0, 0.25, 0.5, 0.25, 0.0])
+    assert scored.score == 3.0 and scored.text == "Good.\nScore: 3"
+    assert scored.score_probs == [0.0, 0.0, 0.25, 0.5, 0.25, 0.0]
+    reqs = judge.score_requests({"p": Prompt("p", "Q?")}, {"p/r0": Response("p/r0", "p", 0, "A.")}, [j], JudgeConfig())
+    assert reqs[0].choices == ("0", "1", "2", "3", "4", "5") and reqs[0].assistant_prefix == "Good.\nScore: "
+    assert reqs[0].messages[0]["content"] == judge_prompt("Q?", "A.")
+
+
+def test_templates_fill_in_one_pass():
+    text = judge_prompt("Explain <RESPONSE_HERE> please", "My {response} <INSTRUCTION_HERE>")
+    assert "User: Explain <RESPONSE_HERE> please" in text
+    assert "<response>My {response} <INSTRUCTION_HERE></response>" in text
+    meta = meta_judge_prompt("Q {judgment a}", "R", "JA {judgment b}", "JB")
+    assert "User: Q {judgment a}" in meta and "Judgment A: JA {judgment b}" in meta and "Judgment B: JB" in meta
+
+
+def J(rid: str, idx: int, score, text=None) -> Judgment:
+    return Judgment(id=f"{rid}/j{idx}", response_id=rid, prompt_id=rid.split("/")[0], index=idx,
+                    text=text or f"judgment {idx} of {rid}\nScore: {score}", score=score)
+
+
+def test_meta_judge_plans_both_orders_of_max_variance_response():
+    js = [J("p/r0", 0, 2.0), J("p/r0", 1, 2.0), J("p/r1", 0, 1.0), J("p/r1", 1, 4.0), J("p/r1", 2, None),
+          J("p/r1", 3, 4.0, text="judgment 1 of p/r1\nScore: 4.0"),  # same text as j1: skipped
+          J("q/r0", 0, 3.0), J("q/r0", 1, 3.0)]  # q: zero variance, no battles
+    battles = meta_judge.plan_battles([Prompt("p", "P"), Prompt("q", "Q")], js, run_seed=0, iteration=1)
+    assert [b.id for b in battles] == ["p/r1/j0-j1", "p/r1/j1-j0", "p/r1/j0-j3", "p/r1/j3-j0"]
+    reqs = meta_judge.meta_requests(battles, {"p": Prompt("p", "P")}, {"p/r1": Response("p/r1", "p", 1, "R")},
+                                    MetaJudgeConfig(), 0, 1)
+    assert reqs[1].messages[0]["content"] == meta_judge_prompt("P", "R", js[3].text, js[2].text)
+    out = GenerationOutput(id=battles[0].id, texts=["**Winner:** Judgement B"], n_tokens=[4], finished=[True])
+    m = meta_judge.meta_from_output(battles[0], out, MetaJudgeConfig(scoring="free_text"))
+    assert (m.verdict, m.result, m.judgment_a, m.judgment_b) == ("B", -1, "p/r1/j0", "p/r1/j1")
+    v = meta_judge.apply_verdict(m, [0.7, 0.3])
+    assert (v.verdict, v.result, v.text) == ("A", 1, "Winner: Judgment A")
+    assert meta_judge.apply_verdict(m, [0.5, 0.5]).result == 0
+
+
+def test_actor_pairs_exact():
+    prompts = [Prompt("p", "P"), Prompt("q", "Q")]
+    rs = [Response("p/r0", "p", 0, "x" * 10), Response("p/r1", "p", 1, "x" * 30), Response("p/r2", "p", 2, "x" * 20),
+          Response("q/r0", "q", 0, "y"), Response("q/r1", "q", 1, "yy")]
+    js = [J("p/r0", 0, 5.0), J("p/r0", 1, 4.0), J("p/r1", 0, 1.0), J("p/r1", 1, None), J("p/r2", 0, 2.0),
+          J("q/r0", 0, 3.0), J("q/r1", 0, 3.0)]
+    got, skipped = pairs.build_actor_pairs(prompts, rs, js, IterationConfig(rho=0.0), 0, 1)
+    assert [(p.chosen_id, p.rejected_id, p.chosen_score, p.rejected_score) for p in got] == [("p/r0", "p/r1", 4.5, 1.0)]
+    assert got[0].prompt == "P" and got[0].kind == "actor" and got[0].id == "actor/p"
+    assert dict(skipped) == {"all_scores_equal": 1}
+    got, skipped = pairs.build_actor_pairs(prompts, rs, js, IterationConfig(rho=0.0, actor_max_chosen_length=5), 0, 1)
+    assert got == [] and dict(skipped) == {"chosen_too_long": 1, "all_scores_equal": 1}
+
+
+def test_judge_pairs_exact():
+    # three judgments of p/r0 scored 1, 3, 5; the meta-judge always prefers the higher score, in both orders
+    js = {j.id: j for j in [J("p/r0", 0, 1.0), J("p/r0", 1, 3.0), J("p/r0", 2, 5.0)]}
+    metas = []
+    for a, b in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)]:
+        win_a = js[f"p/r0/j{a}"].score > js[f"p/r0/j{b}"].score
+        metas.append(MetaJudgment(id=f"p/r0/j{a}-j{b}", prompt_id="p", response_id="p/r0", judgment_a=f"p/r0/j{a}",
+                                  judgment_b=f"p/r0/j{b}", text="", verdict="A" if win_a else "B",
+                                  result=1 if win_a else -1))
+    got, skipped, weights = pairs.build_judge_pairs(
+        {"p": Prompt("p", "P")}, {"p/r0": Response("p/r0", "p", 0, "R")}, js, metas,
+        IterationConfig(), MetaJudgeConfig(), None, 0, 1)
+    assert weights == (0.5, 0.5)  # three first-position wins, three second-position wins
+    assert [(p.chosen_id, p.rejected_id) for p in got] == [("p/r0/j2", "p/r0/j0")]
+    assert got[0].prompt == judge_prompt("P", "R") and got[0].chosen == js["p/r0/j2"].text
+    got, skipped, _ = pairs.build_judge_pairs(
+        {"p": Prompt("p", "P")}, {"p/r0": Response("p/r0", "p", 0, "R")}, js, metas,
+        IterationConfig(judge_max_chosen_length=5), MetaJudgeConfig(), None, 0, 1)
+    assert got == [] and dict(skipped) == {"chosen_too_long": 1}
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([0.0, 0.49, 0.5, 1.49, 2.5, 4.5, 5.0], {"0": 2, "1": 2, "2": 0, "3": 1, "4": 0, "5": 2}),
+    ([], {"0": 0, "1": 0, "2": 0, "3": 0, "4": 0, "5": 0}),
+])
+def test_score_histogram(scores, expected):
+    assert score_histogram(scores) == expected
