@@ -127,6 +127,7 @@ def test_bad_record_names_file_and_line(tmp_path):
 def fake_run(root: Path, iterations: int = 2, prompts: int = 12, k: int = 4, n: int = 5, seed: int = 0) -> Path:
     """A run directory shaped like ``metareward run`` output, with scores drifting up each iteration."""
     rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(f"model: smollm2-135m\nrun_dir: {root}\n")
     for it in range(1, iterations + 1):
         d = root / f"iter_{it}"

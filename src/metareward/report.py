@@ -1,0 +1,383 @@
+"""One self-contained HTML page per run: loop diagnostics across iterations, and eval results.
+
+``write_report(run_dir)`` reads the run directory through ``evaluation.diagnostics`` (and
+``RUN_DIR/eval/eval.json`` when ``metareward eval`` has written one), draws every plot with matplotlib
+(Agg backend, no display needed) and embeds each as a base64 PNG, so the single file can be mailed,
+archived or opened offline. Sections:
+
+* judge score distribution per iteration (paper Fig. 5: Gaussian KDE; a histogram when the scores
+  take fewer than two distinct values), with the mean and share of non-integer scores;
+* parse-failure and tie rates; response and judgment lengths; chosen/rejected lengths and counts of
+  actor and judge pairs;
+* meta-judge bias (paper Table 5): first-position preference (all pairs, equal-score pairs), score
+  bias, and the position-flip rate, as a table and a plot;
+* eval results: win rate and LC win rate with 95% intervals, judge agreement, instruction following,
+  answer lengths.
+
+Each figure is an ``<img data-figure="NAME">`` and each table a ``<table data-table="NAME">`` so tests
+(and scripts) can check that everything is there.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from metareward.errors import InputError  # noqa: E402
+from metareward.evaluation.diagnostics import IterationDiagnostics, diagnose_run, summary  # noqa: E402
+from metareward.store import atomic_write_text  # noqa: E402
+
+RUN_FIGURES = ("score-distribution", "rates", "lengths", "pair-lengths", "pair-counts", "meta-bias")
+RUN_TABLES = ("iterations", "meta-bias")
+EVAL_FIGURES = ("winrates", "eval-lengths")
+EVAL_TABLES = ("eval",)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(name: str, fig, caption: str) -> str:
+    return (
+        f'<figure><img data-figure="{name}" alt="{html.escape(name)}" '
+        f'src="data:image/png;base64,{_png(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
+
+
+def _fmt(x: Any, kind: str = "num") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * x:.1f}%"
+    if kind == "int":
+        return f"{int(x)}"
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+    return html.escape(str(x))
+
+
+def _table(name: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table data-table="{name}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+# ---------------------------------------------------------------- run figures
+
+
+def fig_scores(diags: Sequence[IterationDiagnostics]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    grid = np.linspace(-0.5, 5.5, 400)
+    for d in diags:
+        if not d.scores:
+            continue
+        label = f"iter {d.iteration} (mean {d.score_mean:.2f}, n={len(d.scores)})"
+        if len(set(d.scores)) >= 2:
+            ax.plot(grid, stats.gaussian_kde(d.scores)(grid), label=label)
+        else:
+            ax.hist(d.scores, bins=np.arange(-0.25, 5.5, 0.5), density=True, alpha=0.5, label=label)
+    ax.set_xlabel("judge score")
+    ax.set_ylabel("density")
+    ax.set_xlim(-0.5, 5.5)
+    ax.set_title("Judge score distribution (Gaussian KDE, cf. paper Fig. 5)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no valid scores", ha="center", transform=ax.transAxes)
+    return _figure("score-distribution", fig, "Density of valid judge scores per iteration.")
+
+
+def _line(ax, xs, ys, label, **kw) -> None:
+    ys = [_nan(y) for y in ys]
+    if any(not math.isnan(y) for y in ys):
+        ax.plot(xs, ys, marker="o", label=label, **kw)
+
+
+def fig_rates(diags: Sequence[IterationDiagnostics]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = [d.iteration for d in diags]
+    _line(ax, xs, [d.parse_failure_rate for d in diags], "judge parse failures")
+    _line(ax, xs, [d.prompt_tie_rate for d in diags], "prompts with all responses tied")
+    _line(ax, xs, [d.response_pair_tie_rate for d in diags], "tied response pairs")
+    _line(ax, xs, [d.non_integer_rate for d in diags], "non-integer scores")
+    _line(ax, xs, [d.meta.no_verdict_rate if d.meta else None for d in diags], "meta-judge: no verdict")
+    ax.set_xticks(xs)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("Parse failures and ties")
+    ax.legend(fontsize=8)
+    return _figure("rates", fig, "Shares of invalid judgments, ties and non-integer scores per iteration.")
+
+
+def fig_lengths(diags: Sequence[IterationDiagnostics]) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    xs = [d.iteration for d in diags]
+    for ax, attr, title in ((axes[0], "response_lengths", "actor responses"),
+                            (axes[1], "judgment_lengths", "judgments")):
+        data = [getattr(d, attr) or [0] for d in diags]
+        ax.boxplot(data, tick_labels=[str(x) for x in xs], showmeans=True)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("characters")
+        ax.set_title(f"Length of {title}")
+    return _figure("lengths", fig, "Distribution of response and judgment lengths (characters; triangle = mean).")
+
+
+def fig_pair_lengths(diags: Sequence[IterationDiagnostics]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = np.arange(len(diags))
+    width = 0.2
+    series = [
+        ("actor chosen", [d.actor_pairs.chosen_length_mean if d.actor_pairs else None for d in diags]),
+        ("actor rejected", [d.actor_pairs.rejected_length_mean if d.actor_pairs else None for d in diags]),
+        ("judge chosen", [d.judge_pairs.chosen_length_mean if d.judge_pairs else None for d in diags]),
+        ("judge rejected", [d.judge_pairs.rejected_length_mean if d.judge_pairs else None for d in diags]),
+    ]
+    for k, (label, ys) in enumerate(series):
+        ax.bar(xs + (k - 1.5) * width, [0 if y is None or math.isnan(y) else y for y in ys], width, label=label)
+    ax.set_xticks(xs, [str(d.iteration) for d in diags])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean characters")
+    ax.set_title("Chosen vs rejected length of the preference pairs")
+    ax.legend(fontsize=8)
+    return _figure("pair-lengths", fig, "Mean length of chosen and rejected sides of actor and judge pairs.")
+
+
+def fig_pair_counts(diags: Sequence[IterationDiagnostics]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    xs = np.arange(len(diags))
+    ax.bar(xs - 0.2, [d.actor_pairs.count if d.actor_pairs else 0 for d in diags], 0.4, label="actor pairs")
+    ax.bar(xs + 0.2, [d.judge_pairs.count if d.judge_pairs else 0 for d in diags], 0.4, label="judge pairs")
+    ax.plot(xs, [d.n_prompts for d in diags], "k--", marker="x", label="prompts")
+    ax.set_xticks(xs, [str(d.iteration) for d in diags])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("count")
+    ax.set_title("Preference pairs per iteration")
+    ax.legend(fontsize=8)
+    return _figure("pair-counts", fig, "Number of actor and judge DPO pairs (and prompts) per iteration.")
+
+
+def fig_meta_bias(diags: Sequence[IterationDiagnostics]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = [d.iteration for d in diags]
+    m = [d.meta for d in diags]
+    _line(ax, xs, [x.first_position_rate if x else None for x in m], "first-position preference")
+    _line(ax, xs, [x.first_position_rate_same_score if x else None for x in m], "first position, equal scores")
+    _line(ax, xs, [x.score_bias if x else None for x in m], "score bias (higher score wins)")
+    _line(ax, xs, [x.flip_rate if x else None for x in m], "verdict flips when order swapped")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(xs)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("share of decisive verdicts")
+    ax.set_title("Meta-judge biases (cf. paper Table 5)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no meta-judgments", ha="center", transform=ax.transAxes)
+    return _figure("meta-bias", fig, "0.5 (dotted) = no bias; flips: the same position won both orders.")
+
+
+def table_iterations(diags: Sequence[IterationDiagnostics]) -> str:
+    header = ["iter", "prompts", "responses", "judgments", "mean score", "parse failures", "prompt ties",
+              "pair ties", "resp. length", "actor pairs", "actor chosen/rejected len", "judge pairs",
+              "judge chosen/rejected len"]
+    rows = []
+    for d in diags:
+        s = summary(d)
+        ap, jp = s["actor_pairs"] or {}, s["judge_pairs"] or {}
+        rows.append([
+            _fmt(d.iteration, "int"), _fmt(s["prompts"], "int"), _fmt(s["responses"], "int"),
+            _fmt(s["judgments"], "int"), _fmt(s["score_mean"]), _fmt(s["parse_failure_rate"], "pct"),
+            _fmt(s["prompt_tie_rate"], "pct"), _fmt(s["response_pair_tie_rate"], "pct"),
+            _fmt(s["response_length_mean"]), _fmt(ap.get("count"), "int"),
+            f"{_fmt(ap.get('chosen_length_mean'))} / {_fmt(ap.get('rejected_length_mean'))}",
+            _fmt(jp.get("count"), "int"),
+            f"{_fmt(jp.get('chosen_length_mean'))} / {_fmt(jp.get('rejected_length_mean'))}",
+        ])
+    return _table("iterations", header, rows)
+
+
+def table_meta_bias(diags: Sequence[IterationDiagnostics]) -> str:
+    header = ["iter", "meta-judgments", "no verdict", "first-position preference", "… on equal-score pairs",
+              "score bias", "pairs with different scores", "both orders decisive", "flip rate"]
+    rows = []
+    for d in diags:
+        m = d.meta
+        if m is None:
+            rows.append([_fmt(d.iteration, "int")] + ["–"] * (len(header) - 1))
+            continue
+        rows.append([
+            _fmt(d.iteration, "int"), _fmt(m.n, "int"), _fmt(m.no_verdict_rate, "pct"),
+            _fmt(m.first_position_rate, "pct"), _fmt(m.first_position_rate_same_score, "pct"),
+            _fmt(m.score_bias, "pct"), _fmt(m.different_score_decisive, "int"), _fmt(m.both_decisive, "int"),
+            _fmt(m.flip_rate, "pct"),
+        ])
+    return _table("meta-bias", header, rows)
+
+
+# ---------------------------------------------------------------- eval section
+
+
+def fig_winrates(ev: dict[str, Any]) -> str:
+    res = {k: v["winrate"] for k, v in ev["results"].items() if v.get("winrate")}
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = list(res)
+    xs = np.arange(len(labels))
+    for off, key, ci, name in ((-0.12, "win_rate", "win_rate_ci95", "win rate"),
+                               (0.12, "lc_win_rate", "lc_win_rate_ci95", "LC win rate")):
+        ys = np.array([_nan(res[k].get(key)) for k in labels])
+        cis = [res[k].get(ci) or [None, None] for k in labels]
+        lo = np.array([y - _nan(c[0]) for y, c in zip(ys, cis)])
+        hi = np.array([_nan(c[1]) - y for y, c in zip(ys, cis)])
+        ax.errorbar(xs + off, ys, yerr=np.nan_to_num(np.vstack([lo, hi])), fmt="o", capsize=4, label=name)
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(xs, labels)
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("% vs baseline")
+    baseline = next(iter(res.values()))["baseline"] if res else "?"
+    ax.set_title(f"Win rate vs {baseline} with bootstrap 95% intervals")
+    if labels:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no win rates in eval.json", ha="center", transform=ax.transAxes)
+    return _figure("winrates", fig, "Win rate (ties = ½) and AlpacaEval-style length-controlled win rate.")
+
+
+def fig_eval_lengths(ev: dict[str, Any]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    data = {k: v["length"]["lengths"] for k, v in ev["results"].items() if v.get("length", {}).get("lengths")}
+    if data:
+        ax.boxplot(list(data.values()), tick_labels=list(data), showmeans=True)
+    else:
+        ax.text(0.5, 0.5, "no answer lengths in eval.json", ha="center", transform=ax.transAxes)
+    ax.set_ylabel("characters")
+    ax.set_title("Answer length per model (eval prompt set)")
+    return _figure("eval-lengths", fig, "Length of each model's answers on the eval prompt set.")
+
+
+def table_eval(ev: dict[str, Any]) -> str:
+    header = ["model", "agreement", "agreement w/o ties", "Spearman", "judge parse rate", "win rate [95% CI]",
+              "LC win rate [95% CI]", "W/T/L", "IF prompt strict", "IF instr. loose", "mean length"]
+    rows = []
+    for label, r in ev["results"].items():
+        a, w, f, n = r.get("agreement") or {}, r.get("winrate") or {}, r.get("ifbench") or {}, r.get("length") or {}
+
+        def wr(key: str, ci: str, w: dict[str, Any] = w) -> str:
+            if w.get(key) is None:
+                return "–"
+            lo, hi = w.get(ci) or [None, None]
+            return f"{w[key]:.1f} [{_fmt(lo)}, {_fmt(hi)}]"
+
+        rows.append([
+            html.escape(label), _fmt(a.get("agreement"), "pct"), _fmt(a.get("agreement_without_ties"), "pct"),
+            _fmt(a.get("spearman")), _fmt(a.get("parse_rate"), "pct"), wr("win_rate", "win_rate_ci95"),
+            wr("lc_win_rate", "lc_win_rate_ci95"),
+            f"{w['wins']}/{w['ties']}/{w['losses']}" if w else "–",
+            _fmt(f.get("prompt_strict"), "pct"), _fmt(f.get("instruction_loose"), "pct"), _fmt(n.get("mean")),
+        ])
+    return _table("eval", header, rows)
+
+
+# ---------------------------------------------------------------- page
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;background:#fff;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .5em;
+text-align:right}th{background:#f0f0f0}td:first-child{text-align:left}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%}
+.note{font-size:.85em;color:#555}
+"""
+
+
+def find_eval(run_dir: Path) -> Path | None:
+    for p in (run_dir / "eval" / "eval.json", run_dir / "eval.json"):
+        if p.is_file():
+            return p
+    return None
+
+
+def build_report(run_dir: str | Path, eval_path: str | Path | None = None) -> str:
+    """The report page as an HTML string (see module docstring)."""
+    run_dir = Path(run_dir)
+    diags = diagnose_run(run_dir)
+    model = ""
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        model = str((yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", ""))
+    parts = [
+        f"<h1>metareward run report: {html.escape(run_dir.name)}</h1>",
+        f'<p class="note">Run directory <code>{html.escape(str(run_dir.resolve()))}</code>; seed model '
+        f"<code>{html.escape(model)}</code>; {len(diags)} iteration(s). Lengths are in characters.</p>",
+        "<h2>Iterations</h2>", table_iterations(diags),
+        "<h2>Judge scores</h2>", fig_scores(diags), fig_rates(diags),
+        "<h2>Lengths and pairs</h2>", fig_lengths(diags), fig_pair_lengths(diags), fig_pair_counts(diags),
+        "<h2>Meta-judge bias</h2>",
+        '<p class="note">Over decisive verdicts (A or B). Score bias: on pairs of judgments with different '
+        "scores, the share won by the higher-scoring judgment (paper Table 5 reports 63.04% at iteration 1 "
+        "and 97.68% at iteration 2). Flip rate: of the judgment pairs meta-judged in both orders with two "
+        "decisive verdicts, the share where the same position won both times.</p>",
+        table_meta_bias(diags), fig_meta_bias(diags),
+    ]
+    ev_path = Path(eval_path) if eval_path else find_eval(run_dir)
+    if ev_path is not None:
+        try:
+            ev = json.loads(ev_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{ev_path}: cannot read eval results ({e})") from None
+        if not isinstance(ev, dict) or not isinstance(ev.get("results"), dict):
+            raise InputError(f"{ev_path}: results: expected the eval.json written by metareward eval")
+        opts = ev.get("options", {})
+        parts += [
+            "<h2>Evaluation</h2>",
+            f'<p class="note">From <code>{html.escape(str(ev_path))}</code>: prompt set '
+            f"<code>{html.escape(str(opts.get('prompt_set', '?')))}</code> "
+            f"({ev.get('prompt_set', {}).get('prompts', '?')} prompts), baseline "
+            f"<code>{html.escape(str(opts.get('baseline', '?')))}</code>, judge "
+            f"<code>{html.escape(str(opts.get('judge') or opts.get('baseline', '?')))}</code>; agreement set "
+            f"<code>{html.escape(str(opts.get('agreement_set', '?')))}</code>.</p>",
+            table_eval(ev), fig_winrates(ev), fig_eval_lengths(ev),
+        ]
+    else:
+        parts.append('<h2>Evaluation</h2><p class="note">No eval.json found; run '
+                     "<code>metareward eval --run-dir RUN_DIR</code> first to add win rates here.</p>")
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>metareward report: {html.escape(run_dir.name)}</title><style>{CSS}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, eval_path: str | Path | None = None) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``) atomically; returns its path."""
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    atomic_write_text(out, build_report(run_dir, eval_path))
+    return out
