@@ -1,0 +1,352 @@
+"""Evaluation Fine-Tuning (EFT) data: LLM-as-a-Judge examples whose scores agree with human rankings.
+
+The paper's seed model is first fine-tuned on EFT (spec §1.1, §10), built by Self-Rewarding from Open
+Assistant prompts that have several human-ranked responses:
+
+1. every (prompt, response) goes into the training judge prompt (``metareward.templates.judge_prompt``,
+   the additive 5-point prompt, as the user turn), and the seed model writes ``n`` judgments for it;
+2. each judgment is scored like in the loop's judge stage (``metareward.stages.judge``): ``free_text``
+   parses the last ``Score: x`` (a judgment without one is invalid and ignored); ``constrained`` cuts the
+   judgment before its score, appends ``Score: `` and takes the expected digit from the next-token
+   distribution (its text then ends with the most likely digit);
+3. a prompt is kept only if the order of its responses' **mean** scores agrees with the human order:
+   for every two responses with different human ranks, the better-ranked one has the strictly higher
+   mean score (equal human ranks impose nothing; a response without any valid judgment fails the prompt);
+4. from a kept prompt, each response contributes its judgment whose score is closest to the response's
+   mean (``per_response="closest"``, ties to the lower index; the most representative judgment), or all
+   its valid judgments (``"all"``);
+5. the over-represented score is down-sampled (the paper: "too many judgments came out at score 4, so the
+   set was resampled to drop part of the most common score"): the most common score value keeps at most
+   ``downsample_ratio`` times as many examples as the second most common, chosen at random (seeded);
+6. prompts are split into train and eval (``eval_fraction``, default 25% as in spec §10; seeded), so a
+   prompt's examples are all in one split.
+
+**Input** (Open-Assistant-like JSONL, one prompt per line)::
+
+    {"id": "oa-0001", "prompt": "How do I boil an egg?",
+     "responses": [{"text": "Place the egg in boiling water for 7 minutes...", "rank": 0},
+                   {"text": "Eggs are laid by hens.", "rank": 1}]}
+
+``rank`` 0 is the best (Open Assistant's convention); ranks are integers >= 0, ties allowed, at least two
+different ranks per prompt. ``id`` is optional (default ``q<line>``; no "/"); ``meta`` (any JSON) may hold
+anything else. Other keys are errors, and every error names the file, line and field.
+
+**Output** (``out_dir``): ``train.jsonl`` and ``eval.jsonl`` with one SFT example per line::
+
+    {"id": "oa-0001/r0/j2", "prompt": "<the filled judge prompt>", "completion": "...\\nScore: 4",
+     "score": 4.0, "human_rank": 0}
+
+(``prompt`` is the user turn, ``completion`` the assistant turn, ``score`` the score the completion states),
+``judgments.jsonl`` (every judgment, ``records.Judgment``), and ``report.json`` (counts; see ``build_eft``).
+Generation is resumable: judge outputs go through ``metareward.store.run_chunked`` logs in
+``out_dir/.work``; rerunning after a kill redoes only unfinished chunks, and a finished build is not
+recomputed. Changing the settings or the input on a half-built ``out_dir`` is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from metareward.config import JudgeConfig, settings_hash
+from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
+from metareward.errors import InputError
+from metareward.parsing import parse_score
+from metareward.records import Judgment, Prompt, Response, to_json
+from metareward.stages.judge import apply_score, judge_requests, judgments_from_output, score_requests
+from metareward.store import atomic_write_json, atomic_write_text, run_chunked
+from metareward.templates import judge_prompt
+
+ScoringMode = Literal["free_text", "constrained"]
+EXAMPLE_RANKED = Path(__file__).resolve().parent / "data" / "eft_example.jsonl"
+"""A tiny hand-written ranked file (order known by construction), to show the schema and run offline."""
+
+
+@dataclass(frozen=True)
+class EFTSettings:
+    """How EFT data is built. Sampling defaults are the loop's judge defaults (spec §10)."""
+
+    n: int = 3  # judgments per response (Self-Rewarding judged each response 3 times in its loop)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 512
+    scoring: ScoringMode = "free_text"
+    template: str | None = None  # custom judge prompt (default: the paper's)
+    per_response: Literal["closest", "all"] = "closest"
+    downsample_ratio: float | None = 1.0  # most common score <= ratio * second most common; None: off
+    eval_fraction: float = 0.25
+    seed: int = 0
+    chunk_size: int = 64  # requests per resumable chunk
+
+    def validate(self) -> None:
+        checks = [
+            (self.n >= 1, "n must be >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.scoring in ("free_text", "constrained"), "scoring must be free_text or constrained"),
+            (self.per_response in ("closest", "all"), "per_response must be closest or all"),
+            (self.downsample_ratio is None or self.downsample_ratio >= 1, "downsample_ratio must be >= 1"),
+            (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
+            (self.chunk_size >= 1, "chunk_size must be >= 1"),
+            (self.template is None or Path(self.template).is_file(), f"template file not found: {self.template}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(f"eft settings: {msg}")
+
+    def judge_config(self) -> JudgeConfig:
+        return JudgeConfig(n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                           scoring=self.scoring, template=self.template)
+
+
+@dataclass
+class RankedPrompt:
+    """One input line: a prompt and its human-ranked responses (rank 0 = best)."""
+
+    id: str
+    prompt: str
+    texts: list[str]
+    ranks: list[int]
+    meta: Any = None
+
+
+@dataclass
+class EFTExample:
+    """One SFT example (a line of train.jsonl / eval.jsonl)."""
+
+    id: str
+    prompt: str
+    completion: str
+    score: float
+    human_rank: int
+
+
+_ALLOWED = {"id", "prompt", "responses", "meta"}
+
+
+def load_ranked(path: str | Path) -> list[RankedPrompt]:
+    """Read an Open-Assistant-like ranked JSONL (schema in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: ranked responses file not found")
+    out: list[RankedPrompt] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            unknown = sorted(set(obj) - _ALLOWED)
+            if unknown:
+                raise InputError(f"{where}: unknown field(s) {unknown} (allowed: {sorted(_ALLOWED)}; put extras in 'meta')")
+            pid = obj.get("id", f"q{lineno:06d}")
+            if not isinstance(pid, str) or not pid or "/" in pid:
+                raise InputError(f"{where}: field 'id' must be a non-empty string without '/', got {pid!r}")
+            if pid in seen:
+                raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
+            seen[pid] = lineno
+            prompt = obj.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"{where}: field 'prompt' must be a non-empty string")
+            responses = obj.get("responses")
+            if not isinstance(responses, list) or len(responses) < 2:
+                raise InputError(f"{where}: field 'responses' must be a list of at least 2 ranked responses")
+            texts, ranks = [], []
+            for k, r in enumerate(responses):
+                fld = f"responses[{k}]"
+                if not isinstance(r, dict) or set(r) != {"text", "rank"}:
+                    raise InputError(f"{where}: field '{fld}' must be an object with exactly 'text' and 'rank'")
+                if not isinstance(r["text"], str) or not r["text"].strip():
+                    raise InputError(f"{where}: field '{fld}.text' must be a non-empty string")
+                rank = r["rank"]
+                if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+                    raise InputError(f"{where}: field '{fld}.rank' must be an integer >= 0 (0 = best), got {rank!r}")
+                texts.append(r["text"])
+                ranks.append(rank)
+            if len(set(ranks)) < 2:
+                raise InputError(f"{where}: field 'responses': all ranks are equal, so there is no order to agree with")
+            out.append(RankedPrompt(pid, prompt.strip(), texts, ranks, obj.get("meta")))
+    if not out:
+        raise InputError(f"{path}: no ranked prompts found")
+    return out
+
+
+def agrees(mean_scores: Sequence[float | None], ranks: Sequence[int]) -> bool:
+    """True if for every pair with different human ranks the better-ranked (lower rank) response has the
+    strictly higher mean score. A response without a score (None) makes it False."""
+    if any(m is None for m in mean_scores):
+        return False
+    for a in range(len(ranks)):
+        for b in range(len(ranks)):
+            if ranks[a] < ranks[b] and not mean_scores[a] > mean_scores[b]:  # type: ignore[operator]
+                return False
+    return True
+
+
+def downsample(examples: list[EFTExample], ratio: float | None, seed: int) -> tuple[list[EFTExample], dict]:
+    """Cut the most common score to ``ratio`` x the second most common (seeded); keeps input order."""
+    counts = Counter(e.score for e in examples)
+    info = {"score": None, "before": 0, "after": 0}
+    if ratio is None or len(counts) < 2:
+        return examples, info
+    (top, c1), (_, c2) = counts.most_common(2)
+    limit = int(ratio * c2)
+    if c1 <= limit:
+        return examples, info
+    idx = [i for i, e in enumerate(examples) if e.score == top]
+    keep = set(random.Random(f"eft-downsample:{seed}").sample(idx, limit))
+    info = {"score": top, "before": c1, "after": limit}
+    return [e for i, e in enumerate(examples) if e.score != top or i in keep], info
+
+
+def split_prompts(prompt_ids: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
+    """The prompt ids that go to eval: round(eval_fraction * n) of them, chosen at random (seeded)."""
+    ids = list(prompt_ids)
+    random.Random(f"eft-split:{seed}").shuffle(ids)
+    return set(ids[: round(eval_fraction * len(ids))])
+
+
+def _histogram(examples: Sequence[EFTExample]) -> dict[str, int]:
+    return {f"{k:g}": v for k, v in sorted(Counter(e.score for e in examples).items())}
+
+
+def build_eft(
+    input_path: str | Path,
+    out_dir: str | Path,
+    engine: Engine | Callable[[], Engine],
+    settings: EFTSettings = EFTSettings(),
+) -> dict[str, Any]:
+    """Build EFT train/eval files from a ranked JSONL (see the module docstring). Returns the report.
+
+    ``engine`` may be a factory: it is called only if some judgments remain to be generated. Report keys:
+    ``prompts``, ``responses``, ``judgments``, ``valid_judgments``, ``prompts_agreeing``,
+    ``prompts_disagreeing``, ``prompts_unscored`` (a response had no valid judgment), ``examples`` (before
+    down-sampling), ``downsampled`` ({score, before, after}), ``train``/``eval`` (examples) and
+    ``train_prompts``/``eval_prompts``, score histograms ``scores_before``/``scores_after``.
+    """
+    settings.validate()
+    out_dir = Path(out_dir)
+    ranked = load_ranked(input_path)
+    work = out_dir / ".work"
+    key = settings_hash(asdict(settings), [asdict(r) for r in ranked])
+    settings_file = work / "settings.json"
+    if settings_file.is_file():
+        if json.loads(settings_file.read_text())["hash"] != key:
+            raise InputError(f"{out_dir}: holds an EFT build with other settings or input; use another --out "
+                             f"directory or delete {out_dir}")
+    else:
+        atomic_write_json(settings_file, {"hash": key, "settings": asdict(settings), "input": str(input_path)})
+
+    jcfg = settings.judge_config()
+    prompts = {r.id: Prompt(r.id, r.prompt) for r in ranked}
+    responses = {
+        f"{r.id}/r{k}": Response(id=f"{r.id}/r{k}", prompt_id=r.id, index=k, text=t)
+        for r in ranked
+        for k, t in enumerate(r.texts)
+    }
+
+    made: list[Engine] = []
+
+    def get_engine() -> Engine:
+        if not made:
+            made.append(engine if isinstance(engine, Engine) else engine())
+        return made[0]
+
+    try:
+        requests = judge_requests(prompts, list(responses.values()), jcfg, settings.seed, 0)
+        gen = run_chunked(
+            work / "judge.chunks.jsonl", requests, lambda reqs: get_engine().generate(reqs),
+            _encode_generation, settings.chunk_size, "eft judge",
+        )
+        judgments: list[Judgment] = []
+        for rid, resp in responses.items():
+            o = gen[rid]
+            out = GenerationOutput(id=rid, texts=o["texts"], n_tokens=o["n_tokens"], finished=o["finished"])
+            judgments += judgments_from_output(resp, out, jcfg)
+        if settings.scoring == "constrained":
+            reqs = score_requests(prompts, responses, judgments, jcfg)
+            probs = run_chunked(
+                work / "score.chunks.jsonl", reqs, lambda rs: get_engine().choice_probs(rs),
+                _encode_choice, settings.chunk_size, "eft score",
+            )
+            judgments = [apply_score(j, probs[j.id]["probs"], responses[j.response_id].text) for j in judgments]
+    finally:
+        if made and made[0] is not engine:
+            made[0].close()
+
+    by_response: dict[str, list[Judgment]] = {}
+    for j in judgments:
+        by_response.setdefault(j.response_id, []).append(j)
+
+    report: dict[str, Any] = {
+        "input": str(input_path), "out_dir": str(out_dir), "prompts": len(ranked), "responses": len(responses),
+        "judgments": len(judgments), "valid_judgments": sum(j.score is not None for j in judgments),
+        "prompts_agreeing": 0, "prompts_disagreeing": 0, "prompts_unscored": 0,
+    }
+    examples: list[EFTExample] = []
+    agreeing: list[str] = []
+    for r in ranked:
+        means: list[float | None] = []
+        for k in range(len(r.texts)):
+            scores = [j.score for j in by_response[f"{r.id}/r{k}"] if j.score is not None]
+            means.append(sum(scores) / len(scores) if scores else None)
+        if any(m is None for m in means):
+            report["prompts_unscored"] += 1
+            continue
+        if not agrees(means, r.ranks):
+            report["prompts_disagreeing"] += 1
+            continue
+        report["prompts_agreeing"] += 1
+        agreeing.append(r.id)
+        for k, text in enumerate(r.texts):
+            valid = [j for j in by_response[f"{r.id}/r{k}"] if j.score is not None]
+            if settings.per_response == "closest":
+                valid = [min(valid, key=lambda j, m=means[k]: (abs(j.score - m), j.index))]
+            filled = judge_prompt(r.prompt, text, settings.template)
+            for j in valid:
+                stated = parse_score(j.text, text)
+                examples.append(EFTExample(
+                    id=j.id, prompt=filled, completion=j.text,
+                    score=float(stated if stated is not None else j.score), human_rank=r.ranks[k],
+                ))
+
+    report["examples"] = len(examples)
+    report["scores_before"] = _histogram(examples)
+    examples, info = downsample(examples, settings.downsample_ratio, settings.seed)
+    report["downsampled"] = info
+    report["scores_after"] = _histogram(examples)
+    eval_ids = split_prompts(agreeing, settings.eval_fraction, settings.seed)
+    train = [e for e in examples if e.id.split("/")[0] not in eval_ids]
+    evals = [e for e in examples if e.id.split("/")[0] in eval_ids]
+    report.update(train=len(train), eval=len(evals), train_prompts=len(set(agreeing) - eval_ids),
+                  eval_prompts=len(eval_ids), settings=asdict(settings))
+
+    atomic_write_text(out_dir / "judgments.jsonl", "".join(to_json(j) + "\n" for j in judgments))
+    atomic_write_text(out_dir / "train.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in train))
+    atomic_write_text(out_dir / "eval.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in evals))
+    atomic_write_json(out_dir / "report.json", report)
+    return report
+
+
+def _encode_generation(o: GenerationOutput) -> dict[str, Any]:
+    return {"id": o.id, "texts": o.texts, "n_tokens": o.n_tokens, "finished": o.finished}
+
+
+def _encode_choice(o: ChoiceOutput) -> dict[str, Any]:
+    return {"id": o.id, "probs": o.probs}
+
+
+__all__ = ["EFTExample", "EFTSettings", "RankedPrompt", "agrees", "build_eft", "downsample", "load_ranked",
+           "split_prompts", "EXAMPLE_RANKED"]
