@@ -49,6 +49,7 @@ class EngineConfig:
     max_concurrency: int = 16  # openai
     request_timeout: float = 120.0  # openai, seconds per request
     max_retries: int = 6  # openai
+    ray_address: str | None = None  # data_parallel_size > 1: None starts a local Ray; "auto" or "ray://head:10001" joins a cluster
 
 
 @dataclass
@@ -112,6 +113,7 @@ class TrainingConfig:
     lora_dropout: float = 0.05
     shuffle_seed: int = 0
     save_steps: int = 200  # checkpoint interval; a killed training run resumes from the last checkpoint
+    launcher: str | None = None  # e.g. "accelerate launch --config_file configs/accelerate/ddp.yaml": train in a subprocess (multi-GPU)
 
 
 @dataclass
