@@ -285,6 +285,10 @@ class Runner:
         return summary, model_out
 
     def train(self, model_path: str, train_set: list[PreferencePair], store: IterationStore) -> dict[str, Any]:
+        if self.cfg.training.launcher:  # multi-GPU / multi-node: accelerate launch in a subprocess
+            from metareward.training.launch import launch_training
+
+            return launch_training(self.cfg.training.launcher, "dpo", self.run_dir, store.iteration, model_path)
         from metareward.training.dpo import train_dpo
 
         return train_dpo(

@@ -125,16 +125,21 @@ def train_dpo(
     result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     trained = trainer.model
-    if cfg.method == "lora":
-        trained = trained.merge_and_unload()
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if trainer.accelerator.num_processes > 1:  # under accelerate launch (DDP/FSDP/ZeRO-3): a collective save
+        from metareward.training.distributed import save_trained
+
+        save_trained(trainer, tokenizer, out_dir, work_dir, cfg.method == "lora", model_path)
+    else:
+        if cfg.method == "lora":
+            trained = trained.merge_and_unload()
+        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        trained.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)
     metrics = {
         "pairs": len(pairs),
         "steps": result.global_step,

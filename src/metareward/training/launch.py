@@ -1,0 +1,118 @@
+"""Training as its own program, so it can run under ``accelerate launch`` on many GPUs or nodes.
+
+Usage (every process of the launch runs the same command; accelerate sets the ranks)::
+
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m metareward.training.launch dpo RUN_DIR ITER
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m metareward.training.launch sft RUN_DIR
+
+``dpo RUN_DIR ITER`` trains iteration ``ITER`` of a run exactly as the in-process loop would: the resolved
+``RUN_DIR/config.yaml``, the iteration's starting model (``model_in`` in its manifest, or ``--model``), its
+``actor_pairs.jsonl`` + ``judge_pairs.jsonl`` in that order, checkpoints in ``iter_ITER/.work/dpo`` (a killed
+launch resumes from the last one), the result in ``iter_ITER/model``. ``sft RUN_DIR`` runs the optional SFT
+step 0 (``metareward.training.sft.run_sft``) into ``iter_0/model``.
+
+The main process writes the metrics to ``METRICS_FILE`` (``iter_<i>/.work/train_metrics.json``) atomically;
+``launch_training`` (what the run loop calls when ``training.launcher`` is set) starts the launcher as a
+subprocess and reads them back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from metareward.store import atomic_write_json
+
+METRICS_FILE = "train_metrics.json"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def metrics_path(run_dir: str | Path, iteration: int) -> Path:
+    return Path(run_dir) / f"iter_{iteration}" / ".work" / METRICS_FILE
+
+
+def run_dpo(run_dir: str | Path, iteration: int, model: str | None = None) -> dict[str, Any]:
+    from metareward.config import load_config
+    from metareward.records import PreferencePair, read_jsonl
+    from metareward.store import IterationStore
+    from metareward.training.dpo import train_dpo
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    store = IterationStore(Path(run_dir), iteration)
+    model_path = model or store.manifest.get("model_in")
+    if not model_path:
+        raise SystemExit(f"{store.manifest_path}: no model_in; pass --model")
+    pairs = read_jsonl(store.path("actor_pairs.jsonl"), PreferencePair) + read_jsonl(
+        store.path("judge_pairs.jsonl"), PreferencePair
+    )
+    metrics = train_dpo(model_path, pairs, store.model_dir, cfg.training, store.work / "dpo",
+                        threads=cfg.engine.threads)
+    metrics["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
+    if _is_main():
+        atomic_write_json(metrics_path(run_dir, iteration), metrics)
+    return metrics
+
+
+def run_sft_step(run_dir: str | Path) -> dict[str, Any]:
+    from metareward.config import load_config
+    from metareward.models import resolve_model
+    from metareward.store import IterationStore
+    from metareward.training.sft import run_sft
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    sft = getattr(cfg, "sft", None)
+    if sft is None:
+        raise SystemExit(f"{run_dir}/config.yaml has no sft section")
+    store = IterationStore(Path(run_dir), 0)
+    metrics = run_sft(resolve_model(cfg.model), sft.data, str(store.model_dir), sft)
+    if _is_main():
+        atomic_write_json(metrics_path(run_dir, 0), metrics)
+    return metrics
+
+
+def launch_training(launcher: str, task: str, run_dir: str | Path, iteration: int | None = None,
+                    model: str | None = None) -> dict[str, Any]:
+    """Run ``LAUNCHER -m metareward.training.launch TASK ...`` as a subprocess (the caller's GPU memory
+    must be free: the loop closes its engine first) and return the metrics the main process wrote."""
+    args = [task, str(run_dir)] + ([str(iteration)] if iteration is not None else [])
+    if model:
+        args += ["--model", model]
+    cmd = shlex.split(launcher) + ["-m", "metareward.training.launch", *args]
+    out = metrics_path(run_dir, iteration or 0)
+    out.unlink(missing_ok=True)
+    done = subprocess.run(cmd)
+    if done.returncode != 0:
+        raise RuntimeError(f"training launcher failed with exit code {done.returncode}: {shlex.join(cmd)}")
+    if not out.is_file():
+        raise RuntimeError(f"training launcher exited 0 but wrote no metrics ({out}): {shlex.join(cmd)}")
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metareward.training.launch", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="task", required=True)
+    p = sub.add_parser("dpo", help="DPO of one iteration of a run")
+    p.add_argument("run_dir")
+    p.add_argument("iteration", type=int)
+    p.add_argument("--model", help="starting model (default: the iteration's model_in)")
+    p = sub.add_parser("sft", help="the SFT step 0 of a run")
+    p.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    if args.task == "dpo":
+        run_dpo(args.run_dir, args.iteration, args.model)
+    else:
+        run_sft_step(args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Multi-process DPO under ``accelerate launch``: two CPU processes (torchrun + gloo) train one iteration
+of a run directory through the loop's ``training.launcher`` path, and the main process alone writes a
+complete, changed model folder.
+
+On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes 2`` starts two processes
+that the Trainer (``use_cpu``) joins as MULTI_CPU with the gloo backend; accelerate's own ``--cpu`` flag
+runs one process unless mpirun is configured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from metareward.config import IterationConfig, RunConfig, TrainingConfig, dump_config
+from metareward.loop import Runner
+from metareward.models import resolve_model
+from metareward.records import PreferencePair, write_jsonl_atomic
+from metareward.store import IterationStore
+
+pytestmark = pytest.mark.slow
+LAUNCHER = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+
+QA = [
+    ("What is 2 + 3?", "2 + 3 = 5.", "It is 7."),
+    ("Name a primary color.", "Red.", "Purple is a primary color."),
+    ("Say hello in French.", "Bonjour!", "Hola!"),
+    ("Name a planet.", "Mars.", "The Moon."),
+]
+
+
+def test_two_process_dpo_through_the_loop_launcher(tmp_path):
+    model = resolve_model("smollm2-135m")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(q for q, _, _ in QA) + "\n")
+    cfg = RunConfig(
+        run_dir=str(tmp_path / "run"),
+        prompts=str(prompts),
+        training=TrainingConfig(batch_size=1, gradient_accumulation=1, max_length=256, epochs=1.0,
+                                learning_rate=1e-5, precision="float32", save_steps=1000, launcher=LAUNCHER),
+        iterations=[IterationConfig(prompts=4)],
+    )
+    cfg.engine.threads = 1
+    run_dir = Path(cfg.run_dir)
+    dump_config(cfg, run_dir / "config.yaml")
+    store = IterationStore(run_dir, 1)
+    store.manifest["model_in"] = model
+    store.save_manifest()
+    pairs = [
+        PreferencePair(id=f"p{i}", kind="actor", prompt_id=f"q{i}", prompt=q, chosen=c, rejected=r,
+                       chosen_id=f"q{i}/r0", rejected_id=f"q{i}/r1", chosen_score=4.0, rejected_score=1.0)
+        for i, (q, c, r) in enumerate(QA)
+    ]
+    write_jsonl_atomic(store.path("actor_pairs.jsonl"), pairs)
+    write_jsonl_atomic(store.path("judge_pairs.jsonl"), [])
+
+    metrics = Runner(cfg, engine_factory=lambda path: None).train(model, pairs, store)
+
+    assert metrics["processes"] == 2
+    assert metrics["pairs"] == 4
+    assert metrics["steps"] == 2  # 4 pairs / (2 processes x batch 1)
+    out = store.model_dir
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert not (run_dir / "iter_1" / "model.tmp").exists()
+    from safetensors.torch import load_file
+
+    before = load_file(str(Path(model) / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k].float(), after[k].float())]
+    assert changed  # trained
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"

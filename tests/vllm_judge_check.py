@@ -1,0 +1,60 @@
+"""Run inside the vLLM environment (``.venv-vllm``, see scripts/setup_vllm_cpu.sh) by test_engine_vllm.py:
+a constrained-mode judge stage through ``VLLMEngine`` on the embedded model, with the chunked store the
+loop uses, and the same score requests through ``HFEngine`` for comparison. Writes a JSON report to
+the path given as the first argument. Guarded by ``__main__``: vLLM spawns worker processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(out_path: str, model: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from servers import RESPONSES, tiny_judge_requests
+
+    from metareward.config import EngineConfig
+    from metareward.engines.hf import HFEngine
+    from metareward.engines.vllm import make_vllm_engine
+    from metareward.records import Prompt
+    from metareward.stages import judge
+    from metareward.store import run_chunked
+
+    work = Path(out_path).parent
+    reqs, cfg = tiny_judge_requests(n=3, max_tokens=12, scoring="constrained")
+    t0 = time.perf_counter()
+    engine = make_vllm_engine(EngineConfig(name="vllm", dtype="float32", threads=2), model)
+    startup = time.perf_counter() - t0
+    enc = dataclasses.asdict
+    t0 = time.perf_counter()
+    outs = run_chunked(work / "judge.chunks.jsonl", reqs, engine.generate, enc, 2, "vllm judge")
+    from metareward.engines.base import GenerationOutput
+
+    prompts = {"q0": Prompt("q0", "What is 2 + 3?"), "q1": Prompt("q1", "Name a primary color.")}
+    judgments = [j for r in RESPONSES for j in judge.judgments_from_output(r, GenerationOutput(**outs[r.id]), cfg)]
+    score_reqs = judge.score_requests(prompts, {r.id: r for r in RESPONSES}, judgments, cfg)
+    scores = run_chunked(work / "score.chunks.jsonl", score_reqs, engine.choice_probs, enc, 4, "vllm score")
+    stage_s = time.perf_counter() - t0
+    again = {o.id: o.texts for o in engine.generate(reqs[:1])}
+    engine.close()
+    engine.close()  # twice is safe
+    hf = HFEngine(model, device="cpu", dtype="float32", threads=2)
+    hf_scores = {o.id: o.probs for o in hf.choice_probs(score_reqs)}
+    judged = [judge.apply_score(j, scores[j.id]["probs"], None) for j in judgments]
+    report = {
+        "startup_s": startup,
+        "stage_s": stage_s,
+        "outputs": outs,
+        "repeat_same": again[reqs[0].id] == outs[reqs[0].id]["texts"],
+        "scores": {k: v["probs"] for k, v in scores.items()},
+        "hf_scores": hf_scores,
+        "judgments": [dataclasses.asdict(j) for j in judged],
+    }
+    Path(out_path).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
