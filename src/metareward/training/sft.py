@@ -1,0 +1,251 @@
+"""Supervised fine-tuning on EFT data (spec §1.1, §4.2): the optional step 0 of a run.
+
+The paper's starting point is "SFT on EFT": the seed model fine-tuned on LLM-as-a-Judge examples (the
+filled judge prompt as the user turn, a judgment ending in ``Score: k`` as the assistant turn) so it
+starts with some judging ability. ``metareward eft build`` makes such data; this module trains on it with
+TRL's ``SFTTrainer``.
+
+Choices and assumptions:
+
+* **Loss on the judgment only.** Examples are given to TRL as *conversational prompt-completion* rows
+  (``prompt`` = [user turn], ``completion`` = [assistant turn]); TRL applies the model's chat template and,
+  with ``completion_only_loss=True``, masks the prompt tokens out of the loss (Self-Rewarding's SFT: "loss
+  on target tokens only").
+* **Hyperparameters** (spec §4.2: not given by the paper; its suggestion for an already instructed model):
+  lr 1e-6 decaying with a cosine to 1e-7 (``cosine_with_min_lr``), 2 epochs, global batch 16 (4 x 4
+  accumulation; Self-Rewarding's SFT batch), 5% warmup, max length 2048 tokens. An example longer than
+  ``max_length`` is **dropped, not truncated** (truncation would cut the judgment and its score); the
+  count is reported.
+* Precision follows the device (bf16 on a GPU that supports it, fp32 on CPU; TRL's own default would be
+  bf16 and fail on CPU); gradient checkpointing is off unless asked. ``method: lora`` trains adapters and
+  merges them, so the output is a plain model folder like the full fine-tune's.
+* The input model must be a plain folder (``metareward.models.resolve_model`` gives one for the embedded
+  GGUF model; ``metareward.models.save_plain`` converts any GGUF-loaded model).
+* **Resumable and atomic**: checkpoints go to ``work_dir`` (default ``<out_dir>.work``) every ``save_steps``
+  steps and a rerun resumes from the last one; the final model is written to a temp folder and renamed
+  to ``out_dir``, so ``out_dir`` exists only when complete.
+
+Input JSONL (``train.jsonl`` / ``eval.jsonl`` of ``metareward eft build``): one object per line with
+non-empty string fields ``prompt`` (user turn) and ``completion`` (assistant turn); other fields (``id``,
+``score``, ``human_rank``) are ignored. A malformed line is an ``InputError`` naming file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from metareward.errors import InputError
+
+
+@dataclass
+class SFTConfig:
+    """SFT on EFT (step 0 of a run). Defaults: spec §4.2's suggestion for an already instructed model."""
+
+    data: str = ""  # train JSONL ({"prompt", "completion"} per line), e.g. eft/train.jsonl
+    eval_data: str | None = None  # optional eval JSONL (same format): eval loss reported after training
+    learning_rate: float = 1e-6
+    min_learning_rate: float = 1e-7  # cosine decay ends here (spec §4.2: "1e-6 -> 1e-7")
+    lr_scheduler: str = "cosine_with_min_lr"
+    epochs: float = 2.0  # spec §4.2: 1-3
+    max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
+    batch_size: int = 4  # per device
+    gradient_accumulation: int = 4  # 4 x 4 = global batch 16 (Self-Rewarding's SFT)
+    warmup_ratio: float = 0.05
+    max_length: int = 2048  # tokens of prompt + completion; longer examples are dropped
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: bool = False
+    method: Literal["full", "lora"] = "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    save_steps: int = 200
+    seed: int = 0
+
+    def validate(self, prefix: str = "sft") -> None:
+        """Range checks; errors name the field (``sft.learning_rate: ...``)."""
+        checks = [
+            ("data", bool(self.data), "a train JSONL is required (e.g. the train.jsonl of `metareward eft build`)"),
+            ("data", not self.data or Path(self.data).is_file(), f"file not found: {self.data}"),
+            ("eval_data", self.eval_data is None or Path(self.eval_data).is_file(), f"file not found: {self.eval_data}"),
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("min_learning_rate", 0 <= self.min_learning_rate <= self.learning_rate, "must be in [0, learning_rate]"),
+            ("epochs", self.epochs > 0, "must be > 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 for epochs"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("gradient_accumulation", self.gradient_accumulation >= 1, "must be >= 1"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("max_length", self.max_length >= 16, "must be >= 16"),
+            ("save_steps", self.save_steps >= 1, "must be >= 1"),
+            ("lora_r", self.lora_r >= 1, "must be >= 1"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise InputError(f"{prefix}.{name}: {msg}")
+
+
+def load_sft_jsonl(path: str | Path) -> list[dict[str, str]]:
+    """``{"prompt", "completion"}`` rows of an SFT JSONL; errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: SFT data file not found")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object")
+            for key in ("prompt", "completion"):
+                if not isinstance(obj.get(key), str) or not obj[key].strip():
+                    raise InputError(f"{path}:{lineno}: field '{key}' must be a non-empty string")
+            rows.append({"prompt": obj["prompt"], "completion": obj["completion"]})
+    return rows
+
+
+def to_conversational(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """TRL's conversational prompt-completion form: loss goes on the assistant completion only."""
+    return [
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "completion": [{"role": "assistant", "content": r["completion"]}]}
+        for r in rows
+    ]
+
+
+def n_tokens(tokenizer, row: dict[str, Any]) -> int:
+    """Token count of the chat-templated prompt + completion (what the trainer will see)."""
+    ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def _use_bf16(precision: str) -> bool:
+    if precision == "bfloat16":
+        return True
+    if precision == "float32":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _last_checkpoint(work_dir: Path) -> str | None:
+    ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def run_sft(
+    model_path: str,
+    data_path: str,
+    out_dir: str,
+    cfg: SFTConfig,
+    work_dir: str | None = None,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Fine-tune ``model_path`` on the SFT JSONL ``data_path`` (``cfg.eval_data`` optional) and save the
+    model to ``out_dir`` (a plain HF folder with tokenizer). Returns metrics: ``examples``,
+    ``dropped_too_long``, ``eval_examples``, ``steps``, ``train_loss``, ``eval_loss`` (None without eval
+    data), ``runtime_s``, ``precision``, ``first_loss``/``last_loss`` (logged training loss)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out = Path(out_dir)
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def prepare(path: str) -> tuple[list[dict[str, Any]], int]:
+        rows = to_conversational(load_sft_jsonl(path))
+        kept = [r for r in rows if n_tokens(tokenizer, r) <= cfg.max_length]
+        return kept, len(rows) - len(kept)
+
+    train_rows, dropped = prepare(data_path)
+    if not train_rows:
+        raise InputError(f"{data_path}: no example fits in max_length={cfg.max_length} tokens ({dropped} dropped)")
+    eval_rows, eval_dropped = prepare(cfg.eval_data) if cfg.eval_data else ([], 0)
+
+    bf16 = _use_bf16(cfg.precision)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    args = TRLSFTConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr": cfg.min_learning_rate} if cfg.lr_scheduler == "cosine_with_min_lr" else None,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=1,
+        report_to=[],
+        seed=cfg.seed,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(work))
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    trained = trainer.model
+    if cfg.method == "lora":
+        trained = trained.merge_and_unload()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+    metrics = {
+        "examples": len(train_rows),
+        "dropped_too_long": dropped,
+        "eval_examples": len(eval_rows),
+        "eval_dropped_too_long": eval_dropped,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "eval_loss": eval_loss,
+        "runtime_s": result.metrics.get("train_runtime"),
+        "precision": "bfloat16" if bf16 else "float32",
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    del trainer, model, trained
+    return metrics
