@@ -49,6 +49,15 @@ def use_bf16(precision: str) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def checkpointing_kwargs(config_cls: type, enabled: bool) -> dict[str, bool]:
+    """Set activation (gradient) checkpointing explicitly: TRL defaults it to on, and transformers 5
+    renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name still works but warns)."""
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    if "activation_checkpointing" in fields:
+        return {"activation_checkpointing": enabled}
+    return {"gradient_checkpointing": enabled}
+
+
 def last_checkpoint(work_dir: Path) -> str | None:
     ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
@@ -104,7 +113,7 @@ def train_dpo(
         max_length=cfg.max_length,
         bf16=bf16,
         fp16=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **checkpointing_kwargs(DPOConfig, cfg.gradient_checkpointing),
         use_cpu=not torch.cuda.is_available(),
         save_strategy="steps",
         save_steps=cfg.save_steps,
