@@ -221,3 +221,14 @@ def test_eft_with_real_model_constrained(tmp_path):
         assert e["completion"].rstrip().endswith(f"Score: {int(e['score'])}")
     judgments = [json.loads(x) for x in (tmp_path / "eft" / "judgments.jsonl").read_text().splitlines()]
     assert all(len(j["score_probs"]) == 6 and 0 <= j["score"] <= 5 for j in judgments)
+
+
+def test_cli_eft_build_names_the_bad_line(tmp_path, capsys):
+    from metareward.cli import main
+
+    bad = tmp_path / "r.jsonl"
+    bad.write_text('{"prompt": "p", "responses": [{"text": "a", "rank": "first"}, {"text": "b", "rank": 1}]}\n')
+    assert main(["eft", "build", str(bad), "--out", str(tmp_path / "eft")]) == 2
+    assert "r.jsonl:1: field 'responses[0].rank' must be an integer" in capsys.readouterr().err
+    assert main(["eft", "sft", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "m")]) == 2
+    assert "data: file not found" in capsys.readouterr().err

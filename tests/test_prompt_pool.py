@@ -337,3 +337,30 @@ def test_generate_small_pool_with_real_model(tmp_path):
     log = out.with_name("pool.jsonl.selfinstruct.log.jsonl")
     reasons = [c["reason"] for line in log.read_text().splitlines() for c in json.loads(line)["outputs"]]
     assert {r: reasons.count(r) for r in report["dropped"]} == report["dropped"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_prompts_import_and_malformed_line(tmp_path, capsys):
+    from metareward.cli import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("prompt\nWhat is a monad?\nWhat is a monad?\nExplain tail calls.\n")
+    out = tmp_path / "pool.jsonl"
+    assert main(["prompts", "import", str(src), "--out", str(out)]) == 0
+    assert "kept 2 of 3 rows" in capsys.readouterr().out
+    assert [p.text for p in load_prompt_pool(out)] == ["What is a monad?", "Explain tail calls."]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": ["not", "text"]}\n')
+    assert main(["prompts", "import", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "bad.jsonl:2: field 'prompt' must be text" in capsys.readouterr().err
+
+
+def test_cli_generate_rejects_bad_settings_before_loading_a_model(tmp_path, capsys):
+    from metareward.cli import main
+
+    assert main(["prompts", "generate", "--out", str(tmp_path / "p.jsonl"), "--top-p", "0"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert main(["prompts", "generate", "--out", str(tmp_path / "p.jsonl"), "--model", "no such model"]) == 2
+    assert "--model: unknown model" in capsys.readouterr().err

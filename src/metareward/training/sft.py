@@ -87,7 +87,7 @@ class SFTConfig:
         ]
         for name, ok, msg in checks:
             if not ok:
-                raise InputError(f"{prefix}.{name}: {msg}")
+                raise InputError(f"{prefix}.{name}: {msg}" if prefix else f"{name}: {msg}")
 
 
 def load_sft_jsonl(path: str | Path) -> list[dict[str, str]]:
