@@ -182,3 +182,29 @@ def test_preflight_errors_before_any_model(tmp_path):
     with pytest.raises(InputError, match="missing.jsonl: prompts file not found"):
         Runner(cfg, engine_factory=lambda p: factory_called.append(p)).run()
     assert factory_called == []
+
+
+def test_sft_step_zero_feeds_iteration_one(tmp_path, monkeypatch):
+    import metareward.training.sft as sft_module
+    from metareward.training.sft import SFTConfig
+
+    data = tmp_path / "eft.jsonl"
+    data.write_text('{"prompt": "judge this", "completion": "Fine.\\nScore: 4"}\n')
+    calls = []
+
+    def fake_run_sft(model_path, data_path, out_dir, cfg, work_dir=None, threads=0):
+        calls.append((model_path, data_path))
+        Path(out_dir).mkdir(parents=True)
+        return {"examples": 1}
+
+    monkeypatch.setattr(sft_module, "run_sft", fake_run_sft)
+    cfg = make_cfg(tmp_path)
+    cfg.sft = SFTConfig(data=str(data))
+    run(cfg, FakeEngine())
+    run(cfg, FakeEngine())  # resumed: SFT is not redone
+    assert len(calls) == 1 and calls[0][1] == str(data)
+    m1 = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())
+    assert m1["model_in"] == str(Path(cfg.run_dir) / "iter_0" / "model")
+    cfg.sft = SFTConfig(data=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(InputError, match="sft.data: file not found"):
+        run(cfg, FakeEngine())

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from metareward.errors import InputError
+from metareward.training.sft import SFTConfig
 
 ScoringMode = Literal["free_text", "constrained"]
 
@@ -142,6 +143,7 @@ class RunConfig:
     meta_judge: MetaJudgeConfig = field(default_factory=MetaJudgeConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     iterations: list[IterationConfig] = field(default_factory=lambda: [IterationConfig()])
+    sft: SFTConfig | None = None  # optional step 0: SFT on EFT data (spec §1.1); its model starts iteration 1
 
     def judge_trained(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (1-based) runs the meta-judge and trains judge pairs."""
@@ -172,6 +174,8 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in typing.get_args(tp):
+            return None
         errors = []
         for arg in typing.get_args(tp):
             try:
@@ -276,6 +280,8 @@ def validate(cfg: RunConfig) -> None:
             v = getattr(it, name)
             _require(v is None or v > 0, f"{p}.{name}", f"must be > 0 or null, got {v}")
     _require(bool(cfg.prompts), "prompts", "a prompts file is required")
+    if cfg.sft is not None:
+        cfg.sft.validate("sft")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -84,9 +84,8 @@ class Runner:
                 f"{self.cfg.prompts} has {len(pool)} unique prompts"
             )
         check_model_name(self.cfg.model)
-        sft = getattr(self.cfg, "sft", None)
-        if sft is not None:
-            sft.check()
+        if self.cfg.sft is not None:
+            self.cfg.sft.validate("sft")
         return pool
 
     def run(self) -> list[dict[str, Any]]:
@@ -96,7 +95,7 @@ class Runner:
         order = list(pool)
         random.Random(self.cfg.seed).shuffle(order)
         model_path = resolve_model(self.cfg.model)
-        if getattr(self.cfg, "sft", None) is not None:
+        if self.cfg.sft is not None:
             model_path = self.sft_step(model_path)
         summaries = []
         start = 0
@@ -113,12 +112,16 @@ class Runner:
         from metareward.training.sft import run_sft
 
         store = IterationStore(self.run_dir, 0)
-        sft = self.cfg.sft  # type: ignore[attr-defined]
+        sft = self.cfg.sft
+        assert sft is not None
         key = settings_hash(sft, model_path)
         if not store.stage_done("sft", key):
             self.echo("[iter 0] sft: supervised fine-tuning on EFT data")
             with Timer() as t:
-                metrics = run_sft(model_path, sft.data, str(store.model_dir), sft)
+                metrics = run_sft(
+                    model_path, sft.data, str(store.model_dir), sft, work_dir=str(store.work / "sft"),
+                    threads=self.cfg.engine.threads,
+                )
             store.mark_done("sft", key, metrics.get("examples", 0), t.seconds, metrics=metrics)
         return str(store.model_dir)
 
