@@ -210,7 +210,7 @@ def test_eft_with_real_model_constrained(tmp_path):
 
     src = tmp_path / "one.jsonl"
     src.write_text(EXAMPLE_RANKED.read_text().splitlines(keepends=True)[1])
-    engine = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=3, threads=2)
+    engine = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=3, threads=1)
     s = EFTSettings(n=1, max_tokens=12, scoring="constrained", eval_fraction=0.0, downsample_ratio=None)
     report = build_eft(src, tmp_path / "eft", engine, s)
     assert report["judgments"] == 3 and report["valid_judgments"] == 3  # constrained: always scored

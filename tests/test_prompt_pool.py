@@ -321,7 +321,7 @@ def test_generate_small_pool_with_real_model(tmp_path):
     from metareward.engines.hf import HFEngine
     from metareward.models import resolve_model
 
-    engine = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=4, threads=2)
+    engine = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=4, threads=1)
     s = SelfInstructSettings(n_prompts=2, requests_per_round=3, max_rounds=1, max_tokens=20)
     out = tmp_path / "pool.jsonl"
     report = generate_pool(out, engine, s)

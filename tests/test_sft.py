@@ -85,7 +85,7 @@ def test_run_sft_tiny_real_model(tmp_path):
     from metareward.models import resolve_model
     from metareward.training.sft import run_sft
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     base = resolve_model("smollm2-135m")
     rows = _examples(4)
     train = tmp_path / "train.jsonl"
@@ -99,7 +99,7 @@ def test_run_sft_tiny_real_model(tmp_path):
                     batch_size=4, gradient_accumulation=1, warmup_ratio=0.0, max_length=1024, precision="float32")
     cfg.validate()
     out = tmp_path / "model"
-    metrics = run_sft(base, str(train), str(out), cfg, threads=2)
+    metrics = run_sft(base, str(train), str(out), cfg, threads=1)
     assert metrics["examples"] == 4 and metrics["dropped_too_long"] == 0 and metrics["steps"] == 1
     assert metrics["eval_examples"] == 1 and metrics["eval_loss"] is not None
     assert metrics["precision"] == "float32"
