@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from servers import FaultProxy, free_port, stop, tiny_judge_requests, wait_ready
 
+from metareward.config import EngineConfig
+from metareward.engines import make_engine
 from metareward.engines.base import ChoiceRequest
 from metareward.engines.openai import EngineRequestError, OpenAIEngine, fold_seed, sub_seed
 from metareward.errors import InputError
@@ -63,7 +65,8 @@ def encode(out):
 def reference(server, model, tmp_path_factory):
     """The judge stage's outputs through the server with no faults: what every other run must equal."""
     reqs, _ = tiny_judge_requests()
-    eng = OpenAIEngine(server, model, max_concurrency=2, check_model=True, tokenizer_path=model)
+    eng = make_engine(EngineConfig(name="openai", base_url=server, max_concurrency=2), model)  # as the loop builds it
+    assert isinstance(eng, OpenAIEngine) and eng.model == model and eng.tokenizer is not None
     out = run_chunked(tmp_path_factory.mktemp("ref") / "judge.chunks.jsonl", reqs, eng.generate, encode, 2, "ref")
     eng.close()
     return out

@@ -99,7 +99,13 @@ class RayDataParallelEngine(Engine):
         """``data_parallel_size`` vLLM replicas, each on ``tensor_parallel_size`` GPUs."""
         from metareward.engines.vllm import VLLMEngine
 
-        factory = functools.partial(VLLMEngine.from_config, cfg, model_path)
+        # Inside a Ray actor vLLM would otherwise pick its Ray executor for tensor parallelism and ask the
+        # cluster for more GPUs; "mp" keeps each replica's TP workers on the GPUs Ray gave its actor.
+        factory = functools.partial(
+            VLLMEngine, model_path, tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype, threads=cfg.threads,
+            distributed_executor_backend="mp",
+        )
         gpus = cfg.tensor_parallel_size if cfg.device != "cpu" else 0
         return cls(factory, cfg.data_parallel_size, num_gpus=gpus, num_cpus=max(cfg.threads, 1),
                    address=getattr(cfg, "ray_address", None))

@@ -73,7 +73,8 @@ def run_sft_step(run_dir: str | Path) -> dict[str, Any]:
     if sft is None:
         raise SystemExit(f"{run_dir}/config.yaml has no sft section")
     store = IterationStore(Path(run_dir), 0)
-    metrics = run_sft(resolve_model(cfg.model), sft.data, str(store.model_dir), sft)
+    metrics = run_sft(resolve_model(cfg.model), sft.data, str(store.model_dir), sft,
+                      work_dir=str(store.work / "sft"), threads=cfg.engine.threads)
     if _is_main():
         atomic_write_json(metrics_path(run_dir, 0), metrics)
     return metrics
