@@ -64,20 +64,29 @@ def as_records(ranked: Sequence[RankedPrompt]) -> tuple[dict[str, Prompt], list[
 
 
 def judge_ranked_set(
-    engine: Engine, ranked: Sequence[RankedPrompt], cfg: JudgeConfig, work: Path, label: str, seed: int = 0
+    engine: Engine,
+    ranked: Sequence[RankedPrompt],
+    cfg: JudgeConfig,
+    work: Path,
+    label: str,
+    seed: int = 0,
+    model_key: str | None = None,
 ) -> list[Judgment]:
-    """N judgments of every response, scored as in training (resumable under ``work``)."""
+    """N judgments of every response, scored as in training (resumable under ``work``).
+
+    ``model_key`` (the model's path) names the work logs; it defaults to ``label``.
+    """
     prompts, responses = as_records(ranked)
-    key = settings_key(label, cfg, seed, [(p.id, p.prompt, [r.text for r in p.responses]) for p in ranked])
+    key = settings_key(model_key or label, cfg, seed, [(p.id, p.prompt, [r.text for r in p.responses]) for p in ranked])
     reqs = judge_requests(prompts, responses, cfg, run_seed=seed, iteration=0)
-    outs = generate_cached(engine, reqs, work / f"agreement.{label}.{key}.judge.jsonl", f"judge agreement [{label}]")
+    outs = generate_cached(engine, reqs, work / f"agreement.{key}.judge.jsonl", f"judge agreement [{label}]")
     by_id = {r.id: r for r in responses}
     judgments = [j for r in responses for j in judgments_from_output(r, outs[r.id], cfg)]
     if cfg.scoring == "constrained":
         probs = choices_cached(
             engine,
             score_requests(prompts, by_id, judgments, cfg),
-            work / f"agreement.{label}.{key}.score.jsonl",
+            work / f"agreement.{key}.score.jsonl",
             f"judge scores [{label}]",
         )
         judgments = [apply_score(j, probs[j.id].probs, by_id[j.response_id].text) for j in judgments]

@@ -170,7 +170,8 @@ class Evaluator:
         reqs = [GenerationRequest(id=p.id, messages=user_turn(p.text), sampling=sampling, seed=self.opts.seed)
                 for p in prompts]
         key = settings_key(self.paths[label], sampling, self.opts.seed, [(p.id, p.text) for p in prompts])
-        outs = generate_cached(engine, reqs, self.work / f"answers.{label}.{set_name}.{key}.jsonl",
+        # keyed by model path, not label: two labels of one model share the generations
+        outs = generate_cached(engine, reqs, self.work / f"answers.{set_name}.{key}.jsonl",
                                f"answers {set_name} [{label}]")
         answers = {p.id: outs[p.id].texts[0] for p in prompts}
         path = self.out_dir / "outputs" / f"{label}.{set_name}.jsonl"
@@ -205,7 +206,8 @@ class Evaluator:
                     results[label]["ifbench"] = ifollow.summarize(checked)
                     results[label]["ifbench_length"] = length_stats(list(ifa.values()))
                 if ranked:
-                    js = agreement_mod.judge_ranked_set(engine, ranked, self.judge_cfg(), self.work, label, o.seed)
+                    js = agreement_mod.judge_ranked_set(engine, ranked, self.judge_cfg(), self.work, label, o.seed,
+                                                        model_key=path)
                     results[label]["agreement"] = agreement_mod.agreement(ranked, js).to_dict()
             finally:
                 engine.close()
