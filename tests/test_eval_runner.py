@@ -202,3 +202,15 @@ def test_eval_on_the_real_model(tmp_path):
     assert (w["prompts"], w["ties"], w["win_rate"]) == (1, 1, 50.0)
     assert r["seed"]["length"]["n"] == 1 and r["seed"]["ifbench"]["prompts"] == 1
     assert r["again"]["agreement"] == r["seed"]["agreement"]  # shared generations, same numbers
+
+
+def test_cli_eval_input_errors(tmp_path, capsys):
+    from metareward.cli import main
+
+    assert main(["eval"]) == 2
+    assert "--run-dir" in capsys.readouterr().err
+    assert main(["eval", "--run-dir", str(tmp_path)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    assert main(["eval", "--models", "no/such/model/here!", "--parts", "length"]) == 2
+    assert main(["eval", "--models", "smollm2-135m", "--parts", "bogus"]) == 2
+    assert "unknown part" in capsys.readouterr().err

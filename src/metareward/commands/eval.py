@@ -44,6 +44,8 @@ def register(subparsers) -> None:
                    help="ranked responses JSONL for judge agreement, or 'known-order' (shipped)")
     p.add_argument("--agreement-limit", type=int, default=8, help="prompts of the ranked set; 0 = all")
     p.add_argument("--judge-n", type=int, default=3, help="judgments per response (agreement)")
+    p.add_argument("--judge-max-tokens", type=int, default=256, help="judgment length cap (agreement)")
+    p.add_argument("--verdict-max-tokens", type=int, default=384, help="pairwise judgment length cap (win rate)")
     p.add_argument("--scoring", choices=["free_text", "constrained"], default=None,
                    help="judge scoring for agreement (default: the run's judge.scoring, else free_text)")
     p.add_argument("--baseline", default="seed",
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         agreement_set=args.agreement_set,
         agreement_limit=args.agreement_limit,
         judge_n=args.judge_n,
+        judge_max_tokens=args.judge_max_tokens,
+        verdict_max_tokens=args.verdict_max_tokens,
         scoring=args.scoring or judge.scoring,
         baseline=args.baseline,
         judge=args.judge,
