@@ -1,25 +1,46 @@
 """The transformers engine: CPU or one GPU, the default, runs the embedded model offline.
 
-What it does with a stage's requests:
+It drives the model's ``forward`` itself instead of calling ``generate``, because the stages' workloads
+have a shape ``generate`` wastes compute on: the judge asks for N samples of one ~500-token prompt, and
+``num_return_sequences`` prefills that prompt N times. What it does with a stage's requests:
+
 * applies the model's chat template (``add_generation_prompt``) to each request's messages;
 * sorts requests by prompt length and cuts them into batches of about ``batch_size`` sequences
-  (a request with ``n`` samples counts ``n``), so padding stays small;
-* generates with left padding and ``num_return_sequences=n``, stopping each sequence at end-of-turn
-  (the tokenizer's eos, e.g. ``<|im_end|>``, plus the generation config's eos ids) or ``max_tokens``;
-* seeds each batch from its requests' seeds, so a given chunk of requests always yields the same texts.
+  (a request with ``n`` samples counts ``n``), so left padding stays small (*bucketing*);
+* prefills each batch's prompts ONCE (left padded, position ids from the attention mask, logits of the
+  last position only), then copies each prompt's KV cache ``n`` times and samples the ``n``
+  continuations from the copies (*prefix sharing*);
+* decodes with a preallocated KV cache (``_PreallocCache``: no per-step re-copy of the whole cache);
+* samples each row with its own temperature and top-p (exactly the transformers warpers: temperature,
+  then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
+* drops a sequence from the batch as soon as it emits a stop token (the tokenizer's eos, e.g.
+  ``<|im_end|>``, plus the generation config's eos ids) or reaches its ``max_tokens``;
+* seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
+  same texts (the run loop's resume relies on this).
 
-``choice_probs`` runs one forward pass over ``template(messages) + assistant_prefix`` and reads the
+``choice_probs`` prefills each distinct prompt once, extends the copied cache by each request's
+``assistant_prefix`` tokens (padding placed between prompt and suffix, masked out) and reads the
 softmax of the last position's logits at each choice's token, renormalised over the choices.
 
-Assumptions: a causal LM with a chat template; each choice is a single token after the prefix (checked).
+Precision: ``dtype="auto"`` is bf16 on a CUDA device that supports it and on a CPU with native bf16
+instructions (AVX512-BF16 or AMX), float32 otherwise; log-probabilities and sampling are always float32.
+
+Assumptions: a decoder-only causal LM whose ``forward`` takes ``position_ids``, ``past_key_values`` and
+``logits_to_keep`` (Llama, Qwen, Mistral, SmolLM ...), with a chat template; each choice is a single
+token after the prefix (checked).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from metareward.engines.base import (
     ChoiceOutput,
@@ -29,6 +50,8 @@ from metareward.engines.base import (
     GenerationRequest,
 )
 
+NUCLEUS_TOPK = 256  # top-p looks at the top 256 tokens first; rows whose nucleus is wider sort everything
+
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":
@@ -36,9 +59,26 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (x86 AVX512-BF16 / AMX-BF16, or Arm BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 where the hardware computes it natively (see module docstring), else float32."""
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     return getattr(torch, dtype)
@@ -49,8 +89,239 @@ def batch_seed(seeds: Sequence[int]) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+# ---------------------------------------------------------------------- shared-prefix KV cache
+
+ATTENTION = "metareward_shared_prefix"
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """One decoder layer's keys/values: each prompt's once (``pk``/``pv`` [P, kv_heads, Lp, d]) and each
+    sample row's own continuation (``sk``/``sv`` [B, kv_heads, capacity, d], written in place).
+
+    Stored in float32 whatever the model's dtype (see ``shared_prefix_attention``)."""
+
+    def __init__(self, owner: SharedPrefixCache):
+        super().__init__()
+        self.cache = owner
+        self.suffix_len = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        key_states, value_states = key_states.float(), value_states.float()
+        if self.cache.phase == "prefix":
+            self.pk, self.pv = key_states, value_states
+            self.is_initialized = True
+            self.keys, self.values = self.pk, self.pv
+            return self.pk, self.pv
+        rows, heads, q_len, dim = key_states.shape
+        if not hasattr(self, "sk"):
+            shape = (rows, heads, self.cache.capacity, dim)
+            self.sk = key_states.new_empty(shape)
+            self.sv = key_states.new_empty(shape)
+        end = self.suffix_len + q_len
+        if end > self.sk.shape[2]:  # grow (amortised doubling); not expected when capacity is right
+            grown = max(end, 2 * self.sk.shape[2])
+            for name in ("sk", "sv"):
+                old = getattr(self, name)
+                new = old.new_empty((*old.shape[:2], grown, old.shape[3]))
+                new[:, :, : self.suffix_len] = old[:, :, : self.suffix_len]
+                setattr(self, name, new)
+        self.sk[:, :, self.suffix_len : end] = key_states
+        self.sv[:, :, self.suffix_len : end] = value_states
+        self.suffix_len = end
+        return self.sk[:, :, :end], self.sv[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return (self.pk.shape[2] if self.is_initialized else 0) + self.suffix_len
+
+    def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
+        if hasattr(self, "sk"):
+            self.sk, self.sv = self.sk[rows], self.sv[rows]
+        if prompts is not None:
+            self.pk, self.pv = self.pk[prompts], self.pv[prompts]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("use SharedPrefixCache.select_rows")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("the engine never crops its cache")
+
+
+class SharedPrefixCache(Cache):
+    """A KV cache where many sample rows continue a few prompts without copying them.
+
+    Phase ``prefix``: one forward over the left-padded prompts stores their keys/values once.
+    ``start_rows(owner)`` then opens phase ``rows``: row ``j`` continues prompt ``owner[j]`` and every later
+    forward appends one key/value per row and position. ``shared_prefix_attention`` attends each row to
+    its prompt's keys (shared by all that prompt's rows, read once per prompt: this is what makes N
+    judgments of a 500-token prompt cheap) and to its own continuation, merging the two softmax parts
+    exactly (log-sum-exp). ``select_rows`` drops finished rows, and prompts no row continues any more.
+    """
+
+    def __init__(self, num_layers: int, capacity: int):
+        super().__init__(layers=[_SharedPrefixLayer(self) for _ in range(num_layers)])
+        self.capacity = capacity
+        self.phase = "prefix"
+
+    def start_rows(self, owner: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """Open the rows phase; ``prompt_mask`` [P, Lp] is the prompts' padding mask (1 = token)."""
+        self.phase = "rows"
+        self.prompt_valid = prompt_mask.bool()
+        self.suffix_valid = torch.zeros((len(owner), 0), dtype=torch.bool, device=owner.device)
+        self._set_owner(owner)
+
+    def _set_owner(self, owner: torch.Tensor) -> None:
+        # rows of each prompt as a padded [P, C] table (C = most rows of one prompt) for batched matmuls
+        self.owner = owner
+        counts = torch.bincount(owner, minlength=self.prompt_valid.shape[0])
+        width = int(counts.max())
+        first = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(owner, stable=True)
+        slot = torch.empty_like(owner)
+        slot[order] = torch.arange(len(owner), device=owner.device) - first[owner[order]]
+        table = torch.zeros((len(counts), width), dtype=torch.long, device=owner.device)
+        table[owner, slot] = torch.arange(len(owner), device=owner.device)
+        self.table = table  # [P, C] row index (0 where unused: computed, then never read)
+        self.row_slot = owner * width + slot  # where row j's result lies in the flattened [P*C] table
+
+    def add_suffix(self, valid: torch.Tensor) -> None:
+        """Record which of the next positions of each row are real tokens ([B, q] bool)."""
+        self.suffix_valid = torch.cat([self.suffix_valid, valid.bool()], dim=1)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        owner = self.owner[rows]
+        used = torch.unique(owner)
+        prompts = None
+        if len(used) < self.prompt_valid.shape[0]:
+            prompts = used
+            remap = torch.full((self.prompt_valid.shape[0],), -1, dtype=torch.long, device=owner.device)
+            remap[used] = torch.arange(len(used), device=owner.device)
+            owner = remap[owner]
+            self.prompt_valid = self.prompt_valid[used]
+        for layer in self.layers:
+            layer.select(rows, prompts)
+        self.suffix_valid = self.suffix_valid[rows]
+        self._set_owner(owner)
+
+
+def _softmax_parts(scores: torch.Tensor, values: torch.Tensor):
+    """Unnormalised softmax pieces of one block of keys: (row max, sum of exp, exp-weighted values)."""
+    peak = scores.amax(dim=-1, keepdim=True)
+    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # fully masked rows contribute 0
+    weights = torch.exp(scores - peak)
+    return peak, weights.sum(dim=-1, keepdim=True), torch.matmul(weights, values)
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention for the engine's forwards (``SharedPrefixCache``), in float32.
+
+    Phase ``prefix`` (the prompts' own forward): float32 SDPA with the given mask. Phase ``rows``: for
+    query rows ``[B, heads, q, d]``, scores against the owner prompt's keys are computed prompt by prompt
+    as one matmul over all its rows' query heads that share a KV head (grouped-query attention without
+    ``repeat_kv``), scores against the row's own continuation (causal, padding masked) per row, and the
+    two softmax parts merged. Float32 also sidesteps PyTorch's CPU bf16 SDPA, ~10x slower than fp32 for
+    one query token. Returns ``[B, q, heads, d]`` in the query's dtype.
+    """
+    cache: SharedPrefixCache | None = kwargs.get("shared_cache")
+    out_dtype = query.dtype
+    bsz, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    if scaling is None:
+        scaling = dim**-0.5
+    q = query.float()
+    if cache is None or cache.phase == "prefix":
+        out = F.scaled_dot_product_attention(
+            q, key.float(), value.float(), attn_mask=attention_mask, scale=scaling,
+            enable_gqa=kv_heads != heads, is_causal=attention_mask is None and q_len > 1,
+        )
+        return out.transpose(1, 2).to(out_dtype).contiguous(), None
+
+    layer = cache.layers[module.layer_idx]
+    qg = (q * scaling).reshape(bsz, kv_heads, groups * q_len, dim)  # head h uses KV head h // groups
+    # 1. the prompt part, shared: [P, kv, C*groups*q, Lp]
+    n_prompts, width = cache.table.shape
+    qp = qg[cache.table].transpose(1, 2).reshape(n_prompts, kv_heads, width * groups * q_len, dim)
+    s1 = torch.matmul(qp, layer.pk.transpose(-1, -2))
+    s1 = s1.masked_fill(~cache.prompt_valid[:, None, None, :], float("-inf"))
+    m1, l1, o1 = _softmax_parts(s1, layer.pv)
+
+    def to_rows(t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(n_prompts, kv_heads, width, groups * q_len, t.shape[-1]).transpose(1, 2)
+        return t.reshape(n_prompts * width, kv_heads, groups * q_len, t.shape[-1])[cache.row_slot]
+
+    m1, l1, o1 = to_rows(m1), to_rows(l1), to_rows(o1)
+    # 2. the row's own continuation: [B, kv, groups*q, Ls]
+    sk, sv = layer.sk[:, :, : layer.suffix_len], layer.sv[:, :, : layer.suffix_len]
+    s2 = torch.matmul(qg, sk.transpose(-1, -2)).reshape(bsz, kv_heads, groups, q_len, layer.suffix_len)
+    ls = layer.suffix_len
+    causal = torch.ones((q_len, ls), dtype=torch.bool, device=q.device).tril(ls - q_len)
+    allowed = causal[None, :, :] & cache.suffix_valid[:, None, :ls]  # [B, q, Ls]
+    s2 = s2.masked_fill(~allowed[:, None, None], float("-inf")).reshape(bsz, kv_heads, groups * q_len, ls)
+    m2, l2, o2 = _softmax_parts(s2, sv)
+    # 3. merge
+    peak = torch.maximum(m1, m2)
+    a1, a2 = torch.exp(m1 - peak), torch.exp(m2 - peak)
+    out = (o1 * a1 + o2 * a2) / (l1 * a1 + l2 * a2)
+    out = out.reshape(bsz, heads, q_len, dim)
+    return out.transpose(1, 2).to(out_dtype).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, shared_prefix_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """One next token per row of float32 ``logits`` [B, V], each row with its own settings.
+
+    temperature 0 = argmax. Otherwise softmax(logits / temperature) restricted to the nucleus: sorted
+    by probability, a token is kept while the mass ranked above it is < top_p (transformers'
+    ``TopPLogitsWarper``; the top token always stays). The top ``NUCLEUS_TOPK`` tokens are examined
+    first; a row whose nucleus does not end within them is resolved with a full sort, so the result is
+    exact either way.
+    """
+    out = logits.argmax(dim=-1)
+    rows = (temperature > 0).nonzero().flatten()
+    if rows.numel() == 0:
+        return out
+    probs = torch.softmax(logits[rows] / temperature[rows, None], dim=-1)
+    p = top_p[rows, None]
+    k = min(NUCLEUS_TOPK, probs.shape[-1])
+    vals, idx = probs.topk(k, dim=-1)  # sorted, descending
+    cum = vals.cumsum(dim=-1)
+    wide = (cum[:, -1] < p[:, 0]) & (p[:, 0] < 1.0)
+    if bool(wide.any()) or bool((p >= 1.0).any()):
+        # Rows needing the whole vocabulary: full sort (or no truncation at all for top_p >= 1).
+        full = (wide | (p[:, 0] >= 1.0)).nonzero().flatten()
+        fvals, fidx = probs[full].sort(dim=-1, descending=True)
+        fcum = fvals.cumsum(dim=-1)
+        keep = (fcum - fvals) < p[full]
+        keep[:, 0] = True
+        fvals = fvals.masked_fill(~keep, 0.0)
+        picks = torch.multinomial(fvals, 1, generator=generator).squeeze(1)
+        full_tokens = fidx.gather(1, picks[:, None]).squeeze(1)
+    else:
+        full = None
+    keep = (cum - vals) < p
+    keep[:, 0] = True
+    vals = vals.masked_fill(~keep, 0.0)
+    picks = torch.multinomial(vals, 1, generator=generator).squeeze(1)
+    tokens = idx.gather(1, picks[:, None]).squeeze(1)
+    if full is not None:
+        tokens[full] = full_tokens
+    out[rows] = tokens
+    return out
+
+
+# ---------------------------------------------------------------------- engine
+
+
 class HFEngine(Engine):
-    """transformers ``generate`` on one device. See the module docstring."""
+    """A transformers causal LM on one device, with its own decoding loop. See the module docstring."""
 
     name = "hf"
 
@@ -69,7 +340,7 @@ class HFEngine(Engine):
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
+        self.dtype = pick_dtype(dtype, self.device) if model is None else next(model.parameters()).dtype
         self.batch_size = batch_size
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
@@ -78,6 +349,9 @@ class HFEngine(Engine):
         self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
         self.model.to(self.device).eval()
         self.stop_ids = self._stop_ids()
+        self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
+        # Tests set a list here to record, per decoding step, (row ids, sampled tokens, log-softmax).
+        self.trace: list | None = None
 
     def _stop_ids(self) -> list[int]:
         ids = set()
@@ -109,8 +383,9 @@ class HFEngine(Engine):
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
+            if s:
+                ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+                mask[i, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def _batches(self, sizes: Sequence[int], costs: Sequence[int]) -> list[list[int]]:
@@ -129,46 +404,86 @@ class HFEngine(Engine):
             batches.append(cur)
         return batches
 
+    def _forward(self, cache: SharedPrefixCache, **inputs):
+        """``model(**inputs)`` with the engine's attention; the model's own setting is restored after,
+        so a model shared with training (``model=``) is left as it was."""
+        config = self.model.config
+        saved = config._attn_implementation
+        config._attn_implementation = ATTENTION
+        try:
+            out = self.model(past_key_values=cache, shared_cache=cache, use_cache=True, logits_to_keep=1, **inputs)
+        finally:
+            config._attn_implementation = saved
+        return out.logits[:, -1, :].float()
+
+    def _prefill(self, prompts: Sequence[list[int]], extra: int):
+        """Run the left-padded prompts once: (last-position logits fp32, cache, prompt mask, last positions)."""
+        ids, mask = self._pad_left(prompts)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = SharedPrefixCache(self.model.config.num_hidden_layers, max(extra, 1))
+        logits = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos)
+        return logits, cache, mask, pos[:, -1]
+
     # ------------------------------------------------------------------ generation
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationOutput]:
         prompts = [self.render(r.messages) for r in requests]
-        # Requests of one batch must share n and sampling settings (one generate call).
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault((r.n, r.sampling), []).append(i)
-        for (n, _sampling), idx in groups.items():
-            for batch in self._batches([n] * len(idx), [len(prompts[i]) for i in idx]):
-                members = [idx[b] for b in batch]
-                yield from self._generate_batch([requests[i] for i in members], [prompts[i] for i in members])
+        for batch in self._batches([r.n for r in requests], [len(p) for p in prompts]):
+            yield from self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
 
-    def _generate_batch(self, reqs: Sequence[GenerationRequest], prompts: Sequence[list[int]]):
-        n, sampling = reqs[0].n, reqs[0].sampling
-        ids, mask = self._pad_left(prompts)
-        torch.manual_seed(batch_seed([r.seed for r in reqs]))
-        greedy = sampling.temperature == 0
-        kwargs = dict(do_sample=False) if greedy else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
-        )
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=sampling.max_tokens,
-            num_return_sequences=n,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            **kwargs,
-        )
-        new = out[:, ids.shape[1] :].tolist()
-        for k, r in enumerate(reqs):
-            texts, counts, finished = [], [], []
-            for seq in new[k * n : (k + 1) * n]:
-                toks, done = self.cut_at_stop(seq)
+    def _generate_batch(
+        self, reqs: Sequence[GenerationRequest], prompts: Sequence[list[int]]
+    ) -> Iterator[GenerationOutput]:
+        dev = self.device
+        generator = torch.Generator(device=dev).manual_seed(batch_seed([r.seed for r in reqs]))
+        max_new = max(r.sampling.max_tokens for r in reqs)
+        logits, cache, mask, last_pos = self._prefill(prompts, max_new)
+
+        # One row per sample: row j continues prompt owner[j] (the prompt's keys are never copied).
+        owner = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor([r.n for r in reqs])).to(dev)
+        cache.start_rows(owner, mask)
+        logits, last_pos = logits[owner], last_pos[owner]
+        temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], device=dev)
+        top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], device=dev)
+        budget = torch.tensor([reqs[o].sampling.max_tokens for o in owner.tolist()], device=dev)
+
+        rows = len(owner)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        finished = [False] * rows
+        alive = torch.arange(rows, device=dev)  # original row index of each live batch row
+        step = 0
+        while True:
+            nxt = sample_next(logits, temperature, top_p, generator)
+            if self.trace is not None:
+                self.trace.append((alive.tolist(), nxt.tolist(), torch.log_softmax(logits, -1)))
+            step += 1
+            stop = torch.isin(nxt, self._stop_tensor)
+            done = stop | (budget <= step)
+            for r, t, s in zip(alive.tolist(), nxt.tolist(), stop.tolist()):
+                tokens[r].append(t)
+                finished[r] = s
+            if bool(done.any()):
+                keep = (~done).nonzero().flatten()
+                if keep.numel() == 0:
+                    break
+                cache.select_rows(keep)
+                alive, nxt, last_pos = alive[keep], nxt[keep], last_pos[keep]
+                temperature, top_p, budget = temperature[keep], top_p[keep], budget[keep]
+            last_pos = last_pos + 1
+            cache.add_suffix(torch.ones((len(nxt), 1), dtype=torch.bool, device=dev))
+            logits = self._forward(cache, input_ids=nxt[:, None], position_ids=last_pos[:, None])
+
+        start = 0
+        for r in reqs:
+            texts, counts, fin = [], [], []
+            for j in range(start, start + r.n):
+                toks = tokens[j][:-1] if finished[j] else tokens[j]
                 texts.append(self.tokenizer.decode(toks, skip_special_tokens=True).strip())
-                counts.append(len(toks) + int(done))
-                finished.append(done)
-            yield GenerationOutput(id=r.id, texts=texts, n_tokens=counts, finished=finished)
+                counts.append(len(tokens[j]))
+                fin.append(finished[j])
+            start += r.n
+            yield GenerationOutput(id=r.id, texts=texts, n_tokens=counts, finished=fin)
 
     def cut_at_stop(self, seq: list[int]) -> tuple[list[int], bool]:
         """Generated tokens up to (not including) the first stop token, and whether one was hit."""
@@ -200,16 +515,36 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
-        seqs, tokens = [], []
-        for r in requests:
+        """Requests sharing a prompt (e.g. the N judgments of one response) prefill it once."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        contexts, tokens = [], []
+        for i, r in enumerate(requests):
             context, choice_ids = self.choice_context(r.assistant_prefix, r.choices)
-            seqs.append(self.render(r.messages) + context)
+            contexts.append(context)
             tokens.append(choice_ids)
-        for batch in self._batches([1] * len(requests), [len(s) for s in seqs]):
-            ids, mask = self._pad_left([seqs[i] for i in batch])
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            for row, i in enumerate(batch):
+            groups.setdefault(tuple(self.render(r.messages)), []).append(i)
+        keys = list(groups)
+        sizes = [len(groups[k]) for k in keys]
+        costs = [len(k) for k in keys]
+        for batch in self._batches(sizes, costs):
+            prompts = [list(keys[g]) for g in batch]
+            members = [groups[keys[g]] for g in batch]
+            suffix_len = max(len(contexts[i]) for m in members for i in m)
+            logits, cache, mask, _ = self._prefill(prompts, suffix_len)
+            owner = torch.tensor([b for b, m in enumerate(members) for _ in m], device=self.device)
+            flat = [i for m in members for i in m]
+            last = logits[owner]
+            if suffix_len:
+                cache.start_rows(owner, mask)
+                suf_ids, suf_mask = self._pad_left([contexts[i] for i in flat])
+                cache.add_suffix(suf_mask)
+                full_mask = torch.cat([mask[owner], suf_mask], dim=1)
+                pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -suffix_len:]
+                out = self._forward(cache, input_ids=suf_ids, position_ids=pos)
+                has_suffix = torch.tensor([bool(contexts[i]) for i in flat], device=self.device)
+                last = torch.where(has_suffix[:, None], out, last)
+            logprobs = torch.log_softmax(last, dim=-1)
+            for row, i in enumerate(flat):
                 p = logprobs[row, tokens[i]].exp()
                 p = p / p.sum()
                 yield ChoiceOutput(id=requests[i].id, probs=[float(x) for x in p])

@@ -1,0 +1,196 @@
+"""The transformers engine's own decoding loop against plain transformers, on the real embedded model.
+
+* greedy decoding gives exactly the tokens of ``model.generate`` (one prompt at a time, no padding);
+* shared-prefix sampling uses, at every step of every sample, the same next-token distribution as an
+  independent forward over that sample's prompt + tokens (so the prompt's keys, shared rather than
+  copied, are attended correctly, and dropping finished rows keeps rows and prompts aligned);
+* the sampler draws from exactly transformers' temperature + top-p distribution (chi-square);
+* ``choice_probs`` with a shared prompt equals one independent forward per request;
+* the same requests give the same texts; bf16 stays close to float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from metareward.engines import hf as hf_module
+from metareward.engines.base import ChoiceRequest, GenerationRequest, SamplingParams
+from metareward.engines.hf import HFEngine, batch_seed, sample_next
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    "What is 2+2?",
+    "Write a haiku about autumn leaves.",
+    "Explain in one sentence why the sky is blue, and mention Rayleigh scattering by name.",
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from metareward.models import resolve_model
+
+    torch.manual_seed(0)
+    eng = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=8)
+    yield eng
+    eng.close()
+
+
+def user(text: str) -> tuple[dict[str, str], ...]:
+    return ({"role": "user", "content": text},)
+
+
+def reference_generate(engine: HFEngine, messages, max_tokens: int) -> list[int]:
+    ids = torch.tensor([engine.render(messages)])
+    out = engine.model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_tokens,
+        eos_token_id=engine.stop_ids, pad_token_id=engine.tokenizer.pad_token_id,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_greedy_equals_model_generate(engine):
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    reqs = [GenerationRequest(id=str(i), messages=user(q), sampling=greedy, n=1 + (i == 2)) for i, q in enumerate(QUESTIONS)]
+    outs = {o.id: o for o in engine.generate(reqs)}
+    assert sorted(outs) == ["0", "1", "2"]
+    for r in reqs:
+        ref = reference_generate(engine, r.messages, 12)
+        toks, done = engine.cut_at_stop(ref)
+        text = engine.tokenizer.decode(toks, skip_special_tokens=True).strip()
+        for k in range(r.n):
+            assert outs[r.id].texts[k] == text
+            assert outs[r.id].n_tokens[k] == len(toks) + int(done)
+            assert outs[r.id].finished[k] == done
+
+
+def test_shared_prefix_uses_each_samples_true_distribution(engine):
+    """Every step's log-softmax equals an independent unpadded forward of prompt + sampled tokens."""
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=6)
+    reqs = [
+        GenerationRequest(id="long", messages=user(QUESTIONS[2]), sampling=sampling, n=4, seed=3),
+        GenerationRequest(id="short", messages=user(QUESTIONS[0]), sampling=sampling, n=3, seed=4),
+    ]
+    engine.trace = []
+    try:
+        outs = {o.id: o for o in engine.generate(reqs)}
+        trace = engine.trace
+    finally:
+        engine.trace = None
+    prompts = {r.id: engine.render(r.messages) for r in reqs}
+    # rows are ordered by prompt length (bucketing): short's 3 samples, then long's 4
+    row_prompt = ["short"] * 3 + ["long"] * 4
+    steps: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for rows, sampled, logprobs in trace:
+        for b, (row, tok) in enumerate(zip(rows, sampled)):
+            steps.setdefault(row, []).append((tok, logprobs[b]))
+    assert sum(len(v) for v in steps.values()) == sum(sum(o.n_tokens) for o in outs.values())
+    tokens = {row: [tok for tok, _ in v] for row, v in steps.items()}
+    for row, v in steps.items():  # one independent, unpadded forward per sample (teacher forcing)
+        prompt = prompts[row_prompt[row]]
+        with torch.inference_mode():
+            logits = engine.model(input_ids=torch.tensor([prompt + tokens[row]])).logits[0].float()
+        ref = torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + len(v)], -1)
+        got = torch.stack([lp for _, lp in v])
+        assert torch.allclose(got, ref, atol=2e-4), (row, (got - ref).abs().max())
+    assert len({tuple(t) for t in tokens.values()}) > 1  # the samples differ: they are not one copy
+
+
+def exact_nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """transformers' own warpers applied to one row: the distribution ``sample_next`` must follow."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(temperature)(None, logits[None].clone())
+    scores = TopPLogitsWarper(top_p)(None, scores)
+    return torch.softmax(scores, dim=-1)[0]
+
+
+@pytest.mark.parametrize("topk", [256, 3])  # 3: the nucleus never fits, so the full-sort path is used
+def test_sampler_matches_transformers_warpers(engine, monkeypatch, topk):
+    monkeypatch.setattr(hf_module, "NUCLEUS_TOPK", topk)
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([engine.render(user(QUESTIONS[1]))])).logits[0, -1].float()
+    temperature, top_p, rows = 1.3, 0.9, 400
+    probs = exact_nucleus(logits, temperature, top_p)
+    support = probs.nonzero().flatten()
+    assert 3 < len(support) < 2000
+    gen = torch.Generator().manual_seed(11)
+    counts = torch.zeros_like(probs)
+    for _ in range(10):
+        drawn = sample_next(
+            logits.expand(rows, -1), torch.full((rows,), temperature), torch.full((rows,), top_p), gen
+        )
+        counts += torch.bincount(drawn, minlength=len(probs)).float()
+    assert counts[probs == 0].sum() == 0  # never outside the nucleus
+    expected = probs[support].double().numpy() * counts.sum().item()
+    observed = counts[support].double().numpy()
+    # pool rare tokens so every expected count is >= 5
+    rare = expected < 5
+    obs = np.append(observed[~rare], observed[rare].sum())
+    exp = np.append(expected[~rare], expected[rare].sum())
+    exp *= obs.sum() / exp.sum()
+    assert chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_sampler_per_row_settings():
+    logits = torch.tensor([[0.0, 1.0, 3.0, 2.0]] * 3)
+    gen = torch.Generator().manual_seed(0)
+    drawn = sample_next(logits, torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 0.01, 1.0]), gen)
+    assert drawn[:2].tolist() == [2, 2]  # greedy row; top_p tiny keeps only the top token
+
+
+def test_same_requests_same_texts(engine):
+    sampling = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=8)
+    reqs = [GenerationRequest(id=str(i), messages=user(q), sampling=sampling, n=2, seed=i) for i, q in enumerate(QUESTIONS)]
+    first = {o.id: o.texts for o in engine.generate(reqs)}
+    second = {o.id: o.texts for o in engine.generate(reqs)}
+    assert first == second
+    other = [GenerationRequest(id=r.id, messages=r.messages, sampling=sampling, n=2, seed=r.seed + 100) for r in reqs]
+    assert {o.id: o.texts for o in engine.generate(other)} != first
+    assert batch_seed([1, 2]) == batch_seed([1, 2]) != batch_seed([2, 1])
+
+
+def test_choice_probs_shared_prompt_equals_independent_forward(engine):
+    messages = user("Rate this answer from 0 to 5: 'Paris is the capital of France.'")
+    prefixes = ["The answer is correct. Score: ", "Score: ", "It is a short but accurate answer, so Score: "]
+    reqs = [
+        ChoiceRequest(id=f"r{i}", messages=messages, assistant_prefix=p, choices=tuple("012345"))
+        for i, p in enumerate(prefixes)
+    ] + [ChoiceRequest(id="other", messages=user("Which is larger?"), assistant_prefix="Judgment ", choices=("A", "B"))]
+    outs = {o.id: o.probs for o in engine.choice_probs(reqs)}
+    for r in reqs:
+        context, choice_ids = engine.choice_context(r.assistant_prefix, r.choices)
+        ids = torch.tensor([engine.render(r.messages) + context])
+        with torch.inference_mode():
+            p = torch.softmax(engine.model(input_ids=ids).logits[0, -1].float(), -1)[choice_ids]
+        np.testing.assert_allclose(outs[r.id], (p / p.sum()).tolist(), atol=1e-4)
+        assert abs(sum(outs[r.id]) - 1) < 1e-6
+
+
+def test_bf16_stays_close_to_float32(engine):
+    """Teacher-forced on the float32 greedy continuation, bf16 picks the same top token almost always."""
+    bf16 = HFEngine("", device="cpu", model=_bf16_copy(engine.model), tokenizer=engine.tokenizer)
+    assert bf16.dtype == torch.bfloat16
+    agree = total = 0
+    for q in QUESTIONS:
+        ids = engine.render(user(q))
+        cont = reference_generate(engine, user(q), 12)
+        seq = torch.tensor([ids + cont])
+        with torch.inference_mode():
+            a = engine.model(input_ids=seq).logits[0, len(ids) - 1 : -1].argmax(-1)
+            b = bf16.model(input_ids=seq).logits[0, len(ids) - 1 : -1].argmax(-1)
+        agree += int((a == b).sum())
+        total += len(cont)
+    assert agree / total >= 0.85
+    greedy = SamplingParams(temperature=0, max_tokens=6)
+    out = list(bf16.generate([GenerationRequest(id="x", messages=user(QUESTIONS[0]), sampling=greedy)]))
+    assert out[0].texts[0]
+
+
+def _bf16_copy(model):
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16)
