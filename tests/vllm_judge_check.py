@@ -39,8 +39,29 @@ def main(out_path: str, model: str) -> None:
     scores = run_chunked(work / "score.chunks.jsonl", score_reqs, engine.choice_probs, enc, 4, "vllm score")
     stage_s = time.perf_counter() - t0
     again = {o.id: o.texts for o in engine.generate(reqs[:1])}
+    import psutil
+
+    me = psutil.Process()
+
+    def vllm_children() -> list[str]:
+        """vLLM's live child processes (a zombie holds no memory and is not counted)."""
+        out = []
+        for c in me.children(recursive=True):
+            try:
+                if "VLLM" in c.name() and c.status() != psutil.STATUS_ZOMBIE:
+                    out.append(f"{c.name()} ({c.status()})")
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    children_before = vllm_children()
     engine.close()
     engine.close()  # twice is safe
+    for _ in range(30):  # the engine core exits asynchronously after shutdown
+        children_after = vllm_children()
+        if not children_after:
+            break
+        time.sleep(0.5)
     hf = HFEngine(model, device="cpu", dtype="float32", threads=2)
     hf_scores = {o.id: o.probs for o in hf.choice_probs(score_reqs)}
     judged = [judge.apply_score(j, scores[j.id]["probs"], None) for j in judgments]
@@ -48,6 +69,8 @@ def main(out_path: str, model: str) -> None:
         "startup_s": startup,
         "stage_s": stage_s,
         "outputs": outs,
+        "vllm_processes_before_close": children_before,
+        "vllm_processes_after_close": children_after,
         "repeat_same": again[reqs[0].id] == outs[reqs[0].id]["texts"],
         "scores": {k: v["probs"] for k, v in scores.items()},
         "hf_scores": hf_scores,
