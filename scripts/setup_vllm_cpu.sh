@@ -35,7 +35,8 @@ for pkg in torchvision torchaudio torchcodec; do
     pip uninstall -q -y "$pkg"
   fi
 done
-if ! python -c "import metareward" 2>/dev/null; then
+# (re)install when metareward is missing or comes from another checkout
+if ! python -c "import metareward, os, sys; sys.exit(not metareward.__file__.startswith(os.getcwd() + '/'))" 2>/dev/null; then
   pip install -q --no-deps -e .
 fi
 pip install -q pyyaml tqdm numpy scipy gguf pytest
