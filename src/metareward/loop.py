@@ -259,7 +259,9 @@ class Runner:
         judge_pairs = read_jsonl(store.path("judge_pairs.jsonl"), PreferencePair)
 
         # 6. train
-        key_train = settings_hash(key_pairs, cfg.training, model_path)
+        # how training is launched and checkpointed does not change its result: not part of the hash
+        training_settings = dataclasses.replace(cfg.training, launcher=None, save_steps=0)
+        key_train = settings_hash(key_pairs, training_settings, model_path)
         model_out = str(store.model_dir)
         if not store.stage_done("train", key_train):
             self.close_engine()
