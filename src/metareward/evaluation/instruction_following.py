@@ -12,9 +12,9 @@ imported, and some checks need them at run time. Here the network is never touch
 
 * while the checkers are imported, ``nltk.download`` is replaced (at our call site, ``unittest.mock``;
   nothing in site-packages is edited) by a function that downloads nothing;
-* ``nltk.word_tokenize`` is called with ``preserve_line=True`` during the checks, i.e. NLTK's built-in
-  Treebank word tokenizer without the Punkt sentence model (which would need the ``punkt_tab`` data);
-  sentences are split by the checkers' own regex splitter anyway;
+* ``nltk.word_tokenize`` does what NLTK's does -- split sentences with Punkt, then Treebank-tokenize
+  each -- but with an *untrained* ``PunktSentenceTokenizer`` (built into NLTK, no ``punkt_tab`` data
+  file). It differs from the trained English model only on abbreviations ("Dr." ends a sentence);
 * constraints that cannot be checked without NLTK data that is not installed (``ratio:stop_words``
   needs ``corpora/stopwords``, ``words:start_verb`` needs the POS tagger) are reported as *skipped*
   and left out of both accuracies; with the data installed (``python -m nltk.downloader stopwords
@@ -56,9 +56,15 @@ def offline_nltk() -> Iterator[None]:
     except ImportError:
         raise InputError("instruction following needs nltk: pip install nltk") from None
     word_tokenize = nltk.word_tokenize
+    splitter = nltk.tokenize.PunktSentenceTokenizer()  # untrained: needs no data files
+
+    def offline_word_tokenize(text: str, language: str = "english", preserve_line: bool = False) -> list[str]:
+        sentences = [text] if preserve_line else splitter.tokenize(text)
+        return [tok for sent in sentences for tok in word_tokenize(sent, language, preserve_line=True)]
+
     with (
         mock.patch.object(nltk, "download", lambda *a, **k: False),
-        mock.patch.object(nltk, "word_tokenize", functools.partial(word_tokenize, preserve_line=True)),
+        mock.patch.object(nltk, "word_tokenize", offline_word_tokenize),
     ):
         yield
 
