@@ -1,0 +1,137 @@
+"""The native DPO step equals TRL's DPOTrainer on the same batch: tokens, loss and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from metareward.training.dpo_native import (
+    dpo_loss,
+    reference_logps,
+    sequence_logps,
+    tokenize_pair,
+    train_dpo_native,
+)
+
+pytestmark = pytest.mark.slow
+
+PAIRS = [
+    {
+        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "chosen": "The capital of France is Paris.",
+        "rejected": "France is a country in Europe with many cities.",
+    },
+    {
+        "prompt": [{"role": "user", "content": "Give me a synonym for happy."}],
+        "chosen": "Joyful.",
+        "rejected": "Sad is a word people use when they are not happy at all, so maybe that one.",
+    },
+    {
+        "prompt": [{"role": "user", "content": "Add 17 and 25, then explain the carry in one sentence."}],
+        "chosen": "17 + 25 = 42: 7 + 5 = 12, write 2 and carry 1 to the tens.",
+        "rejected": "It is 32.",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from metareward.models import resolve_model
+
+    path = resolve_model("smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tok
+
+
+def trl_batch_loss_and_grads(model, tok, pairs, beta, max_length):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    policy = copy.deepcopy(model)
+    rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+    args = DPOConfig(
+        output_dir="/tmp/unused-dpo-native-test", per_device_train_batch_size=len(pairs), beta=beta,
+        max_length=max_length, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+        report_to=[], dataset_num_proc=None, disable_tqdm=True,
+    )
+    trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(model), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tok)
+    data = trainer.train_dataset
+    batch = trainer.data_collator([data[i] for i in range(len(data))])
+    policy.train()
+    loss = trainer.compute_loss(policy, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in policy.named_parameters() if p.grad is not None}
+    tokens = [(list(data[i]["prompt_ids"]), list(data[i]["chosen_ids"]), list(data[i]["rejected_ids"]))
+              for i in range(len(data))]
+    return float(loss), grads, tokens
+
+
+@pytest.mark.parametrize("max_length", [None, 52])  # 52 truncates two completions
+def test_loss_and_gradients_match_trl(model_and_tokenizer, max_length):
+    model, tok = model_and_tokenizer
+    beta = 0.1
+    trl_loss, trl_grads, trl_tokens = trl_batch_loss_and_grads(model, tok, PAIRS, beta, max_length)
+
+    items = [tokenize_pair(tok, p, max_length) for p in PAIRS]
+    keep = max_length or 10**9  # TRL stores full ids and truncates the joined sequence in its collator
+    trl_tokens = [(p, c[: keep - len(p)], r[: keep - len(p)]) for p, c, r in trl_tokens]
+    assert [(t.prompt, t.chosen, t.rejected) for t in items] == trl_tokens
+    if max_length:
+        assert any(len(t.prompt + t.chosen) == max_length for t in items)
+
+    # The reference differs from the policy only after a step, so perturb nothing: both start equal
+    # (loss = log 2); the gradient is still nonzero and must match TRL's.
+    policy = copy.deepcopy(model)
+    policy.train()
+    ref = reference_logps(model, items, batch_size=2, pad_id=tok.pad_token_id)
+    seqs = [s for t in items for s in t.sequences()]
+    logps = sequence_logps(policy, seqs, tok.pad_token_id).view(-1, 2)
+    loss, _, _ = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta)
+    loss.mean().backward()
+    assert abs(float(loss.mean()) - trl_loss) < 1e-5
+    assert abs(trl_loss - 0.6931472) < 1e-4
+    grads = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert grads.keys() == trl_grads.keys()
+    flat = torch.cat([grads[n].flatten() for n in grads])
+    trl_flat = torch.cat([trl_grads[n].flatten() for n in grads])
+    assert flat.norm() > 0
+    rel = float((flat - trl_flat).norm() / trl_flat.norm())
+    worst = max(float((grads[n] - trl_grads[n]).norm() / trl_grads[n].norm().clamp(min=1e-12)) for n in grads)
+    assert rel < 1e-4 and worst < 1e-3, (rel, worst)
+
+
+def test_loss_matches_trl_when_policy_differs_from_reference(model_and_tokenizer):
+    """After a native step the policy moved: the loss of a shifted policy must still equal TRL's."""
+    model, tok = model_and_tokenizer
+    moved = copy.deepcopy(model)
+    metrics = train_dpo_native(moved, tok, PAIRS, beta=0.1, lr=1e-4, epochs=2, batch_size=2, grad_accum=1,
+                               max_length=None, warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    assert metrics["steps"] == 4 and metrics["pairs"] == 3
+    assert metrics["last"]["rewards/margins"] > metrics["first"]["rewards/margins"]
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in PAIRS]
+    args = DPOConfig(output_dir="/tmp/unused-dpo-native-test", per_device_train_batch_size=3, beta=0.1,
+                     bf16=False, use_cpu=True, report_to=[], disable_tqdm=True)
+    trainer = DPOTrainer(model=moved, ref_model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    data = trainer.train_dataset
+    batch = trainer.data_collator([data[i] for i in range(len(data))])
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(moved, batch))
+    items = [tokenize_pair(tok, p, None) for p in PAIRS]
+    ref = reference_logps(model, items, 3, tok.pad_token_id)
+    pol = reference_logps(moved, items, 3, tok.pad_token_id)
+    loss, _, _ = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1)
+    assert trl_loss < 0.69
+    assert abs(float(loss.mean()) - trl_loss) < 1e-5
