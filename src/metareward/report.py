@@ -256,6 +256,7 @@ def fig_winrates(ev: dict[str, Any]) -> str:
         ax.errorbar(xs + off, ys, yerr=np.nan_to_num(np.vstack([lo, hi])), fmt="o", capsize=4, label=name)
     ax.axhline(50, color="grey", lw=0.8, ls=":")
     ax.set_xticks(xs, labels)
+    ax.set_xlim(-0.5, max(len(labels), 1) - 0.5)
     ax.set_ylim(-2, 102)
     ax.set_ylabel("% vs baseline")
     baseline = next(iter(res.values()))["baseline"] if res else "?"
