@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-vllm run test lint bench
+.PHONY: setup setup-vllm setup-browser run test lint bench
 
 setup:
 	bash scripts/setup.sh $(VENV)
@@ -11,12 +11,18 @@ setup:
 setup-vllm:
 	bash scripts/setup_vllm_cpu.sh
 
+# Headless Chromium for the report's render test (Debian package; needs root, skipped otherwise).
+setup-browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: the report render test will be skipped"
+
 # Two Meta-Rewarding iterations of the tiny config on the embedded model (CPU, minutes).
 run: setup
 	$(BIN)/metareward run configs/tiny-cpu.yaml
 
 # The whole test suite, slow end-to-end tests included (they are small).
-test: setup setup-vllm
+test: setup setup-vllm setup-browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
