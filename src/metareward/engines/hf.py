@@ -6,11 +6,12 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 
 * applies the model's chat template (``add_generation_prompt``) to each request's messages;
 * sorts requests by prompt length and cuts them into batches of about ``batch_size`` sequences
-  (a request with ``n`` samples counts ``n``), so left padding stays small (*bucketing*);
-* prefills each batch's prompts ONCE (left padded, position ids from the attention mask, logits of the
-  last position only), then copies each prompt's KV cache ``n`` times and samples the ``n``
-  continuations from the copies (*prefix sharing*);
-* decodes with a preallocated KV cache (``_PreallocCache``: no per-step re-copy of the whole cache);
+  (a request with ``n`` samples counts ``n``), so padding stays small (*bucketing*);
+* prefills each batch's prompts ONCE (right padded: causal SDPA needs no mask; logits only at each
+  prompt's last token), then samples the ``n`` continuations of each prompt against that one copy of
+  its keys/values (*prefix sharing*, ``SharedPrefixCache`` + ``shared_prefix_attention``: the prompt is
+  neither recomputed nor copied, and is read once per decoding step for all its samples);
+* each sample's own keys/values go to a preallocated buffer (no per-step re-copy of the whole cache);
 * samples each row with its own temperature and top-p (exactly the transformers warpers: temperature,
   then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
 * drops a sequence from the batch as soon as it emits a stop token (the tokenizer's eos, e.g.
@@ -18,16 +19,17 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 * seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
   same texts (the run loop's resume relies on this).
 
-``choice_probs`` prefills each distinct prompt once, extends the copied cache by each request's
-``assistant_prefix`` tokens (padding placed between prompt and suffix, masked out) and reads the
-softmax of the last position's logits at each choice's token, renormalised over the choices.
+``choice_probs`` prefills each distinct prompt once, runs each request's ``assistant_prefix`` tokens
+against it (shared, as above; suffixes left-padded and masked) and reads the softmax of the last
+position's logits at each choice's token, renormalised over the choices.
 
 Precision: ``dtype="auto"`` is bf16 on a CUDA device that supports it and on a CPU with native bf16
 instructions (AVX512-BF16 or AMX), float32 otherwise; log-probabilities and sampling are always float32.
 
-Assumptions: a decoder-only causal LM whose ``forward`` takes ``position_ids``, ``past_key_values`` and
-``logits_to_keep`` (Llama, Qwen, Mistral, SmolLM ...), with a chat template; each choice is a single
-token after the prefix (checked).
+Assumptions: a decoder-only causal LM with full attention whose ``forward`` takes ``position_ids``,
+``past_key_values`` and ``logits_to_keep`` and whose attention goes through transformers'
+``AttentionInterface`` (Llama, Qwen2, Mistral, SmolLM ...), with a plain LM head (no logit scaling or
+soft-capping) and a chat template; each choice is a single token after the prefix (checked).
 """
 
 from __future__ import annotations
@@ -230,9 +232,12 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
         scaling = dim**-0.5
     q = query.float()
     if cache is None or cache.phase == "prefix":
+        # The engine right-pads prompts, so plain causal attention is exact for every real token (pads
+        # come after them) and SDPA can skip the upper triangle; the mask is not needed.
+        causal = cache is not None or (attention_mask is None and q_len > 1)
         out = F.scaled_dot_product_attention(
-            q, key.float(), value.float(), attn_mask=attention_mask, scale=scaling,
-            enable_gqa=kv_heads != heads, is_causal=attention_mask is None and q_len > 1,
+            q, key.float(), value.float(), attn_mask=None if cache is not None else attention_mask, scale=scaling,
+            enable_gqa=kv_heads != heads, is_causal=causal,
         )
         return out.transpose(1, 2).to(out_dtype).contiguous(), None
 
@@ -404,9 +409,9 @@ class HFEngine(Engine):
             batches.append(cur)
         return batches
 
-    def _forward(self, cache: SharedPrefixCache, **inputs):
-        """``model(**inputs)`` with the engine's attention; the model's own setting is restored after,
-        so a model shared with training (``model=``) is left as it was."""
+    def _forward(self, cache: SharedPrefixCache, **inputs) -> torch.Tensor:
+        """Last-position float32 logits of ``model(**inputs)`` with the engine's attention; the model's
+        own attention setting is restored after, so a model shared with training is left as it was."""
         config = self.model.config
         saved = config._attn_implementation
         config._attn_implementation = ATTENTION
@@ -417,12 +422,33 @@ class HFEngine(Engine):
         return out.logits[:, -1, :].float()
 
     def _prefill(self, prompts: Sequence[list[int]], extra: int):
-        """Run the left-padded prompts once: (last-position logits fp32, cache, prompt mask, last positions)."""
-        ids, mask = self._pad_left(prompts)
-        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        """Run the prompts once, RIGHT-padded (causal attention needs no mask then: SDPA skips the upper
+        triangle). Returns (each prompt's last-token logits fp32, cache, padding mask, last positions).
+
+        Logits come from the decoder's hidden state at each prompt's own last token through the output
+        embedding (assumes a plain LM head: no logit scaling or soft-capping, as in Llama/Qwen/Mistral)."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            mask[i, : len(p)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = torch.arange(width, device=self.device).expand(len(prompts), width)
+        last = mask.sum(1) - 1
         cache = SharedPrefixCache(self.model.config.num_hidden_layers, max(extra, 1))
-        logits = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos)
-        return logits, cache, mask, pos[:, -1]
+        config = self.model.config
+        saved = config._attn_implementation
+        config._attn_implementation = ATTENTION
+        try:
+            hidden = self.model.get_decoder()(
+                input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, shared_cache=cache
+            ).last_hidden_state
+        finally:
+            config._attn_implementation = saved
+        rows = torch.arange(len(prompts), device=self.device)
+        logits = self.model.get_output_embeddings()(hidden[rows, last]).float()
+        return logits, cache, mask, last
 
     # ------------------------------------------------------------------ generation
 
@@ -538,8 +564,8 @@ class HFEngine(Engine):
                 cache.start_rows(owner, mask)
                 suf_ids, suf_mask = self._pad_left([contexts[i] for i in flat])
                 cache.add_suffix(suf_mask)
-                full_mask = torch.cat([mask[owner], suf_mask], dim=1)
-                pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -suffix_len:]
+                # suffix j of a row is at position len(prompt) + (real suffix tokens before j)
+                pos = (mask[owner].sum(1, keepdim=True) + suf_mask.cumsum(-1) - 1).clamp(min=0)
                 out = self._forward(cache, input_ids=suf_ids, position_ids=pos)
                 has_suffix = torch.tensor([bool(contexts[i]) for i in flat], device=self.device)
                 last = torch.where(has_suffix[:, None], out, last)
