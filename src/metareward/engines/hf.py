@@ -151,7 +151,7 @@ class _SharedPrefixLayer(DynamicLayer):
 class SharedPrefixCache(Cache):
     """A KV cache where many sample rows continue a few prompts without copying them.
 
-    Phase ``prefix``: one forward over the left-padded prompts stores their keys/values once.
+    Phase ``prefix``: one forward over the right-padded prompts stores their keys/values once.
     ``start_rows(owner)`` then opens phase ``rows``: row ``j`` continues prompt ``owner[j]`` and every later
     forward appends one key/value per row and position. ``shared_prefix_attention`` attends each row to
     its prompt's keys (shared by all that prompt's rows, read once per prompt: this is what makes N
