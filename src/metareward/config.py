@@ -98,6 +98,7 @@ class MetaJudgeConfig:
 class TrainingConfig:
     """DPO (spec §4.1: lr 5e-6, beta 0.1, global batch 32, cosine, up to 10 epochs) via TRL."""
 
+    backend: Literal["trl", "native"] = "trl"  # native: plain-PyTorch DPO, loss/grads tested equal to TRL's, faster
     method: Literal["full", "lora"] = "full"
     learning_rate: float = 5e-6
     beta: float = 0.1
@@ -271,6 +272,10 @@ def validate(cfg: RunConfig) -> None:
     _require(t.gradient_accumulation >= 1, "training.gradient_accumulation", "must be >= 1")
     _require(0 <= t.warmup_ratio < 1, "training.warmup_ratio", "must be in [0, 1)")
     _require(t.max_length >= 16, "training.max_length", "must be >= 16")
+    _require(t.backend == "trl" or t.method == "full", "training.backend",
+             "native trains full models only; use backend: trl for method: lora")
+    _require(t.backend == "trl" or not t.launcher, "training.backend",
+             "multi-process training (launcher) runs TRL; use backend: trl with a launcher")
     _require(len(cfg.iterations) >= 1, "iterations", "need at least one iteration")
     for i, it in enumerate(cfg.iterations):
         p = f"iterations[{i}]"

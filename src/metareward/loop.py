@@ -294,7 +294,10 @@ class Runner:
             from metareward.training.launch import launch_training
 
             return launch_training(self.cfg.training.launcher, "dpo", self.run_dir, store.iteration, model_path)
-        from metareward.training.dpo import train_dpo
+        if self.cfg.training.backend == "native":
+            from metareward.training.dpo_native import train_dpo_native_from_path as train_dpo
+        else:
+            from metareward.training.dpo import train_dpo
 
         return train_dpo(
             model_path, train_set, store.model_dir, self.cfg.training, store.work / "dpo", threads=self.cfg.engine.threads
