@@ -37,7 +37,7 @@ class EngineConfig:
 
     name: Literal["hf", "vllm", "openai"] = "hf"
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on bf16-capable GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default. Competing processes collapse 2 threads.
     batch_size: int = 32  # sequences per forward pass (hf engine)
     chunk_size: int = 64  # requests per resumable unit written to disk; smaller = finer resume
