@@ -142,10 +142,10 @@ class _SharedPrefixLayer(DynamicLayer):
             self.pk, self.pv = self.pk[prompts], self.pv[prompts]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("use SharedPrefixCache.select_rows")
+        raise RuntimeError("unsupported on a shared-prefix layer cache: use SharedPrefixCache.select_rows")
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("the engine never crops its cache")
+        raise RuntimeError("unsupported on a shared-prefix layer cache: the engine never crops it")
 
 
 class SharedPrefixCache(Cache):
