@@ -59,3 +59,21 @@ def test_records_roundtrip_and_errors(tmp_path):
     path.write_text('{"id": "x"}\n')
     with pytest.raises(InputError, match=r"j.jsonl:1: missing field\(s\)"):
         read_jsonl(path, Judgment)
+
+
+def test_save_model_atomic_replaces_whole_folder(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from metareward.models import save_model_atomic
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")))
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    save_model_atomic(model, tok, out)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

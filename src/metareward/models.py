@@ -116,3 +116,15 @@ def save_plain(model, tokenizer, folder: str | Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def save_model_atomic(model, tokenizer, out_dir: str | Path) -> None:
+    """Save a model folder so that ``out_dir`` exists only when complete: write a temp folder beside
+    it, then rename (an older ``out_dir`` is replaced). A kill mid-save leaves only the temp folder."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_plain(model, tokenizer, tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)

@@ -134,22 +134,32 @@ def from_dict(cls: type[R], data: Any, where: str) -> R:
     return cls(**data)
 
 
+def iter_json_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file:line, object)`` for each non-empty line of a JSONL file. A line that is not a JSON
+    object is an ``InputError`` naming the file and line. The one reader every JSONL input goes through."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield where, obj
+
+
 def read_jsonl(path: str | Path, cls: type[R]) -> list[R]:
     """Read every record of ``path``; a malformed line is an error naming file and line."""
     return list(iter_jsonl(path, cls))
 
 
 def iter_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            yield from_dict(cls, data, f"{path}:{lineno}")
+    for where, data in iter_json_objects(path):
+        yield from_dict(cls, data, where)
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> int:

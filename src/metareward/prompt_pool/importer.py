@@ -36,6 +36,7 @@ from typing import Any
 from metareward.errors import InputError
 from metareward.pool import TEXT_KEYS
 from metareward.prompt_pool.filters import normalise, word_count
+from metareward.records import iter_json_objects
 from metareward.store import atomic_write_json, atomic_write_text
 
 
@@ -87,19 +88,9 @@ def _pick_column(keys: Any, column: str | None, where: str) -> str:
 
 def _rows_jsonl(path: Path, s: ImportSettings) -> Iterator[tuple[str, str, Any]]:
     """(where, text, id value) per non-empty line."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            col = _pick_column(obj.keys(), s.column, where)
-            yield where, _cell_text(obj[col], where, col), _id_value(obj, s.id_column, where)
+    for where, obj in iter_json_objects(path):
+        col = _pick_column(obj.keys(), s.column, where)
+        yield where, _cell_text(obj[col], where, col), _id_value(obj, s.id_column, where)
 
 
 def _rows_csv(path: Path, s: ImportSettings) -> Iterator[tuple[str, str, Any]]:

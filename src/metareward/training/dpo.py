@@ -15,7 +15,6 @@ Assumptions and choices:
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from metareward.config import TrainingConfig
+from metareward.models import save_model_atomic
 from metareward.records import PreferencePair
 
 
@@ -141,13 +141,7 @@ def train_dpo(
     else:
         if cfg.method == "lora":
             trained = trained.merge_and_unload()
-        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trained.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        save_model_atomic(trained, tokenizer, out_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
     metrics = {
         "pairs": len(pairs),

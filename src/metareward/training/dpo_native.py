@@ -254,12 +254,11 @@ def train_dpo_native_from_path(
     stays with the TRL backend). No mid-training checkpoints: a killed run restarts the round, whose
     output folder appears only when complete. ``work_dir`` is unused (kept for the same signature).
     """
-    import os
-    import shutil
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from metareward.models import save_model_atomic
     from metareward.training.dpo import to_conversational, use_bf16
 
     if cfg.method != "full":
@@ -282,12 +281,6 @@ def train_dpo_native_from_path(
         grad_accum=cfg.gradient_accumulation, max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio,
         lr_scheduler=cfg.lr_scheduler, seed=cfg.shuffle_seed,
     )
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    save_model_atomic(model, tokenizer, out_dir)
     metrics["backend"] = "native"
     return metrics

@@ -32,8 +32,6 @@ non-empty string fields ``prompt`` (user turn) and ``completion`` (assistant tur
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ from typing import Any, Literal
 import torch
 
 from metareward.errors import InputError
+from metareward.models import save_model_atomic
+from metareward.records import iter_json_objects
 
 
 @dataclass
@@ -96,20 +96,11 @@ def load_sft_jsonl(path: str | Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise InputError(f"{path}: SFT data file not found")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("prompt", "completion"):
-                if not isinstance(obj.get(key), str) or not obj[key].strip():
-                    raise InputError(f"{path}:{lineno}: field '{key}' must be a non-empty string")
-            rows.append({"prompt": obj["prompt"], "completion": obj["completion"]})
+    for where, obj in iter_json_objects(path):
+        for key in ("prompt", "completion"):
+            if not isinstance(obj.get(key), str) or not obj[key].strip():
+                raise InputError(f"{where}: field '{key}' must be a non-empty string")
+        rows.append({"prompt": obj["prompt"], "completion": obj["completion"]})
     return rows
 
 
@@ -226,13 +217,7 @@ def run_sft(
     trained = trainer.model
     if cfg.method == "lora":
         trained = trained.merge_and_unload()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    save_model_atomic(trained, tokenizer, out)
     shutil.rmtree(work, ignore_errors=True)
     metrics = {
         "examples": len(train_rows),
