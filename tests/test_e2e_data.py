@@ -1,5 +1,5 @@
 """End to end on the real embedded model (slow, kept small): a generated prompt pool, EFT data built
-by the seed model, and a run whose step 0 is SFT on that data, then one Meta-Rewarding iteration."""
+by the seed model, and a run whose step 0 is SFT on judge data, then one Meta-Rewarding iteration."""
 
 from __future__ import annotations
 
@@ -36,8 +36,26 @@ def test_generated_pool_eft_sft_then_an_iteration(tmp_path):
     metareward("eft", "build", str(ranked), "--out", str(eft), "--n", "2", "--scoring", "constrained",
                "--max-tokens", "16", "--per-response", "all", "--eval-fraction", "0", "--threads", "2")
     report = json.loads((eft / "report.json").read_text())
-    train = (eft / "train.jsonl").read_text().splitlines()
-    assert len(train) == report["train"] >= 1, report
+    assert report["prompts"] == 3
+    assert report["prompts_agreeing"] + report["prompts_disagreeing"] + report["prompts_unscored"] == 3
+    assert len((eft / "train.jsonl").read_text().splitlines()) == report["train"]
+    judged = (eft / "judgments.jsonl").read_text().splitlines()
+    assert len(judged) == 2 * report["responses"]  # N=2 judgments per response, all scored (constrained)
+    assert all(json.loads(x)["score"] is not None for x in judged)
+
+    # Whether the 135M seed model agrees with the human order on any of the 3 prompts is up to the
+    # model, so the SFT data for the run is written here in the same format, from the known ranks.
+    from metareward.templates import judge_prompt
+
+    sft_data = tmp_path / "sft.jsonl"
+    rows = []
+    for line in ranked.read_text().splitlines():
+        item = json.loads(line)
+        for r in item["responses"]:
+            score = 5 - 2 * r["rank"]
+            rows.append({"prompt": judge_prompt(item["prompt"], r["text"]),
+                         "completion": f"The response is ranked {r['rank']}.\nScore: {score}"})
+    sft_data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
     cfg = {
         "run_dir": str(tmp_path / "run"),
@@ -47,7 +65,7 @@ def test_generated_pool_eft_sft_then_an_iteration(tmp_path):
         "judge": {"n": 2, "max_tokens": 12, "scoring": "constrained"},
         "meta_judge": {"max_tokens": 8, "scoring": "constrained"},
         "training": {"batch_size": 2, "gradient_accumulation": 1, "max_length": 768, "warmup_ratio": 0.0},
-        "sft": {"data": str(eft / "train.jsonl"), "max_steps": 1, "batch_size": 2, "gradient_accumulation": 1,
+        "sft": {"data": str(sft_data), "max_steps": 1, "batch_size": 2, "gradient_accumulation": 1,
                 "max_length": 1024, "warmup_ratio": 0.0},
         "iterations": [{"prompts": 2, "rho": 0.0, "train_judge": True}],
     }
