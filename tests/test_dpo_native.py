@@ -135,3 +135,28 @@ def test_loss_matches_trl_when_policy_differs_from_reference(model_and_tokenizer
     loss, _, _ = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1)
     assert trl_loss < 0.69
     assert abs(float(loss.mean()) - trl_loss) < 1e-5
+
+
+@pytest.mark.slow
+def test_native_backend_from_path_saves_a_model_that_loads(tmp_path):
+    """The loop's entry point for ``training.backend: native``: train from a folder, save atomically."""
+    from transformers import AutoModelForCausalLM
+
+    from metareward.config import TrainingConfig
+    from metareward.models import resolve_model
+    from metareward.records import PreferencePair
+    from metareward.training.dpo_native import train_dpo_native_from_path
+
+    pairs = [
+        PreferencePair(id=f"actor/p{i}", kind="actor", prompt_id=f"p{i}", prompt=q, chosen=c, rejected=r,
+                       chosen_id="c", rejected_id="r")
+        for i, (q, c, r) in enumerate([("Name a color.", "Blue.", "I cannot help with that request at all."),
+                                       ("What is 2+2?", "4.", "It might be 5, or maybe 22.")])
+    ]
+    cfg = TrainingConfig(backend="native", batch_size=2, gradient_accumulation=1, max_length=256,
+                         warmup_ratio=0.0, epochs=1)
+    out = tmp_path / "model"
+    metrics = train_dpo_native_from_path(resolve_model("smollm2-135m"), pairs, out, cfg, threads=2)
+    assert metrics["backend"] == "native" and metrics["steps"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 49152
