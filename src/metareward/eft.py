@@ -57,7 +57,7 @@ from metareward.config import JudgeConfig, settings_hash
 from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
 from metareward.errors import InputError
 from metareward.parsing import parse_score
-from metareward.records import Judgment, Prompt, Response, to_json
+from metareward.records import Judgment, Prompt, Response, iter_json_objects, to_json
 from metareward.stages.judge import apply_score, judge_requests, judgments_from_output, score_requests
 from metareward.store import atomic_write_json, atomic_write_text, run_chunked
 from metareward.templates import judge_prompt
@@ -137,47 +137,37 @@ def load_ranked(path: str | Path) -> list[RankedPrompt]:
         raise InputError(f"{path}: ranked responses file not found")
     out: list[RankedPrompt] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            unknown = sorted(set(obj) - _ALLOWED)
-            if unknown:
-                raise InputError(f"{where}: unknown field(s) {unknown} (allowed: {sorted(_ALLOWED)}; put extras in 'meta')")
-            pid = obj.get("id", f"q{lineno:06d}")
-            if not isinstance(pid, str) or not pid or "/" in pid:
-                raise InputError(f"{where}: field 'id' must be a non-empty string without '/', got {pid!r}")
-            if pid in seen:
-                raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
-            seen[pid] = lineno
-            prompt = obj.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InputError(f"{where}: field 'prompt' must be a non-empty string")
-            responses = obj.get("responses")
-            if not isinstance(responses, list) or len(responses) < 2:
-                raise InputError(f"{where}: field 'responses' must be a list of at least 2 ranked responses")
-            texts, ranks = [], []
-            for k, r in enumerate(responses):
-                fld = f"responses[{k}]"
-                if not isinstance(r, dict) or set(r) != {"text", "rank"}:
-                    raise InputError(f"{where}: field '{fld}' must be an object with exactly 'text' and 'rank'")
-                if not isinstance(r["text"], str) or not r["text"].strip():
-                    raise InputError(f"{where}: field '{fld}.text' must be a non-empty string")
-                rank = r["rank"]
-                if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-                    raise InputError(f"{where}: field '{fld}.rank' must be an integer >= 0 (0 = best), got {rank!r}")
-                texts.append(r["text"])
-                ranks.append(rank)
-            if len(set(ranks)) < 2:
-                raise InputError(f"{where}: field 'responses': all ranks are equal, so there is no order to agree with")
-            out.append(RankedPrompt(pid, prompt.strip(), texts, ranks, obj.get("meta")))
+    for where, lineno, obj in iter_json_objects(path):
+        unknown = sorted(set(obj) - _ALLOWED)
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {unknown} (allowed: {sorted(_ALLOWED)}; put extras in 'meta')")
+        pid = obj.get("id", f"q{lineno:06d}")
+        if not isinstance(pid, str) or not pid or "/" in pid:
+            raise InputError(f"{where}: field 'id' must be a non-empty string without '/', got {pid!r}")
+        if pid in seen:
+            raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
+        seen[pid] = lineno
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"{where}: field 'prompt' must be a non-empty string")
+        responses = obj.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise InputError(f"{where}: field 'responses' must be a list of at least 2 ranked responses")
+        texts, ranks = [], []
+        for k, r in enumerate(responses):
+            fld = f"responses[{k}]"
+            if not isinstance(r, dict) or set(r) != {"text", "rank"}:
+                raise InputError(f"{where}: field '{fld}' must be an object with exactly 'text' and 'rank'")
+            if not isinstance(r["text"], str) or not r["text"].strip():
+                raise InputError(f"{where}: field '{fld}.text' must be a non-empty string")
+            rank = r["rank"]
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+                raise InputError(f"{where}: field '{fld}.rank' must be an integer >= 0 (0 = best), got {rank!r}")
+            texts.append(r["text"])
+            ranks.append(rank)
+        if len(set(ranks)) < 2:
+            raise InputError(f"{where}: field 'responses': all ranks are equal, so there is no order to agree with")
+        out.append(RankedPrompt(pid, prompt.strip(), texts, ranks, obj.get("meta")))
     if not out:
         raise InputError(f"{path}: no ranked prompts found")
     return out

@@ -134,8 +134,8 @@ def from_dict(cls: type[R], data: Any, where: str) -> R:
     return cls(**data)
 
 
-def iter_json_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(file:line, object)`` for each non-empty line of a JSONL file. A line that is not a JSON
+def iter_json_objects(path: str | Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(file:line, line number, object)`` for each non-empty line of a JSONL file. A line that is not a JSON
     object is an ``InputError`` naming the file and line. The one reader every JSONL input goes through."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
@@ -149,7 +149,7 @@ def iter_json_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 raise InputError(f"{where}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield where, obj
+            yield where, lineno, obj
 
 
 def read_jsonl(path: str | Path, cls: type[R]) -> list[R]:
@@ -158,7 +158,7 @@ def read_jsonl(path: str | Path, cls: type[R]) -> list[R]:
 
 
 def iter_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
-    for where, data in iter_json_objects(path):
+    for where, _, data in iter_json_objects(path):
         yield from_dict(cls, data, where)
 
 

@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 from metareward.errors import InputError
+from metareward.records import iter_json_objects
 
 TRUNCATE_FRACTION = 0.4
 OTHER_ANSWER_OFFSET = 7  # question i gets the answer of question (i + 7) mod n
@@ -57,36 +58,26 @@ def load_ranked(path: str | Path) -> list[RankedPrompt]:
         raise InputError(f"{path}: ranked-responses file not found")
     out: list[RankedPrompt] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{where}: expected a JSON object")
-            pid = str(row.get("id", f"line{lineno}"))
-            if pid in seen:
-                raise InputError(f"{where}: id: duplicate id {pid!r}")
-            seen.add(pid)
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InputError(f"{where}: prompt: expected a non-empty string")
-            responses = row.get("responses")
-            if not isinstance(responses, list) or len(responses) < 2:
-                raise InputError(f"{where}: responses: expected a list of at least 2 responses")
-            items = []
-            for k, r in enumerate(responses):
-                if not isinstance(r, dict) or not isinstance(r.get("text"), str):
-                    raise InputError(f"{where}: responses[{k}].text: expected a string")
-                rank = r.get("rank")
-                if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-                    raise InputError(f"{where}: responses[{k}].rank: expected a number (0 = best)")
-                items.append(RankedResponse(r["text"], float(rank), str(r.get("kind", ""))))
-            out.append(RankedPrompt(pid, prompt, tuple(items)))
+    for where, lineno, row in iter_json_objects(path):
+        pid = str(row.get("id", f"line{lineno}"))
+        if pid in seen:
+            raise InputError(f"{where}: id: duplicate id {pid!r}")
+        seen.add(pid)
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"{where}: prompt: expected a non-empty string")
+        responses = row.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise InputError(f"{where}: responses: expected a list of at least 2 responses")
+        items = []
+        for k, r in enumerate(responses):
+            if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+                raise InputError(f"{where}: responses[{k}].text: expected a string")
+            rank = r.get("rank")
+            if isinstance(rank, bool) or not isinstance(rank, (int, float)):
+                raise InputError(f"{where}: responses[{k}].rank: expected a number (0 = best)")
+            items.append(RankedResponse(r["text"], float(rank), str(r.get("kind", ""))))
+        out.append(RankedPrompt(pid, prompt, tuple(items)))
     if not out:
         raise InputError(f"{path}: no prompts")
     return out

@@ -88,7 +88,7 @@ def _pick_column(keys: Any, column: str | None, where: str) -> str:
 
 def _rows_jsonl(path: Path, s: ImportSettings) -> Iterator[tuple[str, str, Any]]:
     """(where, text, id value) per non-empty line."""
-    for where, obj in iter_json_objects(path):
+    for where, _, obj in iter_json_objects(path):
         col = _pick_column(obj.keys(), s.column, where)
         yield where, _cell_text(obj[col], where, col), _id_value(obj, s.id_column, where)
 

@@ -96,7 +96,7 @@ def load_sft_jsonl(path: str | Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise InputError(f"{path}: SFT data file not found")
     rows = []
-    for where, obj in iter_json_objects(path):
+    for where, _, obj in iter_json_objects(path):
         for key in ("prompt", "completion"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():
                 raise InputError(f"{where}: field '{key}' must be a non-empty string")
