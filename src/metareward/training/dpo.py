@@ -26,6 +26,7 @@ import torch
 from metareward.config import TrainingConfig
 from metareward.models import save_model_atomic
 from metareward.records import PreferencePair
+from metareward.training.common import common_trainer_args, last_checkpoint, lora_config, use_bf16
 
 
 def to_conversational(pairs: Sequence[PreferencePair], seed: int) -> list[dict[str, Any]]:
@@ -39,28 +40,6 @@ def to_conversational(pairs: Sequence[PreferencePair], seed: int) -> list[dict[s
     ]
     random.Random(seed).shuffle(rows)
     return rows
-
-
-def use_bf16(precision: str) -> bool:
-    if precision == "bfloat16":
-        return True
-    if precision == "float32":
-        return False
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def checkpointing_kwargs(config_cls: type, enabled: bool) -> dict[str, bool]:
-    """Set activation (gradient) checkpointing explicitly: TRL defaults it to on, and transformers 5
-    renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name still works but warns)."""
-    fields = getattr(config_cls, "__dataclass_fields__", {})
-    if "activation_checkpointing" in fields:
-        return {"activation_checkpointing": enabled}
-    return {"gradient_checkpointing": enabled}
-
-
-def last_checkpoint(work_dir: Path) -> str | None:
-    ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
 
 
 def train_dpo(
@@ -91,15 +70,7 @@ def train_dpo(
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     peft_config = None
     if cfg.method == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     dataset = Dataset.from_list(to_conversational(pairs, cfg.shuffle_seed))
     args = DPOConfig(
         output_dir=str(work_dir),
@@ -111,18 +82,8 @@ def train_dpo(
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
         beta=cfg.beta,
         max_length=cfg.max_length,
-        bf16=bf16,
-        fp16=False,
-        **checkpointing_kwargs(DPOConfig, cfg.gradient_checkpointing),
-        use_cpu=not torch.cuda.is_available(),
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        logging_steps=1,
-        report_to=[],
-        seed=cfg.shuffle_seed,
         disable_tqdm=False,
-        dataset_num_proc=None,
+        **common_trainer_args(DPOConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.shuffle_seed),
     )
     trainer = DPOTrainer(
         model=model,

@@ -259,7 +259,8 @@ def train_dpo_native_from_path(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metareward.models import save_model_atomic
-    from metareward.training.dpo import to_conversational, use_bf16
+    from metareward.training.common import use_bf16
+    from metareward.training.dpo import to_conversational
 
     if cfg.method != "full":
         raise ValueError(f"training.method {cfg.method!r} needs training.backend: trl (native trains full models)")

@@ -42,6 +42,7 @@ import torch
 from metareward.errors import InputError
 from metareward.models import save_model_atomic
 from metareward.records import iter_json_objects
+from metareward.training.common import common_trainer_args, last_checkpoint, lora_config, use_bf16
 
 
 @dataclass
@@ -121,19 +122,6 @@ def n_tokens(tokenizer, row: dict[str, Any]) -> int:
     return len(ids)
 
 
-def _use_bf16(precision: str) -> bool:
-    if precision == "bfloat16":
-        return True
-    if precision == "float32":
-        return False
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def _last_checkpoint(work_dir: Path) -> str | None:
-    ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
-
-
 def run_sft(
     model_path: str,
     data_path: str,
@@ -169,14 +157,11 @@ def run_sft(
         raise InputError(f"{data_path}: no example fits in max_length={cfg.max_length} tokens ({dropped} dropped)")
     eval_rows, eval_dropped = prepare(cfg.eval_data) if cfg.eval_data else ([], 0)
 
-    bf16 = _use_bf16(cfg.precision)
+    bf16 = use_bf16(cfg.precision)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     peft_config = None
     if cfg.method == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     args = TRLSFTConfig(
         output_dir=str(work),
         per_device_train_batch_size=cfg.batch_size,
@@ -191,17 +176,7 @@ def run_sft(
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
-        bf16=bf16,
-        fp16=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        logging_steps=1,
-        report_to=[],
-        seed=cfg.seed,
-        dataset_num_proc=None,
+        **common_trainer_args(TRLSFTConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.seed),
     )
     trainer = SFTTrainer(
         model=model,
@@ -211,7 +186,7 @@ def run_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(work))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(work))
     eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     trained = trainer.model
