@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,30 @@ def run_sft_step(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
+def resolve_launcher(launcher: str) -> list[str]:
+    """Split ``launcher`` into argv, with its program resolved to the one installed beside this Python.
+
+    ``accelerate`` (or ``torchrun``, or ``python``) must be the one of the environment metareward runs in,
+    also when that environment's ``bin`` is not on ``PATH`` (``.venv/bin/metareward`` run without
+    activating the venv): a sibling of ``sys.executable`` wins, then ``PATH``; neither is a clear error.
+    """
+    argv = shlex.split(launcher)
+    if not argv:
+        raise ValueError("training.launcher is empty")
+    program = argv[0]
+    if os.sep not in program:
+        sibling = Path(sys.executable).parent / program
+        if program in ("python", "python3"):
+            argv[0] = sys.executable
+        elif sibling.is_file() and os.access(sibling, os.X_OK):
+            argv[0] = str(sibling)
+        elif shutil.which(program) is None:
+            raise FileNotFoundError(
+                f"training.launcher: program {program!r} is neither beside {sys.executable} nor on PATH "
+                f"(install it in this environment, e.g. pip install accelerate)")
+    return argv
+
+
 def launch_training(launcher: str, task: str, run_dir: str | Path, iteration: int | None = None,
                     model: str | None = None) -> dict[str, Any]:
     """Run ``LAUNCHER -m metareward.training.launch TASK ...`` as a subprocess (the caller's GPU memory
@@ -87,7 +112,7 @@ def launch_training(launcher: str, task: str, run_dir: str | Path, iteration: in
     args = [task, str(run_dir)] + ([str(iteration)] if iteration is not None else [])
     if model:
         args += ["--model", model]
-    cmd = shlex.split(launcher) + ["-m", "metareward.training.launch", *args]
+    cmd = resolve_launcher(launcher) + ["-m", "metareward.training.launch", *args]
     out = metrics_path(run_dir, iteration or 0)
     out.unlink(missing_ok=True)
     done = subprocess.run(cmd)
