@@ -67,12 +67,15 @@ def test_greedy_equals_model_generate(engine):
             assert outs[r.id].finished[k] == done
 
 
-def test_shared_prefix_uses_each_samples_true_distribution(engine):
-    """Every step's log-softmax equals an independent unpadded forward of prompt + sampled tokens."""
+@pytest.mark.parametrize("compact_at", [1e-9, 0.25, 2.0])  # drop a row at once, in bulk, never
+def test_shared_prefix_uses_each_samples_true_distribution(engine, monkeypatch, compact_at):
+    """Every step's log-softmax equals an independent unpadded forward of prompt + sampled tokens,
+    however long finished rows are carried in the batch before they are dropped."""
+    monkeypatch.setattr(hf_module, "COMPACT_AT", compact_at)
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=6)
     reqs = [
         GenerationRequest(id="long", messages=user(QUESTIONS[2]), sampling=sampling, n=4, seed=3),
-        GenerationRequest(id="short", messages=user(QUESTIONS[0]), sampling=sampling, n=3, seed=4),
+        GenerationRequest(id="short", messages=user(QUESTIONS[0]), sampling=SamplingParams(1.0, 1.0, 3), n=3, seed=4),
     ]
     engine.trace = []
     try:
@@ -97,6 +100,7 @@ def test_shared_prefix_uses_each_samples_true_distribution(engine):
         got = torch.stack([lp for _, lp in v])
         assert torch.allclose(got, ref, atol=2e-4), (row, (got - ref).abs().max())
     assert len({tuple(t) for t in tokens.values()}) > 1  # the samples differ: they are not one copy
+    assert all(n <= 3 for n in outs["short"].n_tokens) and max(outs["long"].n_tokens) > 3  # rows end apart
 
 
 def exact_nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -194,3 +198,16 @@ def _bf16_copy(model):
     import copy
 
     return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def test_inplace_sampler_draws_the_same_tokens():
+    """The decoding loop's in-place sampler (it overwrites its logits buffer) equals the copying one."""
+    logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(1)) * 4
+    temperature = torch.tensor([0.0, 0.7, 1.0, 1.3] * 16)
+    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 16)
+    drawn = sample_next(logits, temperature, top_p, torch.Generator().manual_seed(5))
+    again = sample_next(logits.clone(), temperature, top_p, torch.Generator().manual_seed(5), inplace=True)
+    assert torch.equal(drawn, again)
+    buf = logits.clone()
+    sample_next(buf, torch.full((64,), 0.8), torch.full((64,), 0.95), torch.Generator(), inplace=True)
+    assert not torch.equal(buf, logits)  # it did work in place (so the loop must not reuse the logits)

@@ -14,8 +14,11 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 * each sample's own keys/values go to a preallocated buffer (no per-step re-copy of the whole cache);
 * samples each row with its own temperature and top-p (exactly the transformers warpers: temperature,
   then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
-* drops a sequence from the batch as soon as it emits a stop token (the tokenizer's eos, e.g.
-  ``<|im_end|>``, plus the generation config's eos ids) or reaches its ``max_tokens``;
+* finishes a sequence as soon as it emits a stop token (the tokenizer's eos, e.g. ``<|im_end|>``,
+  plus the generation config's eos ids) or reaches its ``max_tokens``; finished rows leave the batch
+  in bulk, once they are a quarter of it (each removal copies every layer's continuation cache);
+* keeps the per-step [batch, vocab] logits in reused buffers and samples in place (on a CPU, a fresh
+  50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
 * seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
   same texts (the run loop's resume relies on this).
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,6 +57,7 @@ from metareward.engines.base import (
 )
 
 NUCLEUS_TOPK = 256  # top-p looks at the top 256 tokens first; rows whose nucleus is wider sort everything
+COMPACT_AT = 0.25  # finished rows leave the batch once they are this fraction of it (in bulk)
 
 
 def pick_device(device: str) -> torch.device:
@@ -137,7 +142,13 @@ class _SharedPrefixLayer(DynamicLayer):
 
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
         if hasattr(self, "sk"):
-            self.sk, self.sv = self.sk[rows], self.sv[rows]
+            # copy only the written part: the buffers' capacity is the batch's longest budget
+            n = self.suffix_len
+            for name in ("sk", "sv"):
+                old = getattr(self, name)
+                new = old.new_empty((len(rows), *old.shape[1:]))
+                new[:, :, :n] = old[rows, :, :n]
+                setattr(self, name, new)
         if prompts is not None:
             self.pk, self.pv = self.pk[prompts], self.pv[prompts]
 
@@ -279,7 +290,8 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
 
 
 def sample_next(
-    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, generator: torch.Generator
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, generator: torch.Generator,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """One next token per row of float32 ``logits`` [B, V], each row with its own settings.
 
@@ -288,21 +300,32 @@ def sample_next(
     ``TopPLogitsWarper``; the top token always stays). The top ``NUCLEUS_TOPK`` tokens are examined
     first; a row whose nucleus does not end within them is resolved with a full sort, so the result is
     exact either way.
+
+    ``inplace=True`` lets it overwrite ``logits`` (the decoding loop's own buffer): every full-vocabulary
+    pass then works in place, because on a CPU a fresh [B, V] temporary per pass (50 MB at B=256) costs
+    more in page faults than the arithmetic.
     """
     out = logits.argmax(dim=-1)
     rows = (temperature > 0).nonzero().flatten()
     if rows.numel() == 0:
         return out
-    probs = torch.softmax(logits[rows] / temperature[rows, None], dim=-1)
-    p = top_p[rows, None]
-    k = min(NUCLEUS_TOPK, probs.shape[-1])
-    vals, idx = probs.topk(k, dim=-1)  # sorted, descending
+    if rows.numel() == logits.shape[0]:
+        x = logits if inplace else logits.clone()
+        t, p = temperature[:, None], top_p[:, None]
+    else:
+        x, t, p = logits[rows], temperature[rows, None], top_p[rows, None]
+    # unnormalised softmax in place: exp((l - max) / T); the normaliser is its row sum
+    x.sub_(x.amax(dim=-1, keepdim=True)).div_(t).exp_()
+    total = x.sum(dim=-1, keepdim=True)
+    k = min(NUCLEUS_TOPK, x.shape[-1])
+    vals, idx = x.topk(k, dim=-1)  # sorted, descending
+    vals = vals / total
     cum = vals.cumsum(dim=-1)
     wide = (cum[:, -1] < p[:, 0]) & (p[:, 0] < 1.0)
     if bool(wide.any()) or bool((p >= 1.0).any()):
         # Rows needing the whole vocabulary: full sort (or no truncation at all for top_p >= 1).
         full = (wide | (p[:, 0] >= 1.0)).nonzero().flatten()
-        fvals, fidx = probs[full].sort(dim=-1, descending=True)
+        fvals, fidx = (x[full] / total[full]).sort(dim=-1, descending=True)
         fcum = fvals.cumsum(dim=-1)
         keep = (fcum - fvals) < p[full]
         keep[:, 0] = True
@@ -409,17 +432,47 @@ class HFEngine(Engine):
             batches.append(cur)
         return batches
 
-    def _forward(self, cache: SharedPrefixCache, **inputs) -> torch.Tensor:
-        """Last-position float32 logits of ``model(**inputs)`` with the engine's attention; the model's
-        own attention setting is restored after, so a model shared with training is left as it was."""
+    @contextmanager
+    def _engine_attention(self):
+        """Run the model with ``shared_prefix_attention``; its own attention setting is restored after,
+        so a model shared with training is left as it was."""
         config = self.model.config
         saved = config._attn_implementation
         config._attn_implementation = ATTENTION
         try:
-            out = self.model(past_key_values=cache, shared_cache=cache, use_cache=True, logits_to_keep=1, **inputs)
+            yield
         finally:
             config._attn_implementation = saved
+
+    def _forward(self, cache: SharedPrefixCache, **inputs) -> torch.Tensor:
+        """Last-position float32 logits of ``model(**inputs)`` with the engine's attention."""
+        with self._engine_attention():
+            out = self.model(past_key_values=cache, shared_cache=cache, use_cache=True, logits_to_keep=1, **inputs)
         return out.logits[:, -1, :].float()
+
+    def _logit_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reused [rows, vocab] outputs of the decoding steps' LM head: float32 (what the sampler reads
+        and overwrites) and, for a lower-precision model, the head's own dtype."""
+        weight = self.model.get_output_embeddings().weight
+        f32 = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=weight.device)
+        low = None if weight.dtype == torch.float32 else torch.empty_like(f32, dtype=weight.dtype)
+        return f32, low
+
+    def _decode(self, cache: SharedPrefixCache, nxt: torch.Tensor, pos: torch.Tensor,
+                buffers: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        """One decoding step: float32 logits [B, V] of each row's next token, written into ``buffers``
+        (the plain LM head as a matmul, as in ``_prefill``)."""
+        with self._engine_attention():
+            hidden = self.model.get_decoder()(
+                input_ids=nxt[:, None], position_ids=pos[:, None], past_key_values=cache, use_cache=True,
+                shared_cache=cache,
+            ).last_hidden_state[:, -1]
+        weight = self.model.get_output_embeddings().weight.t()
+        f32, low = buffers
+        b = hidden.shape[0]
+        if low is None:
+            return torch.mm(hidden, weight, out=f32[:b])
+        return f32[:b].copy_(torch.mm(hidden, weight, out=low[:b]))
 
     def _prefill(self, prompts: Sequence[list[int]], extra: int):
         """Run the prompts once, RIGHT-padded (causal attention needs no mask then: SDPA skips the upper
@@ -437,15 +490,10 @@ class HFEngine(Engine):
         pos = torch.arange(width, device=self.device).expand(len(prompts), width)
         last = mask.sum(1) - 1
         cache = SharedPrefixCache(self.model.config.num_hidden_layers, max(extra, 1))
-        config = self.model.config
-        saved = config._attn_implementation
-        config._attn_implementation = ATTENTION
-        try:
+        with self._engine_attention():
             hidden = self.model.get_decoder()(
                 input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, shared_cache=cache
             ).last_hidden_state
-        finally:
-            config._attn_implementation = saved
         rows = torch.arange(len(prompts), device=self.device)
         logits = self.model.get_output_embeddings()(hidden[rows, last]).float()
         return logits, cache, mask, last
@@ -477,28 +525,36 @@ class HFEngine(Engine):
         rows = len(owner)
         tokens: list[list[int]] = [[] for _ in range(rows)]
         finished = [False] * rows
-        alive = torch.arange(rows, device=dev)  # original row index of each live batch row
+        alive = torch.arange(rows, device=dev)  # original row index of each batch row
+        live = torch.ones(rows, dtype=torch.bool, device=dev)  # batch rows still generating
+        buffers = self._logit_buffers(rows)
         step = 0
         while True:
-            nxt = sample_next(logits, temperature, top_p, generator)
-            if self.trace is not None:
-                self.trace.append((alive.tolist(), nxt.tolist(), torch.log_softmax(logits, -1)))
+            logprobs = torch.log_softmax(logits, -1) if self.trace is not None else None
+            nxt = sample_next(logits, temperature, top_p, generator, inplace=True)
             step += 1
             stop = torch.isin(nxt, self._stop_tensor)
-            done = stop | (budget <= step)
-            for r, t, s in zip(alive.tolist(), nxt.tolist(), stop.tolist()):
+            done = (stop | (budget <= step)) & live
+            idx = live.nonzero().flatten()
+            if logprobs is not None:
+                self.trace.append((alive[idx].tolist(), nxt[idx].tolist(), logprobs[idx]))
+            for r, t, s in zip(alive[idx].tolist(), nxt[idx].tolist(), stop[idx].tolist()):
                 tokens[r].append(t)
                 finished[r] = s
-            if bool(done.any()):
-                keep = (~done).nonzero().flatten()
-                if keep.numel() == 0:
-                    break
+            live &= ~done
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+            # A finished row is carried (its tokens ignored) until a quarter of the batch has finished:
+            # dropping it costs a copy of every layer's continuation cache, so it is done in bulk.
+            if len(live) - n_live >= COMPACT_AT * len(live):
+                keep = live.nonzero().flatten()
                 cache.select_rows(keep)
-                alive, nxt, last_pos = alive[keep], nxt[keep], last_pos[keep]
+                alive, nxt, last_pos, live = alive[keep], nxt[keep], last_pos[keep], live[keep]
                 temperature, top_p, budget = temperature[keep], top_p[keep], budget[keep]
             last_pos = last_pos + 1
             cache.add_suffix(torch.ones((len(nxt), 1), dtype=torch.bool, device=dev))
-            logits = self._forward(cache, input_ids=nxt[:, None], position_ids=last_pos[:, None])
+            logits = self._decode(cache, nxt, last_pos, buffers)
 
         start = 0
         for r in reqs:
