@@ -14,7 +14,12 @@ What it does, and why it is fast without changing the result:
 * within one optimizer step (``batch_size * grad_accum`` pairs, the global batch) it re-cuts the
   micro-batches by length, so each forward pads chosen and rejected sequences of similar length only;
   the gradient of the global batch does not depend on how it is cut;
-* runs the LM head only at completion positions (the judge pairs' ~500-token prompts need no logits);
+* runs the LM head only at completion positions (the judge pairs' ~500-token prompts need no logits),
+  and in the gradient-free reference pass in slices of ``HEAD_CHUNK`` positions with logsumexp, so no
+  [tokens, vocab] tensor is ever whole there;
+* keeps gradient buffers between steps and uses PyTorch's fused AdamW (one pass over the parameters):
+  on a CPU, re-allocating 0.5 GB of gradients per step and ten elementwise optimizer passes cost
+  seconds of page faults and memory traffic per step;
 * log-probabilities and the loss are float32 (bf16 margins moved by up to 1.5 nats in our tests).
 
 Optimizer and schedule as transformers' Trainer uses them for DPOTrainer: AdamW (betas 0.9/0.999,
@@ -32,6 +37,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+HEAD_CHUNK = 256  # completion positions per LM-head slice when no gradient is needed (50 MB of logits)
 
 
 @dataclass
@@ -112,10 +119,23 @@ def sequence_logps(model, seqs: Sequence[tuple[list[int], int]], pad_id: int) ->
         owner.extend([i] * (len(s) - p))
     rows_t = torch.tensor(rows, device=device)
     cols_t = torch.tensor(cols, device=device)
-    logits = model.get_output_embeddings()(hidden[rows_t, cols_t]).float()
-    token_logps = torch.log_softmax(logits, dim=-1).gather(1, ids[rows_t, cols_t + 1][:, None]).squeeze(1)
+    head = model.get_output_embeddings()
+    states, targets = hidden[rows_t, cols_t], ids[rows_t, cols_t + 1]
+    if torch.is_grad_enabled():
+        logits = head(states).float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    else:  # no backward to feed: logits in slices, so no [tokens, vocab] tensor is ever whole
+        token_logps = torch.cat([
+            _token_logps(head(states[k : k + HEAD_CHUNK]).float(), targets[k : k + HEAD_CHUNK])
+            for k in range(0, len(targets), HEAD_CHUNK)
+        ])
     out = torch.zeros(len(seqs), dtype=torch.float32, device=device)
     return out.index_add(0, torch.tensor(owner, device=device), token_logps)
+
+
+def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per row, without materialising the log-softmax."""
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
 def dpo_loss(
@@ -146,6 +166,12 @@ def reference_logps(model, items: Sequence[PairTokens], batch_size: int, pad_id:
     return out
 
 
+def _fused_adamw_ok(params: Sequence[torch.Tensor]) -> bool:
+    """PyTorch's fused AdamW runs on CPU and CUDA for floating-point parameters on one device type."""
+    kinds = {(p.device.type, p.dtype) for p in params}
+    return len({d for d, _ in kinds}) == 1 and all(d in ("cpu", "cuda") and t.is_floating_point for d, t in kinds)
+
+
 def train_dpo_native(
     model,
     tokenizer,
@@ -173,16 +199,17 @@ def train_dpo_native(
     items = [t for t in tokenized if t is not None]
     if not items:
         raise ValueError("no preference pairs to train on (every prompt fills max_length?)")
-    ref = reference_logps(ref_model if ref_model is not None else model, items, max(batch_size, 8), pad_id)
+    ref = reference_logps(ref_model if ref_model is not None else model, items, batch_size, pad_id)
     reference_s = time.perf_counter() - started
 
     global_batch = batch_size * grad_accum
     steps_per_epoch = math.ceil(len(items) / global_batch)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     warmup = math.ceil(warmup_ratio * total_steps) if warmup_ratio < 1 else int(warmup_ratio)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one pass over the parameters instead of ~10 elementwise ones (memory-bound on a CPU)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                  fused=_fused_adamw_ok(params))
     scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     rng = random.Random(seed)
     model.train()
@@ -196,7 +223,7 @@ def train_dpo_native(
             order = list(range(len(items)))
             rng.shuffle(order)
         chunk, order = order[:global_batch], order[global_batch:]
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers: no fresh 0.5 GB per step
         losses, chosen_r, rejected_r = [], [], []
         for micro in _micro_batches(chunk, items, batch_size):
             seqs = [s for i in micro for s in items[i].sequences()]
