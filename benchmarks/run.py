@@ -169,14 +169,36 @@ def generation_flops(fm: dict, samples: list[tuple[tuple[int, ...], int]]) -> fl
 # ---------------------------------------------------------------------- workloads
 
 
+def instruction(i: int) -> str:
+    """The i-th actor prompt: the 16 instructions, then variants of them."""
+    base = INSTRUCTIONS[i % len(INSTRUCTIONS)]
+    return base if i < len(INSTRUCTIONS) else f"{base} (Variant {i // len(INSTRUCTIONS)}: answer in your own words.)"
+
+
+def memory_bandwidth(megabytes: int, reps: int) -> float:
+    """Best GB/s of ``reps`` copies between two preallocated float32 buffers (bytes read + written):
+    the roof of memory-bound work such as reading a KV cache while decoding."""
+    src = torch.randn(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
 def workloads(quick: bool) -> dict[str, list[GenerationRequest]]:
     """The three generation stages, deterministic; sizes from the paper's shapes, scaled to the machine."""
     sp = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=24 if quick else 128)
-    n_actor, k = (8, 4) if quick else (16, 4)
+    n_actor, k = (8, 4) if quick else (64, 4)  # full: 256 sequences, one batch of the default batch size
     n_judge, n_judgments = (4, 8) if quick else (8, 8)
     n_meta = 8 if quick else 16
     user = lambda text: ({"role": "user", "content": text},)  # noqa: E731
-    actor = [GenerationRequest(id=f"a{i}", messages=user(INSTRUCTIONS[i]), sampling=sp, n=k, seed=i) for i in range(n_actor)]
+    actor = [
+        GenerationRequest(id=f"a{i}", messages=user(instruction(i)), sampling=sp, n=k, seed=i) for i in range(n_actor)
+    ]
     judge = [
         GenerationRequest(
             id=f"j{i}", messages=user(judge_prompt(INSTRUCTIONS[i], RESPONSE)), sampling=sp, n=n_judgments, seed=100 + i
@@ -304,9 +326,13 @@ def run_vllm_worker(args, model_path: str) -> dict:
         out = Path(tmp) / "vllm.json"
         cmd = [python, str(Path(__file__).resolve()), "--worker", "vllm", "--out", str(out), "--model", model_path,
                "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; the engine's default of 1 is for the tiny run
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not out.exists():
-            return {"skipped": f"vLLM worker failed (rc {proc.returncode}): {proc.stderr[-1500:]}"}
+            errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error:" in line]
+            return {"skipped": f"vLLM worker failed (rc {proc.returncode})", "error_lines": errors[:20],
+                    "stderr_tail": proc.stderr[-1500:]}
         return json.loads(out.read_text())
 
 
@@ -405,7 +431,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test in ~2-3 minutes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--batch-size", type=int, default=32, help="engine batch size in sequences")
+    ap.add_argument("--batch-size", type=int, default=256, help="engine batch size in sequences")
     ap.add_argument("--columns", default=None, help="comma list of hf,hf-fp32,generate,naive,vllm")
     ap.add_argument("--naive-samples", type=int, default=None, help="samples timed per stage for naive")
     ap.add_argument("--skip-dpo", action="store_true")
@@ -440,6 +466,7 @@ def main() -> int:
         "matrix_size": n,
     }
     result["ceiling_gflop_per_s"] = ceiling
+    result["memory_gb_per_s"] = round(memory_bandwidth(64 if args.quick else 256, 5), 1)
     print(f"ceiling: fp32 {ceiling['float32']} GFLOP/s, bf16 {ceiling['bfloat16']} GFLOP/s", flush=True)
     fm = flop_model(AutoConfig.from_pretrained(model_path))
     result["flop_model"] = fm
@@ -479,7 +506,7 @@ def main() -> int:
     result["stages"] = stages
 
     if not args.skip_dpo:
-        result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 3, fm, ceiling["float32"])
+        result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 5, fm, ceiling["float32"])
     result["load_average_after"] = os.getloadavg()
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
 

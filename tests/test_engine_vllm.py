@@ -72,6 +72,10 @@ def test_vllm_engine_judge_stage(tmp_path, hf_scores):
     for out in r["outputs"].values():
         assert len(out["texts"]) == 3 and all(1 <= n <= 12 for n in out["n_tokens"])
     assert r["repeat_same"]
+    # a stage with more seeded prompt tokens than one engine step runs (vLLM 0.32 on CPU crashed there)
+    many = r["many_prompts"]
+    assert many["outputs"] == many["requests"] == 42 and many["texts_per_output"] == [2]
+    assert many["prompt_tokens"] > 16384
     # close() ends vLLM's engine-core process (which holds the weights and KV cache)
     assert r["vllm_processes_before_close"] and r["vllm_processes_after_close"] == []
     # vLLM's next-token probabilities equal the hf engine's (float32 on both)

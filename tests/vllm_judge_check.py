@@ -39,6 +39,19 @@ def main(out_path: str, model: str) -> None:
     scores = run_chunked(work / "score.chunks.jsonl", score_reqs, engine.choice_probs, enc, 4, "vllm score")
     stage_s = time.perf_counter() - t0
     again = {o.id: o.texts for o in engine.generate(reqs[:1])}
+    # More seeded prompt tokens than one engine step takes (42 judge prompts of ~500 tokens): vLLM 0.32
+    # on CPU died here when it split a prefill across steps (see VLLMEngine).
+    from metareward.engines.base import GenerationRequest, SamplingParams
+    from metareward.templates import judge_prompt
+
+    many = [
+        GenerationRequest(id=f"many{i}", messages=({"role": "user", "content": judge_prompt(
+            f"Question {i}: " + " ".join(["Explain the water cycle in detail."] * 12), r.text)},),
+            sampling=SamplingParams(0.8, 0.95, 2), n=2, seed=i)
+        for i, r in enumerate(RESPONSES * 14)
+    ]
+    many_out = list(engine.generate(many))
+    many_prompt_tokens = sum(len(engine.render(r.messages)) for r in many)
     import psutil
 
     me = psutil.Process()
@@ -72,6 +85,8 @@ def main(out_path: str, model: str) -> None:
         "vllm_processes_before_close": children_before,
         "vllm_processes_after_close": children_after,
         "repeat_same": again[reqs[0].id] == outs[reqs[0].id]["texts"],
+        "many_prompts": {"requests": len(many), "outputs": len(many_out), "prompt_tokens": many_prompt_tokens,
+                         "texts_per_output": sorted({len(o.texts) for o in many_out})},
         "scores": {k: v["probs"] for k, v in scores.items()},
         "hf_scores": hf_scores,
         "judgments": [dataclasses.asdict(j) for j in judged],

@@ -102,6 +102,11 @@ class VLLMEngine(Engine):
         if current_platform.is_cpu():
             # CPU (tests, development): skip torch.compile warm-up, which takes minutes on a few cores.
             llm_kwargs.setdefault("enforce_eager", True)
+            # vLLM 0.32 on CPU: when a prompt's prefill is split across steps, the runner rewinds the
+            # request's seeded generator (Generator.set_offset), which CPU generators do not have: the
+            # engine dies ("CPU Generator does not use offset") as soon as a stage's prompts exceed one
+            # step's token budget. Whole-prompt scheduling never splits a prefill.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self._SamplingParams = SamplingParams
         self._has_token_ids = "logprob_token_ids" in getattr(SamplingParams, "__struct_fields__", ()) or hasattr(
             SamplingParams, "logprob_token_ids"
