@@ -522,7 +522,8 @@ def main() -> int:
 
 def print_table(result: dict) -> None:
     c = result["ceiling_gflop_per_s"]
-    print(f"\nceiling fp32 {c['float32']} GFLOP/s | bf16 {c['bfloat16']} GFLOP/s | threads {result['settings']['threads']}"
+    print(f"\nceiling fp32 {c['float32']} GFLOP/s | bf16 {c['bfloat16']} GFLOP/s | memory {result['memory_gb_per_s']} GB/s"
+          f" | threads {result['settings']['threads']}"
           f" | load {result['load_average_before'][0]:.2f} -> {result['load_average_after'][0]:.2f}")
     print(f"{'stage':11s} {'column':9s} {'prec':9s} {'tok/s':>8s} {'GFLOP/s':>8s} {'ceiling':>8s} {'x naive':>8s}")
     for stage, cols in result["stages"].items():
