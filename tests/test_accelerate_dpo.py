@@ -1,4 +1,4 @@
-"""Multi-process DPO under ``accelerate launch``: two CPU processes (torchrun + gloo) train one iteration
+"""Multi-process training under ``accelerate launch``: two CPU processes (torchrun + gloo) train one iteration
 of a run directory through the loop's ``training.launcher`` path, and the main process alone writes a
 complete, changed model folder.
 
@@ -72,3 +72,38 @@ def test_two_process_dpo_through_the_loop_launcher(tmp_path):
     changed = [k for k in before if not torch.equal(before[k].float(), after[k].float())]
     assert changed  # trained
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_two_process_sft_step_through_the_loop_launcher(tmp_path):
+    """SFT step 0 under the same launcher: two processes, one collective save of a changed model."""
+    from metareward.training.sft import SFTConfig
+
+    model = resolve_model("smollm2-135m")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt": q, "completion": c + "\nScore: 5", "score": 5.0}) + "\n" for q, c, _ in QA
+    ))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(q for q, _, _ in QA) + "\n")
+    cfg = RunConfig(
+        run_dir=str(tmp_path / "run"),
+        prompts=str(prompts),
+        training=TrainingConfig(precision="float32", launcher=LAUNCHER),
+        sft=SFTConfig(data=str(data), learning_rate=1e-4, min_learning_rate=1e-5, max_steps=1, batch_size=1,
+                      gradient_accumulation=1, warmup_ratio=0.0, max_length=256, precision="float32"),
+    )
+    cfg.engine.threads = 1
+    runner = Runner(cfg, engine_factory=lambda path: None)
+    dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    out = Path(runner.sft_step(model))
+    store = IterationStore(Path(cfg.run_dir), 0)
+    metrics = store.manifest["stages"]["sft"]["metrics"]
+    assert metrics["processes"] == 2 and metrics["examples"] == 4 and metrics["steps"] == 1
+    assert out == store.model_dir and {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    assert not out.with_name(out.name + ".tmp").exists()
+    from safetensors.torch import load_file
+
+    before = load_file(str(Path(model) / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)  # trained

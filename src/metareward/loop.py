@@ -118,10 +118,15 @@ class Runner:
         if not store.stage_done("sft", key):
             self.echo("[iter 0] sft: supervised fine-tuning on EFT data")
             with Timer() as t:
-                metrics = run_sft(
-                    model_path, sft.data, str(store.model_dir), sft, work_dir=str(store.work / "sft"),
-                    threads=self.cfg.engine.threads,
-                )
+                if self.cfg.training.launcher:  # same multi-process launcher as DPO (accelerate launch ...)
+                    from metareward.training.launch import launch_training
+
+                    metrics = launch_training(self.cfg.training.launcher, "sft", self.run_dir, None, model_path)
+                else:
+                    metrics = run_sft(
+                        model_path, sft.data, str(store.model_dir), sft, work_dir=str(store.work / "sft"),
+                        threads=self.cfg.engine.threads,
+                    )
             store.mark_done("sft", key, metrics.get("examples", 0), t.seconds, metrics=metrics)
         return str(store.model_dir)
 

@@ -63,7 +63,7 @@ def run_dpo(run_dir: str | Path, iteration: int, model: str | None = None) -> di
     return metrics
 
 
-def run_sft_step(run_dir: str | Path) -> dict[str, Any]:
+def run_sft_step(run_dir: str | Path, model: str | None = None) -> dict[str, Any]:
     from metareward.config import load_config
     from metareward.models import resolve_model
     from metareward.store import IterationStore
@@ -74,8 +74,9 @@ def run_sft_step(run_dir: str | Path) -> dict[str, Any]:
     if sft is None:
         raise SystemExit(f"{run_dir}/config.yaml has no sft section")
     store = IterationStore(Path(run_dir), 0)
-    metrics = run_sft(resolve_model(cfg.model), sft.data, str(store.model_dir), sft,
+    metrics = run_sft(model or resolve_model(cfg.model), sft.data, str(store.model_dir), sft,
                       work_dir=str(store.work / "sft"), threads=cfg.engine.threads)
+    metrics["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
     if _is_main():
         atomic_write_json(metrics_path(run_dir, 0), metrics)
     return metrics
@@ -132,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="starting model (default: the iteration's model_in)")
     p = sub.add_parser("sft", help="the SFT step 0 of a run")
     p.add_argument("run_dir")
+    p.add_argument("--model", help="starting model (default: the run's model)")
     args = parser.parse_args(argv)
     if args.task == "dpo":
         run_dpo(args.run_dir, args.iteration, args.model)
     else:
-        run_sft_step(args.run_dir)
+        run_sft_step(args.run_dir, args.model)
     return 0
 
 

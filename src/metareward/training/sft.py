@@ -190,10 +190,15 @@ def run_sft(
     eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     trained = trainer.model
-    if cfg.method == "lora":
-        trained = trained.merge_and_unload()
-    save_model_atomic(trained, tokenizer, out)
-    shutil.rmtree(work, ignore_errors=True)
+    if trainer.accelerator.num_processes > 1:  # under accelerate launch (DDP/FSDP/ZeRO-3): a collective save
+        from metareward.training.distributed import save_trained
+
+        save_trained(trainer, tokenizer, out, work, cfg.method == "lora", model_path)
+    else:
+        if cfg.method == "lora":
+            trained = trained.merge_and_unload()
+        save_model_atomic(trained, tokenizer, out)
+        shutil.rmtree(work, ignore_errors=True)
     metrics = {
         "examples": len(train_rows),
         "dropped_too_long": dropped,
