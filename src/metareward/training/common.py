@@ -59,3 +59,24 @@ def common_trainer_args(config_cls: type, bf16: bool, checkpointing: bool, save_
         "seed": seed,
         "dataset_num_proc": None,
     }
+
+
+def save_trainer_model(trainer: Any, tokenizer: Any, out_dir: str | Path, work_dir: str | Path, merge_lora: bool,
+                       base_model_path: str) -> None:
+    """Save a TRL trainer's model as a plain folder at ``out_dir`` (LoRA merged) and drop ``work_dir``.
+
+    Under ``accelerate launch`` (DDP/FSDP/ZeRO-3) every process takes part in a collective save that the
+    main process alone writes (``distributed.save_trained``); in one process the folder is written
+    atomically (``models.save_model_atomic``)."""
+    import shutil
+
+    if trainer.accelerator.num_processes > 1:
+        from metareward.training.distributed import save_trained
+
+        save_trained(trainer, tokenizer, out_dir, work_dir, merge_lora, base_model_path)
+        return
+    from metareward.models import save_model_atomic
+
+    trained = trainer.model.merge_and_unload() if merge_lora else trainer.model
+    save_model_atomic(trained, tokenizer, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)

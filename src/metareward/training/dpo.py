@@ -16,7 +16,6 @@ Assumptions and choices:
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,14 @@ from typing import Any
 import torch
 
 from metareward.config import TrainingConfig
-from metareward.models import save_model_atomic
 from metareward.records import PreferencePair
-from metareward.training.common import common_trainer_args, last_checkpoint, lora_config, use_bf16
+from metareward.training.common import (
+    common_trainer_args,
+    last_checkpoint,
+    lora_config,
+    save_trainer_model,
+    use_bf16,
+)
 
 
 def to_conversational(pairs: Sequence[PreferencePair], seed: int) -> list[dict[str, Any]]:
@@ -94,16 +98,7 @@ def train_dpo(
     )
     result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    trained = trainer.model
-    if trainer.accelerator.num_processes > 1:  # under accelerate launch (DDP/FSDP/ZeRO-3): a collective save
-        from metareward.training.distributed import save_trained
-
-        save_trained(trainer, tokenizer, out_dir, work_dir, cfg.method == "lora", model_path)
-    else:
-        if cfg.method == "lora":
-            trained = trained.merge_and_unload()
-        save_model_atomic(trained, tokenizer, out_dir)
-        shutil.rmtree(work_dir, ignore_errors=True)
+    save_trainer_model(trainer, tokenizer, out_dir, work_dir, cfg.method == "lora", model_path)
     metrics = {
         "pairs": len(pairs),
         "steps": result.global_step,
@@ -113,7 +108,7 @@ def train_dpo(
         "first": _pick(logs[0]) if logs else {},
         "last": _pick(logs[-1]) if logs else {},
     }
-    del trainer, model, trained
+    del trainer, model
     return metrics
 
 

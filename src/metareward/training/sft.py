@@ -32,7 +32,6 @@ non-empty string fields ``prompt`` (user turn) and ``completion`` (assistant tur
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,9 +39,14 @@ from typing import Any, Literal
 import torch
 
 from metareward.errors import InputError
-from metareward.models import save_model_atomic
 from metareward.records import iter_json_objects
-from metareward.training.common import common_trainer_args, last_checkpoint, lora_config, use_bf16
+from metareward.training.common import (
+    common_trainer_args,
+    last_checkpoint,
+    lora_config,
+    save_trainer_model,
+    use_bf16,
+)
 
 
 @dataclass
@@ -189,16 +193,7 @@ def run_sft(
     result = trainer.train(resume_from_checkpoint=last_checkpoint(work))
     eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    trained = trainer.model
-    if trainer.accelerator.num_processes > 1:  # under accelerate launch (DDP/FSDP/ZeRO-3): a collective save
-        from metareward.training.distributed import save_trained
-
-        save_trained(trainer, tokenizer, out, work, cfg.method == "lora", model_path)
-    else:
-        if cfg.method == "lora":
-            trained = trained.merge_and_unload()
-        save_model_atomic(trained, tokenizer, out)
-        shutil.rmtree(work, ignore_errors=True)
+    save_trainer_model(trainer, tokenizer, out, work, cfg.method == "lora", model_path)
     metrics = {
         "examples": len(train_rows),
         "dropped_too_long": dropped,
@@ -212,5 +207,5 @@ def run_sft(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
     }
-    del trainer, model, trained
+    del trainer, model
     return metrics
