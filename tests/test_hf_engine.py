@@ -112,15 +112,18 @@ def exact_nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tor
     return torch.softmax(scores, dim=-1)[0]
 
 
-@pytest.mark.parametrize("topk", [256, 3])  # 3: the nucleus never fits, so the full-sort path is used
-def test_sampler_matches_transformers_warpers(engine, monkeypatch, topk):
-    monkeypatch.setattr(hf_module, "NUCLEUS_TOPK", topk)
+@pytest.mark.parametrize("path", ["default", "second-tier", "full-sort"])
+def test_sampler_matches_transformers_warpers(engine, monkeypatch, path):
+    """The draws follow transformers' warpers whichever path serves the row: the default tiers, a
+    second tier (the first too narrow for this nucleus) or the full sort (every tier too narrow)."""
     with torch.inference_mode():
         logits = engine.model(input_ids=torch.tensor([engine.render(user(QUESTIONS[1]))])).logits[0, -1].float()
     temperature, top_p, rows = 1.3, 0.9, 250
     probs = exact_nucleus(logits, temperature, top_p)
     support = probs.nonzero().flatten()
     assert 3 < len(support) < 2000
+    tiers = {"default": hf_module.NUCLEUS_TIERS, "second-tier": (3, len(support) + 1), "full-sort": (3,)}[path]
+    monkeypatch.setattr(hf_module, "NUCLEUS_TIERS", tiers)
     gen = torch.Generator().manual_seed(11)
     counts = torch.zeros_like(probs)
     for _ in range(8):

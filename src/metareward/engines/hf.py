@@ -56,7 +56,7 @@ from metareward.engines.base import (
     GenerationRequest,
 )
 
-NUCLEUS_TOPK = 256  # top-p looks at the top 256 tokens first; rows whose nucleus is wider sort everything
+NUCLEUS_TIERS = (64, 1024)  # top-p searches these top-k widths in turn, then sorts the whole vocabulary
 COMPACT_AT = 0.25  # finished rows leave the batch once they are this fraction of it (in bulk)
 
 
@@ -113,12 +113,16 @@ class _SharedPrefixLayer(DynamicLayer):
         self.suffix_len = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        key_states, value_states = key_states.float(), value_states.float()
         if self.cache.phase == "prefix":
+            # contiguous: the projections hand over a transposed view, and every decoding step's
+            # batched matmul against a transposed view would copy it again
+            key_states = key_states.to(torch.float32, memory_format=torch.contiguous_format)
+            value_states = value_states.to(torch.float32, memory_format=torch.contiguous_format)
             self.pk, self.pv = key_states, value_states
             self.is_initialized = True
             self.keys, self.values = self.pk, self.pv
             return self.pk, self.pv
+        key_states, value_states = key_states.float(), value_states.float()
         rows, heads, q_len, dim = key_states.shape
         if not hasattr(self, "sk"):
             shape = (rows, heads, self.cache.capacity, dim)
@@ -180,6 +184,7 @@ class SharedPrefixCache(Cache):
         self.phase = "rows"
         self.prompt_valid = prompt_mask.bool()
         self.suffix_valid = torch.zeros((len(owner), 0), dtype=torch.bool, device=owner.device)
+        self.suffix_all_valid = True
         self._set_owner(owner)
 
     def _set_owner(self, owner: torch.Tensor) -> None:
@@ -199,6 +204,7 @@ class SharedPrefixCache(Cache):
     def add_suffix(self, valid: torch.Tensor) -> None:
         """Record which of the next positions of each row are real tokens ([B, q] bool)."""
         self.suffix_valid = torch.cat([self.suffix_valid, valid.bool()], dim=1)
+        self.suffix_all_valid = self.suffix_all_valid and bool(valid.all())
 
     def select_rows(self, rows: torch.Tensor) -> None:
         owner = self.owner[rows]
@@ -213,14 +219,19 @@ class SharedPrefixCache(Cache):
         for layer in self.layers:
             layer.select(rows, prompts)
         self.suffix_valid = self.suffix_valid[rows]
+        self.suffix_all_valid = bool(self.suffix_valid.all())
         self._set_owner(owner)
 
 
-def _softmax_parts(scores: torch.Tensor, values: torch.Tensor):
-    """Unnormalised softmax pieces of one block of keys: (row max, sum of exp, exp-weighted values)."""
+def _softmax_parts(scores: torch.Tensor, values: torch.Tensor, maybe_empty: bool = True):
+    """Unnormalised softmax pieces of one block of keys: (row max, sum of exp, exp-weighted values).
+
+    ``maybe_empty``: some query may have every key masked (it then contributes 0); False skips that
+    guard where each query is known to see at least one key."""
     peak = scores.amax(dim=-1, keepdim=True)
-    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # fully masked rows contribute 0
-    weights = torch.exp(scores - peak)
+    if maybe_empty:
+        peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)
+    weights = scores.sub_(peak).exp_()  # the scores are this function's own temporary
     return peak, weights.sum(dim=-1, keepdim=True), torch.matmul(weights, values)
 
 
@@ -250,7 +261,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
             q, key.float(), value.float(), attn_mask=None if cache is not None else attention_mask, scale=scaling,
             enable_gqa=kv_heads != heads, is_causal=causal,
         )
-        return out.transpose(1, 2).to(out_dtype).contiguous(), None
+        return out.transpose(1, 2).to(out_dtype, memory_format=torch.contiguous_format).contiguous(), None
 
     layer = cache.layers[module.layer_idx]
     qg = (q * scaling).reshape(bsz, kv_heads, groups * q_len, dim)  # head h uses KV head h // groups
@@ -258,8 +269,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     n_prompts, width = cache.table.shape
     qp = qg[cache.table].transpose(1, 2).reshape(n_prompts, kv_heads, width * groups * q_len, dim)
     s1 = torch.matmul(qp, layer.pk.transpose(-1, -2))
-    s1 = s1.masked_fill(~cache.prompt_valid[:, None, None, :], float("-inf"))
-    m1, l1, o1 = _softmax_parts(s1, layer.pv)
+    s1 = s1.masked_fill_(~cache.prompt_valid[:, None, None, :], float("-inf"))
+    m1, l1, o1 = _softmax_parts(s1, layer.pv, maybe_empty=False)  # every prompt has a token
 
     def to_rows(t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(n_prompts, kv_heads, width, groups * q_len, t.shape[-1]).transpose(1, 2)
@@ -270,16 +281,18 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     sk, sv = layer.sk[:, :, : layer.suffix_len], layer.sv[:, :, : layer.suffix_len]
     s2 = torch.matmul(qg, sk.transpose(-1, -2)).reshape(bsz, kv_heads, groups, q_len, layer.suffix_len)
     ls = layer.suffix_len
-    causal = torch.ones((q_len, ls), dtype=torch.bool, device=q.device).tril(ls - q_len)
-    allowed = causal[None, :, :] & cache.suffix_valid[:, None, :ls]  # [B, q, Ls]
-    s2 = s2.masked_fill(~allowed[:, None, None], float("-inf")).reshape(bsz, kv_heads, groups * q_len, ls)
-    m2, l2, o2 = _softmax_parts(s2, sv)
+    if q_len > 1 or not cache.suffix_all_valid:
+        causal = torch.ones((q_len, ls), dtype=torch.bool, device=q.device).tril(ls - q_len)
+        allowed = causal[None, :, :] & cache.suffix_valid[:, None, :ls]  # [B, q, Ls]
+        s2 = s2.masked_fill_(~allowed[:, None, None], float("-inf"))
+    # (one query per row and no padding in any row's continuation, as in decoding: nothing to mask)
+    m2, l2, o2 = _softmax_parts(s2.reshape(bsz, kv_heads, groups * q_len, ls), sv, maybe_empty=q_len > 1)
     # 3. merge
     peak = torch.maximum(m1, m2)
     a1, a2 = torch.exp(m1 - peak), torch.exp(m2 - peak)
     out = (o1 * a1 + o2 * a2) / (l1 * a1 + l2 * a2)
     out = out.reshape(bsz, heads, q_len, dim)
-    return out.transpose(1, 2).to(out_dtype).contiguous(), None
+    return out.transpose(1, 2).to(out_dtype, memory_format=torch.contiguous_format).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, shared_prefix_attention)
@@ -287,6 +300,15 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
 
 
 # ---------------------------------------------------------------------- sampling
+
+
+def _draw_from_nucleus(probs: torch.Tensor, ids: torch.Tensor, top_p: torch.Tensor, generator) -> torch.Tensor:
+    """Draw from sorted (descending) probabilities ``probs`` [R, k] of tokens ``ids``, keeping a token
+    while the mass ranked above it is < top_p [R, 1] (the top token always stays)."""
+    keep = (probs.cumsum(dim=-1) - probs) < top_p
+    keep[:, 0] = True
+    picks = torch.multinomial(probs.masked_fill_(~keep, 0.0), 1, generator=generator)
+    return ids.gather(1, picks).squeeze(1)
 
 
 def sample_next(
@@ -297,50 +319,47 @@ def sample_next(
 
     temperature 0 = argmax. Otherwise softmax(logits / temperature) restricted to the nucleus: sorted
     by probability, a token is kept while the mass ranked above it is < top_p (transformers'
-    ``TopPLogitsWarper``; the top token always stays). The top ``NUCLEUS_TOPK`` tokens are examined
-    first; a row whose nucleus does not end within them is resolved with a full sort, so the result is
-    exact either way.
+    ``TopPLogitsWarper``; the top token always stays); top_p >= 1 keeps the whole vocabulary. The
+    nucleus is searched in tiers (``NUCLEUS_TIERS``): the top 64 tokens of every row first, the top
+    1024 for the rows whose nucleus is wider, a full sort for the rare rest; a row is drawn from the
+    first tier that holds its whole nucleus, so the result is exact whichever tier serves it. (Actor
+    text from SmolLM2 at T=0.8, top_p=0.95: ~95% of nuclei fit in 64 tokens, ~99.98% in 1024; a
+    top-k costs ~k-proportional time on a CPU, so this is ~2x cheaper than one top-256 pass.)
 
     ``inplace=True`` lets it overwrite ``logits`` (the decoding loop's own buffer): every full-vocabulary
     pass then works in place, because on a CPU a fresh [B, V] temporary per pass (50 MB at B=256) costs
     more in page faults than the arithmetic.
     """
-    out = logits.argmax(dim=-1)
-    rows = (temperature > 0).nonzero().flatten()
+    greedy = temperature <= 0
+    rows = (~greedy).nonzero().flatten()
     if rows.numel() == 0:
-        return out
+        return logits.argmax(dim=-1)
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     if rows.numel() == logits.shape[0]:
         x = logits if inplace else logits.clone()
         t, p = temperature[:, None], top_p[:, None]
     else:
+        out[greedy] = logits[greedy].argmax(dim=-1)
         x, t, p = logits[rows], temperature[rows, None], top_p[rows, None]
     # unnormalised softmax in place: exp((l - max) / T); the normaliser is its row sum
     x.sub_(x.amax(dim=-1, keepdim=True)).div_(t).exp_()
     total = x.sum(dim=-1, keepdim=True)
-    k = min(NUCLEUS_TOPK, x.shape[-1])
-    vals, idx = x.topk(k, dim=-1)  # sorted, descending
-    vals = vals / total
-    cum = vals.cumsum(dim=-1)
-    wide = (cum[:, -1] < p[:, 0]) & (p[:, 0] < 1.0)
-    if bool(wide.any()) or bool((p >= 1.0).any()):
-        # Rows needing the whole vocabulary: full sort (or no truncation at all for top_p >= 1).
-        full = (wide | (p[:, 0] >= 1.0)).nonzero().flatten()
-        fvals, fidx = (x[full] / total[full]).sort(dim=-1, descending=True)
-        fcum = fvals.cumsum(dim=-1)
-        keep = (fcum - fvals) < p[full]
-        keep[:, 0] = True
-        fvals = fvals.masked_fill(~keep, 0.0)
-        picks = torch.multinomial(fvals, 1, generator=generator).squeeze(1)
-        full_tokens = fidx.gather(1, picks[:, None]).squeeze(1)
-    else:
-        full = None
-    keep = (cum - vals) < p
-    keep[:, 0] = True
-    vals = vals.masked_fill(~keep, 0.0)
-    picks = torch.multinomial(vals, 1, generator=generator).squeeze(1)
-    tokens = idx.gather(1, picks[:, None]).squeeze(1)
-    if full is not None:
-        tokens[full] = full_tokens
+    tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
+    whole = p[:, 0] >= 1.0
+    if bool(whole.any()):  # no truncation: draw from the whole (unnormalised) row
+        tokens[whole] = torch.multinomial(x[whole], 1, generator=generator).squeeze(1)
+    pending = (~whole).nonzero().flatten()
+    vocab = x.shape[-1]
+    for k in (*(k for k in NUCLEUS_TIERS if k < vocab), vocab):
+        if pending.numel() == 0:
+            break
+        part = x if pending.numel() == len(rows) else x[pending]
+        probs, ids = part.topk(k, dim=-1) if k < vocab else part.sort(dim=-1, descending=True)
+        probs = probs / total[pending]
+        fits = probs.sum(dim=-1) >= p[pending, 0] if k < vocab else torch.ones_like(pending, dtype=torch.bool)
+        done = fits.nonzero().flatten()
+        tokens[pending[done]] = _draw_from_nucleus(probs[done], ids[done], p[pending[done]], generator)
+        pending = pending[~fits]
     out[rows] = tokens
     return out
 
