@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from metareward.eft import EFTExample, EFTSettings, agrees, build_eft, downsample, load_ranked, split_prompts
+from metareward.eft import EFTExample, EFTSettings, agrees, build_eft, downsample, split_prompts
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
 from metareward.errors import InputError
 from metareward.templates import judge_prompt
@@ -167,39 +167,6 @@ def test_resume_after_crash_gives_the_same_files(tmp_path):
     build_eft(src, tmp_path / "run", no_engine, s)
     with pytest.raises(InputError, match="other settings or input"):
         build_eft(src, tmp_path / "run", no_engine, EFTSettings(n=2))
-
-
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("{bad json", r"r.jsonl:2: invalid JSON"),
-        ('{"prompt": "p", "responses": [{"text": "a", "rank": 0}]}', r"r.jsonl:2: field 'responses' must be a list of at least 2"),
-        ('{"prompt": "", "responses": []}', r"r.jsonl:2: field 'prompt' must be a non-empty string"),
-        ('{"prompt": "p", "responses": [{"text": "a", "rank": 0}, {"text": "b", "rank": -1}]}',
-         r"r.jsonl:2: field 'responses\[1\].rank' must be an integer >= 0"),
-        ('{"prompt": "p", "responses": [{"text": "a", "rank": 0}, {"text": "b"}]}',
-         r"r.jsonl:2: field 'responses\[1\]' must be an object with exactly 'text' and 'rank'"),
-        ('{"prompt": "p", "responses": [{"text": "a", "rank": 1}, {"text": "b", "rank": 1}]}',
-         r"r.jsonl:2: field 'responses': all ranks are equal"),
-        ('{"prompt": "p", "answers": []}', r"r.jsonl:2: unknown field\(s\) \['answers'\]"),
-        ('{"id": "x/y", "prompt": "p", "responses": []}', r"r.jsonl:2: field 'id' must be a non-empty string without '/'"),
-        ('{"id": "ok", "prompt": "p", "responses": [{"text": "a", "rank": 0}, {"text": "b", "rank": 1}]}',
-         r"r.jsonl:2: duplicate id 'ok' \(first on line 1\)"),
-    ],
-)
-def test_malformed_input_names_line_and_field(tmp_path, line, message):
-    good = '{"id": "ok", "prompt": "p", "responses": [{"text": "a", "rank": 0}, {"text": "b", "rank": 1}]}'
-    path = tmp_path / "r.jsonl"
-    path.write_text(good + "\n" + line + "\n")
-    with pytest.raises(InputError, match=message):
-        load_ranked(path)
-
-
-def test_shipped_example_file_loads():
-    from metareward.eft import EXAMPLE_RANKED
-
-    ranked = load_ranked(EXAMPLE_RANKED)
-    assert len(ranked) == 3 and all(len(r.texts) == 3 for r in ranked)
 
 
 @pytest.mark.slow

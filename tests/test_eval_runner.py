@@ -9,7 +9,7 @@ import pytest
 
 from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
 from metareward.errors import InputError
-from metareward.evaluation.ranked import known_order_set, load_ranked, truncate
+from metareward.evaluation.known_order import known_order_set, truncate
 from metareward.evaluation.runner import EvalOptions, Evaluator, format_table
 from metareward.evaluation.winrate import PromptOutcome, parse_pair_verdict, summarize
 
@@ -151,8 +151,9 @@ def test_bad_inputs(tmp_path):
         Evaluator([("m", "m")], EvalOptions(parts=("nope",)), tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q", "responses": [{"text": "a", "rank": 0}, {"text": "b"}]}\n')
-    with pytest.raises(InputError, match=r"bad.jsonl:1: responses\[1\].rank"):
-        load_ranked(bad)
+    with pytest.raises(InputError, match=r"bad.jsonl:1: field 'responses\[1\]' must be an object"):
+        Evaluator([("m", "m")], EvalOptions(parts=("agreement",), agreement_set=str(bad)), tmp_path,
+                  engine_factory=FakeEngine, log=lambda s: None).run()
     with pytest.raises(InputError, match="baseline"):
         Evaluator([("m", "m")], EvalOptions(parts=("winrate",), limit=2, baseline="other"), tmp_path,
                   engine_factory=FakeEngine, log=lambda s: None).run()

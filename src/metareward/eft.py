@@ -21,15 +21,15 @@ Assistant prompts that have several human-ranked responses:
 6. prompts are split into train and eval (``eval_fraction``, default 25% as in spec §10; seeded), so a
    prompt's examples are all in one split.
 
-**Input** (Open-Assistant-like JSONL, one prompt per line)::
+**Input**: an Open-Assistant-like ranked-responses JSONL, read by ``metareward.ranked.load_ranked``
+(the format the judge-agreement evaluation reads too)::
 
     {"id": "oa-0001", "prompt": "How do I boil an egg?",
      "responses": [{"text": "Place the egg in boiling water for 7 minutes...", "rank": 0},
                    {"text": "Eggs are laid by hens.", "rank": 1}]}
 
-``rank`` 0 is the best (Open Assistant's convention); ranks are integers >= 0, ties allowed, at least two
-different ranks per prompt. ``id`` is optional (default ``q<line>``; no "/"); ``meta`` (any JSON) may hold
-anything else. Other keys are errors, and every error names the file, line and field.
+``rank`` 0 is the best; integers >= 0, ties allowed, at least two different ranks per prompt; ``id``
+optional (no "/"); every error names the file, line and field.
 
 **Output** (``out_dir``): ``train.jsonl`` and ``eval.jsonl`` with one SFT example per line::
 
@@ -57,7 +57,8 @@ from metareward.config import JudgeConfig, settings_hash
 from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
 from metareward.errors import InputError
 from metareward.parsing import parse_score
-from metareward.records import Judgment, Prompt, Response, iter_json_objects, to_json
+from metareward.ranked import RankedPrompt, load_ranked
+from metareward.records import Judgment, Prompt, Response, to_json
 from metareward.stages.judge import apply_score, judge_requests, judgments_from_output, score_requests
 from metareward.store import atomic_write_json, atomic_write_text, run_chunked
 from metareward.templates import judge_prompt
@@ -106,17 +107,6 @@ class EFTSettings:
 
 
 @dataclass
-class RankedPrompt:
-    """One input line: a prompt and its human-ranked responses (rank 0 = best)."""
-
-    id: str
-    prompt: str
-    texts: list[str]
-    ranks: list[int]
-    meta: Any = None
-
-
-@dataclass
 class EFTExample:
     """One SFT example (a line of train.jsonl / eval.jsonl)."""
 
@@ -125,52 +115,6 @@ class EFTExample:
     completion: str
     score: float
     human_rank: int
-
-
-_ALLOWED = {"id", "prompt", "responses", "meta"}
-
-
-def load_ranked(path: str | Path) -> list[RankedPrompt]:
-    """Read an Open-Assistant-like ranked JSONL (schema in the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: ranked responses file not found")
-    out: list[RankedPrompt] = []
-    seen: dict[str, int] = {}
-    for where, lineno, obj in iter_json_objects(path):
-        unknown = sorted(set(obj) - _ALLOWED)
-        if unknown:
-            raise InputError(f"{where}: unknown field(s) {unknown} (allowed: {sorted(_ALLOWED)}; put extras in 'meta')")
-        pid = obj.get("id", f"q{lineno:06d}")
-        if not isinstance(pid, str) or not pid or "/" in pid:
-            raise InputError(f"{where}: field 'id' must be a non-empty string without '/', got {pid!r}")
-        if pid in seen:
-            raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
-        seen[pid] = lineno
-        prompt = obj.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{where}: field 'prompt' must be a non-empty string")
-        responses = obj.get("responses")
-        if not isinstance(responses, list) or len(responses) < 2:
-            raise InputError(f"{where}: field 'responses' must be a list of at least 2 ranked responses")
-        texts, ranks = [], []
-        for k, r in enumerate(responses):
-            fld = f"responses[{k}]"
-            if not isinstance(r, dict) or set(r) != {"text", "rank"}:
-                raise InputError(f"{where}: field '{fld}' must be an object with exactly 'text' and 'rank'")
-            if not isinstance(r["text"], str) or not r["text"].strip():
-                raise InputError(f"{where}: field '{fld}.text' must be a non-empty string")
-            rank = r["rank"]
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-                raise InputError(f"{where}: field '{fld}.rank' must be an integer >= 0 (0 = best), got {rank!r}")
-            texts.append(r["text"])
-            ranks.append(rank)
-        if len(set(ranks)) < 2:
-            raise InputError(f"{where}: field 'responses': all ranks are equal, so there is no order to agree with")
-        out.append(RankedPrompt(pid, prompt.strip(), texts, ranks, obj.get("meta")))
-    if not out:
-        raise InputError(f"{path}: no ranked prompts found")
-    return out
 
 
 def agrees(mean_scores: Sequence[float | None], ranks: Sequence[int]) -> bool:

@@ -18,8 +18,8 @@ from typing import Any
 from metareward.config import JudgeConfig
 from metareward.engines.base import Engine
 from metareward.evaluation.generation import choices_cached, generate_cached, settings_key
-from metareward.evaluation.ranked import RankedPrompt
 from metareward.evaluation.stats import PairCounts, mean_defined, pair_counts, spearman
+from metareward.ranked import RankedPrompt
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages.judge import apply_score, judge_requests, judgments_from_output, score_requests
 

@@ -36,14 +36,15 @@ from metareward.evaluation import instruction_following as ifollow
 from metareward.evaluation import winrate as winrate_mod
 from metareward.evaluation.diagnostics import iteration_dirs
 from metareward.evaluation.generation import generate_cached, settings_key
+from metareward.evaluation.known_order import known_order_set
 from metareward.evaluation.prompt_sets import (
     ifbench_rows,
     load_prompt_set,
     load_reference,
     mtbench_judge_template,
 )
-from metareward.evaluation.ranked import known_order_set, load_ranked
 from metareward.models import check_model_name, resolve_model
+from metareward.ranked import load_ranked
 from metareward.records import Prompt
 from metareward.stages.common import user_turn
 from metareward.store import atomic_write_json

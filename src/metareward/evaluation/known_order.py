@@ -1,11 +1,6 @@
-"""Prompts with ranked responses: the input of the judge-agreement evaluation (spec §5.5).
+"""The known-order set: the ranked responses the judge-agreement evaluation uses by default (spec §5.5).
 
-File format (JSONL, one prompt a line; an Open-Assistant-like export)::
-
-    {"id": "q1", "prompt": "...", "responses": [{"text": "...", "rank": 0}, {"text": "...", "rank": 1}]}
-
-``rank`` 0 is the best; larger is worse; equal ranks are ties. ``id`` is optional (``line<N>``).
-At least two responses per prompt. Any other shape is an ``InputError`` naming the file, line and field.
+(A user's own ranked set, e.g. an Open Assistant export, is read by ``metareward.ranked.load_ranked``.)
 
 ``known_order_set()`` is the set shipped with metareward (``metareward/data/known_order.jsonl``,
 20 questions with a complete, correct answer written for this project): each question gets four
@@ -26,61 +21,12 @@ Assistant is for), so high agreement here is necessary, not sufficient, for a go
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-from metareward.errors import InputError
-from metareward.records import iter_json_objects
+from metareward.ranked import RankedPrompt, RankedResponse
 
 TRUNCATE_FRACTION = 0.4
 OTHER_ANSWER_OFFSET = 7  # question i gets the answer of question (i + 7) mod n
-
-
-@dataclass(frozen=True)
-class RankedResponse:
-    text: str
-    rank: float
-    kind: str = ""  # known-order set: complete | truncated | other_question | off_topic
-
-
-@dataclass(frozen=True)
-class RankedPrompt:
-    id: str
-    prompt: str
-    responses: tuple[RankedResponse, ...]
-
-
-def load_ranked(path: str | Path) -> list[RankedPrompt]:
-    """Read a ranked-responses JSONL file (format in the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: ranked-responses file not found")
-    out: list[RankedPrompt] = []
-    seen: set[str] = set()
-    for where, lineno, row in iter_json_objects(path):
-        pid = str(row.get("id", f"line{lineno}"))
-        if pid in seen:
-            raise InputError(f"{where}: id: duplicate id {pid!r}")
-        seen.add(pid)
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{where}: prompt: expected a non-empty string")
-        responses = row.get("responses")
-        if not isinstance(responses, list) or len(responses) < 2:
-            raise InputError(f"{where}: responses: expected a list of at least 2 responses")
-        items = []
-        for k, r in enumerate(responses):
-            if not isinstance(r, dict) or not isinstance(r.get("text"), str):
-                raise InputError(f"{where}: responses[{k}].text: expected a string")
-            rank = r.get("rank")
-            if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-                raise InputError(f"{where}: responses[{k}].rank: expected a number (0 = best)")
-            items.append(RankedResponse(r["text"], float(rank), str(r.get("kind", ""))))
-        out.append(RankedPrompt(pid, prompt, tuple(items)))
-    if not out:
-        raise InputError(f"{path}: no prompts")
-    return out
 
 
 def truncate(text: str, fraction: float = TRUNCATE_FRACTION) -> str:
