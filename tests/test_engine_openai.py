@@ -175,3 +175,29 @@ def test_seeds():
     assert fold_seed(2**62 + 5) == 5
     assert sub_seed(7, 0) != sub_seed(7, 1)
     assert 0 <= sub_seed(2**62, 3) < 2**31
+
+
+def test_managed_server_per_model(model, tmp_path):
+    """``engine.server_command``: the engine starts a server for each model it is built on (the seed, then
+    an iteration's model), generates through it, and stops it on close, freeing the port for the next."""
+    port = free_port()
+    command = f"env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 {sys.executable} {SERVER} {{model}} {{port}}"
+    cfg = EngineConfig(name="openai", base_url=f"http://127.0.0.1:{port}/v1", server_command=command,
+                       server_start_timeout=180, max_concurrency=2)
+    iteration_model = tmp_path / "iter_1" / "model"  # another model folder (the same weights, linked)
+    iteration_model.mkdir(parents=True)
+    for f in Path(model).iterdir():
+        (iteration_model / f.name).symlink_to(f)
+    reqs, _ = tiny_judge_requests(n=1, max_tokens=6)
+    pids = []
+    for path in (model, str(iteration_model)):
+        eng = make_engine(cfg, path, log_dir=tmp_path)
+        assert eng.model == path  # the server lists this model (checked at start), so it serves these weights
+        outs = list(eng.generate(reqs))
+        assert len(outs) == len(reqs) and all(o.texts[0] for o in outs)
+        pids.append(eng.server.proc.pid)
+        eng.close()
+        assert eng.server.proc is None
+    assert pids[0] != pids[1]
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("starting:") == 2 and str(iteration_model) in log

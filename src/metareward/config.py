@@ -50,6 +50,8 @@ class EngineConfig:
     max_concurrency: int = 16  # openai
     request_timeout: float = 120.0  # openai, seconds per request
     max_retries: int = 6  # openai
+    server_command: str | None = None  # openai: start/stop the server per model, e.g. "vllm serve {model} --port {port}"
+    server_start_timeout: float = 900.0  # openai + server_command: seconds to wait for the server to answer
     ray_address: str | None = None  # data_parallel_size > 1: None starts a local Ray; "auto" or "ray://head:10001" joins a cluster
 
 

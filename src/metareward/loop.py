@@ -67,7 +67,7 @@ class Runner:
         if engine_factory is None:
             from metareward.engines import make_engine
 
-            engine_factory = lambda path: make_engine(cfg.engine, path)  # noqa: E731
+            engine_factory = lambda path: make_engine(cfg.engine, path, log_dir=self.run_dir)  # noqa: E731
         self.engine_factory = engine_factory
         self._engine: Engine | None = None
         self._engine_model: str | None = None

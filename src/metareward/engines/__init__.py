@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from metareward.config import EngineConfig
 from metareward.engines.base import Engine
 
 
-def make_engine(cfg: EngineConfig, model_path: str) -> Engine:
-    """Build the configured engine for ``model_path`` (imports heavy backends only when used)."""
+def make_engine(cfg: EngineConfig, model_path: str, log_dir: str | Path | None = None) -> Engine:
+    """Build the configured engine for ``model_path`` (imports heavy backends only when used).
+
+    ``log_dir``: where a server the engine starts itself (``openai`` with ``server_command``) writes its
+    log, ``server.log``; default the system's temporary directory."""
     if cfg.name == "hf":
         from metareward.engines.hf import HFEngine
 
@@ -19,5 +24,5 @@ def make_engine(cfg: EngineConfig, model_path: str) -> Engine:
     if cfg.name == "openai":
         from metareward.engines.openai import OpenAIEngine
 
-        return OpenAIEngine.from_config(cfg, model_path)
+        return OpenAIEngine.from_config(cfg, model_path, log_dir=log_dir)
     raise ValueError(f"unknown engine {cfg.name!r}")

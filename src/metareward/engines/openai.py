@@ -40,9 +40,10 @@ Without a local tokenizer both splits are tried (space kept in the prefix, then 
 choice token).
 
 The server serves fixed weights. The loop trains a new model every iteration, so a multi-iteration run
-needs the server restarted on each iteration's ``iter_<i>/model``: with ``served_model`` unset the engine
-asks for the model by its path and checks ``/v1/models`` lists it, which fails loudly when the server
-still serves the previous iteration's weights.
+needs a server on each iteration's ``iter_<i>/model``: either set ``engine.server_command`` and the engine
+starts and stops the server for each model itself (``engines.server``), or restart it by hand between
+iterations. With ``served_model`` unset the engine asks for the model by its path and checks
+``/v1/models`` lists it, which fails loudly when the server still serves the previous iteration's weights.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import logging
 import math
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -151,6 +153,7 @@ class OpenAIEngine(Engine):
         self._lock = threading.Lock()
         self.retries = 0  # retried calls so far (diagnostics and tests)
         self.tokenizer = None
+        self.server = None  # a ManagedServer this engine stops on close (from_config with server_command)
         if tokenizer_path and (Path(tokenizer_path) / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
@@ -159,17 +162,35 @@ class OpenAIEngine(Engine):
             self._check_model()
 
     @classmethod
-    def from_config(cls, cfg: EngineConfig, model_path: str) -> OpenAIEngine:
-        """``served_model`` names the model on the server; unset, the model is asked for by ``model_path``."""
-        return cls(
-            base_url=cfg.base_url,
-            model=cfg.served_model or model_path,
-            api_key_env=cfg.api_key_env,
-            max_concurrency=cfg.max_concurrency,
-            request_timeout=cfg.request_timeout,
-            max_retries=cfg.max_retries,
-            tokenizer_path=model_path,
-        )
+    def from_config(cls, cfg: EngineConfig, model_path: str, log_dir: str | Path | None = None) -> OpenAIEngine:
+        """``served_model`` names the model on the server; unset, the model is asked for by ``model_path``.
+
+        With ``server_command`` the server is started here for ``model_path`` (log in
+        ``log_dir/server.log``) and stopped by ``close`` (``engines.server``)."""
+        server = None
+        if cfg.server_command:
+            from metareward.engines.server import ManagedServer
+
+            log_path = Path(log_dir or tempfile.gettempdir()) / "server.log"
+            server = ManagedServer(cfg.server_command, model_path, cfg.base_url, log_path, cfg.server_start_timeout)
+            log.info("starting the model server for %s (log: %s)", model_path, log_path)
+            server.start()
+        try:
+            engine = cls(
+                base_url=cfg.base_url,
+                model=cfg.served_model or model_path,
+                api_key_env=cfg.api_key_env,
+                max_concurrency=cfg.max_concurrency,
+                request_timeout=cfg.request_timeout,
+                max_retries=cfg.max_retries,
+                tokenizer_path=model_path,
+            )
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
+        engine.server = server
+        return engine
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model!r})"
@@ -355,3 +376,5 @@ class OpenAIEngine(Engine):
 
     def close(self) -> None:
         self._client.close()
+        if self.server is not None:
+            self.server.stop()
