@@ -176,3 +176,27 @@ def test_sliced_no_grad_logps_equal_the_differentiable_ones(model_and_tokenizer,
         whole = sequence_logps(model, seqs, tok.pad_token_id).detach()
     assert torch.allclose(sliced, whole, atol=1e-3, rtol=0), (sliced - whole).abs().max()  # fp32 sums of ~50
     assert len({round(v, 3) for v in whole.tolist()}) == len(seqs)  # distinct sequences, not one value
+
+
+def test_target_logps_equal_log_softmax_gather_in_value_and_gradient(monkeypatch):
+    """``_TargetLogps`` (log-sum-exp in slices, in-place backward) against ``log_softmax(...).gather``,
+    in float64, with slices that do not divide the rows and a repeated target."""
+    from metareward.training import dpo_native
+
+    monkeypatch.setattr(dpo_native, "HEAD_CHUNK", 3)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 8, dtype=torch.float64, generator=gen)
+    states = torch.randn(7, 8, dtype=torch.float64, generator=gen)
+    targets = torch.tensor([0, 5, 5, 39, 12, 0, 7])
+    upstream = torch.randn(7, dtype=torch.float64, generator=gen)
+
+    def grads(fn):
+        w, s = weight.clone().requires_grad_(), states.clone().requires_grad_()
+        out = fn(s @ w.t(), targets)
+        out.backward(upstream)
+        return out.detach(), w.grad, s.grad
+
+    plain = grads(lambda logits, t: torch.log_softmax(logits, -1).gather(1, t[:, None]).squeeze(1))
+    fused = grads(dpo_native._TargetLogps.apply)
+    for a, b in zip(plain, fused):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)

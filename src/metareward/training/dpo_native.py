@@ -16,7 +16,9 @@ What it does, and why it is fast without changing the result:
   the gradient of the global batch does not depend on how it is cut;
 * runs the LM head only at completion positions (the judge pairs' ~500-token prompts need no logits),
   and in the gradient-free reference pass in slices of ``HEAD_CHUNK`` positions with logsumexp, so no
-  [tokens, vocab] tensor is ever whole there;
+  [tokens, vocab] tensor is ever whole there; with gradients, the log-probabilities of the targets come
+  from the logits and their log-sum-exp only, and the backward writes the logits' gradient into the
+  logits themselves (``_TargetLogps``: no full-size log-softmax, zero-filled gradient or softmax backward);
 * keeps gradient buffers between steps and uses PyTorch's fused AdamW (one pass over the parameters):
   on a CPU, re-allocating 0.5 GB of gradients per step and ten elementwise optimizer passes cost
   seconds of page faults and memory traffic per step;
@@ -122,8 +124,7 @@ def sequence_logps(model, seqs: Sequence[tuple[list[int], int]], pad_id: int) ->
     head = model.get_output_embeddings()
     states, targets = hidden[rows_t, cols_t], ids[rows_t, cols_t + 1]
     if torch.is_grad_enabled():
-        logits = head(states).float()
-        token_logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+        token_logps = _TargetLogps.apply(head(states).float(), targets)
     else:  # no backward to feed: logits in slices, so no [tokens, vocab] tensor is ever whole
         token_logps = torch.cat([
             _token_logps(head(states[k : k + HEAD_CHUNK]).float(), targets[k : k + HEAD_CHUNK])
@@ -136,6 +137,32 @@ def sequence_logps(model, seqs: Sequence[tuple[list[int], int]], pad_id: int) ->
 def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per row, without materialising the log-softmax."""
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+class _TargetLogps(torch.autograd.Function):
+    """``log_softmax(logits)[row, target]`` with a backward that works in the logits' own memory.
+
+    The plain way (``log_softmax(...).gather``) writes a [tokens, vocab] log-softmax, then in backward a
+    zero-filled [tokens, vocab] gradient, a scatter and a full-size softmax backward: on a CPU, ~0.8 s
+    per micro-batch of 800 completion tokens. Here the forward keeps only each row's log-sum-exp
+    (computed in ``HEAD_CHUNK`` slices), and the backward turns the saved logits into their gradient
+    in place, ``-g * softmax + g * onehot(target)`` (~0.35 s). Assumes, and is only used where, the
+    logits are a fresh tensor nothing else reads (the LM head's output, whose own backward needs only
+    its input and weight). Its values and gradients equal the plain way's (``tests/test_dpo_native``).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        lse = torch.cat([torch.logsumexp(logits[k : k + HEAD_CHUNK], dim=-1) for k in range(0, len(logits), HEAD_CHUNK)])
+        ctx.save_for_backward(logits, targets, lse)
+        return logits.gather(1, targets[:, None]).squeeze(1) - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad = logits.sub_(lse[:, None]).exp_().mul_(-grad_out[:, None])
+        grad[torch.arange(len(targets), device=grad.device), targets] += grad_out
+        return grad, None
 
 
 def dpo_loss(
