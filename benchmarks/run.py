@@ -5,7 +5,8 @@
     python benchmarks/run.py --threads 2 --columns hf,naive,vllm ...     # choose threads and columns
 
 Measures, in this order and in this one process (vLLM in a child process, see below):
-1. the ceiling: best-of-N ``torch.matmul`` of square matrices, fp32 and bf16, in GFLOP/s;
+1. the ceiling: best-of-N ``torch.matmul`` of square matrices, fp32 and bf16, in GFLOP/s (measured again
+   at the end of the run, ``ceiling_after_gflop_per_s``, to show drift; fractions use the first);
 2. the actor stage (prompts x K samples, batch >= 32 sequences), the judge stage (responses x N
    judgments with the real judge prompt, ~500 tokens) and the meta-judge stage (pairs of judgments with
    the real meta-judge prompt), for each column:
@@ -507,6 +508,10 @@ def main() -> int:
 
     if not args.skip_dpo:
         result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 5, fm, ceiling["float32"])
+    # measured again at the end: how much the machine drifted during the run (fractions use the first)
+    result["ceiling_after_gflop_per_s"] = {
+        "float32": round(matmul_ceiling(torch.float32, n, 5), 1), "bfloat16": round(matmul_ceiling(torch.bfloat16, n, 5), 1),
+    }
     result["load_average_after"] = os.getloadavg()
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -523,6 +528,8 @@ def main() -> int:
 def print_table(result: dict) -> None:
     c = result["ceiling_gflop_per_s"]
     print(f"\nceiling fp32 {c['float32']} GFLOP/s | bf16 {c['bfloat16']} GFLOP/s | memory {result['memory_gb_per_s']} GB/s"
+          f" (at the end: fp32 {result['ceiling_after_gflop_per_s']['float32']}, bf16 "
+          f"{result['ceiling_after_gflop_per_s']['bfloat16']})"
           f" | threads {result['settings']['threads']}"
           f" | load {result['load_average_before'][0]:.2f} -> {result['load_average_after'][0]:.2f}")
     print(f"{'stage':11s} {'column':9s} {'prec':9s} {'tok/s':>8s} {'GFLOP/s':>8s} {'ceiling':>8s} {'x naive':>8s}")
