@@ -322,11 +322,13 @@ def test_generate_small_pool_with_real_model(tmp_path):
     from metareward.models import resolve_model
 
     engine = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=4, threads=1)
-    s = SelfInstructSettings(n_prompts=2, requests_per_round=3, max_rounds=1, max_tokens=20)
+    # 40 tokens: at 20 every reply of this model is cut mid-sentence and dropped as truncated
+    s = SelfInstructSettings(n_prompts=2, requests_per_round=3, max_rounds=1, max_tokens=40)
     out = tmp_path / "pool.jsonl"
     report = generate_pool(out, engine, s)
     assert report["generated"] == 3 and report["rounds"] == 1
     assert report["generated"] == report["kept"] + sum(report["dropped"].values())
+    assert report["kept"] >= 1  # else nothing below is exercised
     pool = load_prompt_pool(out)
     assert len(pool) == min(report["kept"], 2)
     # every kept prompt is unique and passes every filter against the seeds and the others
