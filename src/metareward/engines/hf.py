@@ -11,7 +11,9 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
   prompt's last token), then samples the ``n`` continuations of each prompt against that one copy of
   its keys/values (*prefix sharing*, ``SharedPrefixCache`` + ``shared_prefix_attention``: the prompt is
   neither recomputed nor copied, and is read once per decoding step for all its samples);
-* each sample's own keys/values go to a preallocated buffer (no per-step re-copy of the whole cache);
+* each sample's own keys/values go to buffers that grow a block of positions at a time and live in
+  memory the engine keeps across batches (``RowBufferPool``: on a CPU, first-touch page faults on
+  fresh memory cost more than the attention itself);
 * samples each row with its own temperature and top-p (exactly the transformers warpers: temperature,
   then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
 * finishes a sequence as soon as it emits a stop token (the tokenizer's eos, e.g. ``<|im_end|>``,
@@ -27,7 +29,9 @@ against it (shared, as above; suffixes left-padded and masked) and reads the sof
 position's logits at each choice's token, renormalised over the choices.
 
 Precision: ``dtype="auto"`` is bf16 on a CUDA device that supports it and on a CPU with native bf16
-instructions (AVX512-BF16 or AMX), float32 otherwise; log-probabilities and sampling are always float32.
+instructions (AVX512-BF16 or AMX), float32 otherwise. Keys/values are kept and attention's matmuls run
+in that dtype with the softmax in float32 (transformers' eager recipe; a test shows the bf16 engine is
+as close to float32 as transformers' own bf16 forward); log-probabilities and sampling are float32.
 
 Assumptions: a decoder-only causal LM with full attention whose ``forward`` takes ``position_ids``,
 ``past_key_values`` and ``logits_to_keep`` and whose attention goes through transformers'
@@ -57,6 +61,7 @@ from metareward.engines.base import (
 )
 
 NUCLEUS_TIERS = (64, 1024)  # top-p searches these top-k widths in turn, then sorts the whole vocabulary
+SUFFIX_BLOCK = 32  # a row's continuation keys/values grow by this many positions at a time
 COMPACT_AT = 0.25  # finished rows leave the batch once they are this fraction of it (in bulk)
 
 
@@ -101,58 +106,97 @@ def batch_seed(seeds: Sequence[int]) -> int:
 ATTENTION = "metareward_shared_prefix"
 
 
+def _buffer_width(written: int) -> int:
+    """Positions a layer's row buffers hold for ``written`` continuation positions: whole
+    ``SUFFIX_BLOCK`` s, at least one."""
+    return max(1, -(-written // SUFFIX_BLOCK)) * SUFFIX_BLOCK
+
+
+class RowBufferPool:
+    """Flat tensors, kept by the engine across batches, that hold every layer's row buffers.
+
+    Why: on a CPU, touching freshly allocated memory costs a page fault per 4 KiB page (measured here:
+    ~0.8 GB/s, so one growth of a 256-row batch's continuation buffers took 300-450 ms, ~12 ms per
+    decoding step amortised). Reused memory costs nothing. Each (layer, key/value, side) slot keeps the
+    largest tensor asked of it; ``view`` hands out a contiguous prefix of it. Two sides per buffer,
+    because growing or selecting rows copies the live buffer into the other side."""
+
+    def __init__(self):
+        self._flat: dict[tuple[int, str, int], torch.Tensor] = {}
+
+    def view(self, slot: tuple[int, str, int], shape: tuple[int, ...], like: torch.Tensor,
+             reserve: int = 0) -> torch.Tensor:
+        """A contiguous ``shape`` tensor in ``slot``'s storage (grown to ``max(numel, reserve)`` first
+        if smaller; its contents are whatever was left there)."""
+        numel = 1
+        for n in shape:
+            numel *= n
+        flat = self._flat.get(slot)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
+            flat = self._flat[slot] = like.new_empty(max(numel, reserve))
+        return flat[:numel].view(shape)
+
+    def clear(self) -> None:
+        self._flat.clear()
+
+
 class _SharedPrefixLayer(DynamicLayer):
-    """One decoder layer's keys/values: each prompt's once (``pk``/``pv`` [P, kv_heads, Lp, d]) and each
-    sample row's own continuation (``sk``/``sv`` [B, kv_heads, capacity, d], written in place).
+    """One decoder layer's keys/values, in the model's dtype: each prompt's once (``pk``/``pv``
+    [P, kv_heads, Lp, d]) and each sample row's own continuation (``sk``/``sv`` [B, kv_heads, W, d]).
 
-    Stored in float32 whatever the model's dtype (see ``shared_prefix_attention``)."""
+    The row buffers live in the cache's ``RowBufferPool``, grow by ``SUFFIX_BLOCK`` positions when full
+    and are read whole by attention (``W`` columns, the unwritten ones zero and masked): a slice
+    ``[:, :, :n]`` of a wider buffer is not one contiguous matrix per row, and the CPU's bf16 batched
+    matmul copies such an operand on every call (measured: 3-8x slower than the matmul)."""
 
-    def __init__(self, owner: SharedPrefixCache):
+    def __init__(self, owner: SharedPrefixCache, index: int):
         super().__init__()
         self.cache = owner
+        self.index = index
         self.suffix_len = 0
+        self.side = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.cache.phase == "prefix":
             # contiguous: the projections hand over a transposed view, and every decoding step's
             # batched matmul against a transposed view would copy it again
-            key_states = key_states.to(torch.float32, memory_format=torch.contiguous_format)
-            value_states = value_states.to(torch.float32, memory_format=torch.contiguous_format)
+            key_states = key_states.contiguous()
+            value_states = value_states.contiguous()
             self.pk, self.pv = key_states, value_states
             self.is_initialized = True
             self.keys, self.values = self.pk, self.pv
             return self.pk, self.pv
-        key_states, value_states = key_states.float(), value_states.float()
-        rows, heads, q_len, dim = key_states.shape
-        if not hasattr(self, "sk"):
-            shape = (rows, heads, self.cache.capacity, dim)
-            self.sk = key_states.new_empty(shape)
-            self.sv = key_states.new_empty(shape)
+        q_len = key_states.shape[2]
         end = self.suffix_len + q_len
-        if end > self.sk.shape[2]:  # grow (amortised doubling); not expected when capacity is right
-            grown = max(end, 2 * self.sk.shape[2])
-            for name in ("sk", "sv"):
-                old = getattr(self, name)
-                new = old.new_empty((*old.shape[:2], grown, old.shape[3]))
-                new[:, :, : self.suffix_len] = old[:, :, : self.suffix_len]
-                setattr(self, name, new)
+        if not hasattr(self, "sk") or end > self.sk.shape[2]:
+            self._move(key_states, _buffer_width(end))
         self.sk[:, :, self.suffix_len : end] = key_states
         self.sv[:, :, self.suffix_len : end] = value_states
         self.suffix_len = end
-        return self.sk[:, :, :end], self.sv[:, :, :end]
+        return self.sk, self.sv
+
+    def _move(self, like: torch.Tensor, width: int, rows: torch.Tensor | None = None) -> None:
+        """Re-lay the row buffers out in the pool's other side: ``width`` positions, only ``rows``."""
+        n_rows, heads, _, dim = like.shape if rows is None else (len(rows), *like.shape[1:])
+        self.side = 1 - self.side
+        used = self.suffix_len
+        for name in ("sk", "sv"):
+            reserve = n_rows * heads * _buffer_width(self.cache.capacity) * dim
+            new = self.cache.pool.view((self.index, name, self.side), (n_rows, heads, width, dim), like, reserve)
+            old = getattr(self, name, None)
+            if old is not None and rows is not None:  # same width: one gather straight into the pool
+                torch.index_select(old, 0, rows, out=new)
+            elif old is not None:
+                new[:, :, :used] = old[:, :, :used]
+            new[:, :, used:].zero_()  # masked, but 0 * NaN left from an earlier batch would still be NaN
+            setattr(self, name, new)
 
     def get_seq_length(self) -> int:
         return (self.pk.shape[2] if self.is_initialized else 0) + self.suffix_len
 
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
         if hasattr(self, "sk"):
-            # copy only the written part: the buffers' capacity is the batch's longest budget
-            n = self.suffix_len
-            for name in ("sk", "sv"):
-                old = getattr(self, name)
-                new = old.new_empty((len(rows), *old.shape[1:]))
-                new[:, :, :n] = old[rows, :, :n]
-                setattr(self, name, new)
+            self._move(self.sk, self.sk.shape[2], rows)
         if prompts is not None:
             self.pk, self.pv = self.pk[prompts], self.pv[prompts]
 
@@ -172,12 +216,16 @@ class SharedPrefixCache(Cache):
     its prompt's keys (shared by all that prompt's rows, read once per prompt: this is what makes N
     judgments of a 500-token prompt cheap) and to its own continuation, merging the two softmax parts
     exactly (log-sum-exp). ``select_rows`` drops finished rows, and prompts no row continues any more.
+
+    Row buffers come from ``pool`` (the engine's, reused across batches; a fresh one if None) and are
+    reserved for ``capacity`` continuation positions at the first growth.
     """
 
-    def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[_SharedPrefixLayer(self) for _ in range(num_layers)])
-        self.capacity = capacity
+    def __init__(self, num_layers: int, capacity: int = SUFFIX_BLOCK, pool: RowBufferPool | None = None):
+        super().__init__(layers=[_SharedPrefixLayer(self, i) for i in range(num_layers)])
         self.phase = "prefix"
+        self.capacity = capacity
+        self.pool = pool if pool is not None else RowBufferPool()
 
     def start_rows(self, owner: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         """Open the rows phase; ``prompt_mask`` [P, Lp] is the prompts' padding mask (1 = token)."""
@@ -232,18 +280,20 @@ def _softmax_parts(scores: torch.Tensor, values: torch.Tensor, maybe_empty: bool
     if maybe_empty:
         peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)
     weights = scores.sub_(peak).exp_()  # the scores are this function's own temporary
-    return peak, weights.sum(dim=-1, keepdim=True), torch.matmul(weights, values)
+    return peak, weights.sum(dim=-1, keepdim=True), torch.matmul(weights.to(values.dtype), values).float()
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Attention for the engine's forwards (``SharedPrefixCache``), in float32.
+    """Attention for the engine's forwards (``SharedPrefixCache``).
 
     Phase ``prefix`` (the prompts' own forward): float32 SDPA with the given mask. Phase ``rows``: for
     query rows ``[B, heads, q, d]``, scores against the owner prompt's keys are computed prompt by prompt
     as one matmul over all its rows' query heads that share a KV head (grouped-query attention without
     ``repeat_kv``), scores against the row's own continuation (causal, padding masked) per row, and the
-    two softmax parts merged. Float32 also sidesteps PyTorch's CPU bf16 SDPA, ~10x slower than fp32 for
-    one query token. Returns ``[B, q, heads, d]`` in the query's dtype.
+    two softmax parts merged.
+    As in transformers' eager attention, the matmuls run in the model's dtype and the softmax in float32
+    (PyTorch's CPU bf16 SDPA is ~10x slower than this for one query token). Returns ``[B, q, heads, d]``
+    in the query's dtype.
     """
     cache: SharedPrefixCache | None = kwargs.get("shared_cache")
     out_dtype = query.dtype
@@ -252,8 +302,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     groups = heads // kv_heads
     if scaling is None:
         scaling = dim**-0.5
-    q = query.float()
     if cache is None or cache.phase == "prefix":
+        q = query.float()
         # The engine right-pads prompts, so plain causal attention is exact for every real token (pads
         # come after them) and SDPA can skip the upper triangle; the mask is not needed.
         causal = cache is not None or (attention_mask is None and q_len > 1)
@@ -264,11 +314,12 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
         return out.transpose(1, 2).to(out_dtype, memory_format=torch.contiguous_format).contiguous(), None
 
     layer = cache.layers[module.layer_idx]
-    qg = (q * scaling).reshape(bsz, kv_heads, groups * q_len, dim)  # head h uses KV head h // groups
+    # matmuls in the cache's (= the model's) dtype, softmax and merge in float32
+    qg = (query * scaling).reshape(bsz, kv_heads, groups * q_len, dim)  # head h uses KV head h // groups
     # 1. the prompt part, shared: [P, kv, C*groups*q, Lp]
     n_prompts, width = cache.table.shape
     qp = qg[cache.table].transpose(1, 2).reshape(n_prompts, kv_heads, width * groups * q_len, dim)
-    s1 = torch.matmul(qp, layer.pk.transpose(-1, -2))
+    s1 = torch.matmul(qp, layer.pk.transpose(-1, -2)).float()
     s1 = s1.masked_fill_(~cache.prompt_valid[:, None, None, :], float("-inf"))
     m1, l1, o1 = _softmax_parts(s1, layer.pv, maybe_empty=False)  # every prompt has a token
 
@@ -278,15 +329,17 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
 
     m1, l1, o1 = to_rows(m1), to_rows(l1), to_rows(o1)
     # 2. the row's own continuation: [B, kv, groups*q, Ls]
-    sk, sv = layer.sk[:, :, : layer.suffix_len], layer.sv[:, :, : layer.suffix_len]
-    s2 = torch.matmul(qg, sk.transpose(-1, -2)).reshape(bsz, kv_heads, groups, q_len, layer.suffix_len)
-    ls = layer.suffix_len
+    ls, width = layer.suffix_len, layer.sk.shape[2]  # written positions, buffer width (rest masked)
+    s2 = torch.matmul(qg, layer.sk.transpose(-1, -2)).float().reshape(bsz, kv_heads, groups, q_len, width)
     if q_len > 1 or not cache.suffix_all_valid:
-        causal = torch.ones((q_len, ls), dtype=torch.bool, device=q.device).tril(ls - q_len)
-        allowed = causal[None, :, :] & cache.suffix_valid[:, None, :ls]  # [B, q, Ls]
+        causal = torch.ones((q_len, width), dtype=torch.bool, device=query.device).tril(ls - q_len)
+        valid = torch.zeros((bsz, width), dtype=torch.bool, device=query.device)
+        valid[:, :ls] = cache.suffix_valid[:, :ls]
+        allowed = causal[None, :, :] & valid[:, None, :]  # [B, q, W]
         s2 = s2.masked_fill_(~allowed[:, None, None], float("-inf"))
-    # (one query per row and no padding in any row's continuation, as in decoding: nothing to mask)
-    m2, l2, o2 = _softmax_parts(s2.reshape(bsz, kv_heads, groups * q_len, ls), sv, maybe_empty=q_len > 1)
+    elif width > ls:  # one query per row, no padding (decoding): only the unwritten tail to mask
+        s2[..., ls:] = float("-inf")
+    m2, l2, o2 = _softmax_parts(s2.reshape(bsz, kv_heads, groups * q_len, width), layer.sv, maybe_empty=q_len > 1)
     # 3. merge
     peak = torch.maximum(m1, m2)
     a1, a2 = torch.exp(m1 - peak), torch.exp(m2 - peak)
@@ -396,6 +449,7 @@ class HFEngine(Engine):
         self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
         self.model.to(self.device).eval()
         self.stop_ids = self._stop_ids()
+        self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
         self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
         # Tests set a list here to record, per decoding step, (row ids, sampled tokens, log-softmax).
         self.trace: list | None = None
@@ -497,6 +551,7 @@ class HFEngine(Engine):
         """Run the prompts once, RIGHT-padded (causal attention needs no mask then: SDPA skips the upper
         triangle). Returns (each prompt's last-token logits fp32, cache, padding mask, last positions).
 
+        ``extra``: the most continuation positions a row will need (row buffers are reserved for it).
         Logits come from the decoder's hidden state at each prompt's own last token through the output
         embedding (assumes a plain LM head: no logit scaling or soft-capping, as in Llama/Qwen/Mistral)."""
         width = max(len(p) for p in prompts)
@@ -508,7 +563,7 @@ class HFEngine(Engine):
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = torch.arange(width, device=self.device).expand(len(prompts), width)
         last = mask.sum(1) - 1
-        cache = SharedPrefixCache(self.model.config.num_hidden_layers, max(extra, 1))
+        cache = SharedPrefixCache(self.model.config.num_hidden_layers, extra, self.row_buffers)
         with self._engine_attention():
             hidden = self.model.get_decoder()(
                 input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, shared_cache=cache
@@ -652,5 +707,6 @@ class HFEngine(Engine):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+        self.row_buffers.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
