@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -200,7 +202,9 @@ def test_bf16_stays_close_to_float32(engine):
 
 
 def trace_steps(engine: HFEngine, reqs) -> dict[int, list[tuple[int, torch.Tensor]]]:
-    """Generate with the engine's trace on: per batch row, its (sampled token, log-softmax) per step."""
+    """Generate with the engine's trace on: per batch row, its (sampled token, log-softmax) per step
+    (the requests must fit in one batch: row ids restart in each)."""
+    assert sum(r.n for r in reqs) <= engine.batch_size
     engine.trace = []
     try:
         list(engine.generate(reqs))
@@ -239,6 +243,24 @@ def test_bf16_engine_as_faithful_as_transformers_bf16(engine):
     assert kl_engine <= 1.25 * kl_transformers + 1e-3, (kl_engine, kl_transformers)
 
 
+def test_compiled_decoding_attention_equals_eager(engine):
+    """``compile=True`` (decoding's attention through torch.compile) gives the eager engine's
+    distributions at every step, past a growth of the row buffers and a row selection, and its texts."""
+    compiled = HFEngine("", device="cpu", model=engine.model, tokenizer=engine.tokenizer, compile=True)
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=40)
+    reqs = [GenerationRequest(id=str(i), messages=user(q), sampling=sampling, n=2, seed=i) for i, q in enumerate(QUESTIONS)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager would warn: fail instead
+        ours = trace_steps(compiled, reqs)
+    eager = trace_steps(engine, reqs)
+    assert sorted(ours) == sorted(eager)
+    for row in eager:
+        assert [t for t, _ in ours[row]] == [t for t, _ in eager[row]]
+        diff = (torch.stack([lp for _, lp in ours[row]]) - torch.stack([lp for _, lp in eager[row]])).abs().max()
+        assert diff < 1e-3, (row, diff)
+    assert max(len(v) for v in eager.values()) > hf_module.SUFFIX_BLOCK
+
+
 def test_stale_row_buffers_change_nothing(engine):
     """Row buffers are reused across batches: leftovers (here NaN) in their unwritten part are masked
     and zeroed, so the texts equal those drawn with fresh buffers."""
@@ -269,3 +291,21 @@ def test_inplace_sampler_draws_the_same_tokens():
     buf = logits.clone()
     sample_next(buf, torch.full((64,), 0.8), torch.full((64,), 0.95), torch.Generator(), inplace=True)
     assert not torch.equal(buf, logits)  # it did work in place (so the loop must not reuse the logits)
+
+
+def test_compiled_or_eager_falls_back_when_compiling_fails(monkeypatch):
+    """A compiler failure (e.g. no C++ compiler for inductor) warns once and runs the function eagerly."""
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    calls = []
+    double = hf_module.compiled_or_eager(lambda x: calls.append(x) or 2 * x)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        assert double(3) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert double(4) == 8  # eager for good: no second warning
+    assert calls == [3, 4]

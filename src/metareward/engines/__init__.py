@@ -16,7 +16,8 @@ def make_engine(cfg: EngineConfig, model_path: str, log_dir: str | Path | None =
     if cfg.name == "hf":
         from metareward.engines.hf import HFEngine
 
-        return HFEngine(model_path, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, threads=cfg.threads)
+        return HFEngine(model_path, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, threads=cfg.threads,
+                        compile=cfg.compile)
     if cfg.name == "vllm":
         from metareward.engines.vllm import make_vllm_engine
 
