@@ -12,7 +12,7 @@ Measures, in this order and in this one process (vLLM in a child process, see be
    the real meta-judge prompt), for each column:
    * ``hf``: our engine (``HFEngine``, dtype auto: bf16 on CPUs with native bf16);
    * ``hf-compile``: ``hf`` with ``compile=True`` (decoding's attention through ``torch.compile``;
-     compiled during the warm-up);
+     compiled during the warm-up, which also runs two short requests of each stage);
    * ``hf-fp32``: our engine in float32;
    (the three warmed up on the actor workload itself, because the engine keeps its row-buffer memory across
    batches; that first batch, which pays the page faults, is recorded as the actor's
@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -488,6 +489,10 @@ def main() -> int:
             # warm-up on the actor workload itself: the engine reuses its row-buffer memory across
             # batches, and a process's first batch pays the page faults of touching it (kept as "cold")
             cold = time_engine(engine, loads["actor"])
+            # and two short requests of every stage, so that hf-compile's graphs for each stage's
+            # shapes (e.g. one sample per prompt) are compiled before the timing, as in a long run
+            for reqs in loads.values():
+                list(engine.generate([replace(r, sampling=replace(r.sampling, max_tokens=8)) for r in reqs[:2]]))
         else:
             list(engine.generate(loads["actor"][:1]))  # warm-up
         for stage, reqs in loads.items():
