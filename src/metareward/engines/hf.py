@@ -381,8 +381,10 @@ def compiled_or_eager(fn):
     compiling fails, e.g. on a machine without the C++ compiler inductor needs on a CPU.
 
     For decoding's attention: inductor fuses its ~30 small elementwise operations per layer into a
-    few loops (measured: a 256-row SmolLM2 decoding step ~10% faster on 2 CPU cores) at the price of
-    compiling once per process (~10-20 s; a couple of recompiles as shapes first vary)."""
+    few loops, at the price of compiling once per process (~10-20 s; a couple of recompiles as shapes
+    first vary). Measured on 2 CPU cores: a 256-row SmolLM2 decoding step ~10% faster, whole benchmark
+    stages between 10% slower and 14% faster across two runs (within the machine's noise), so it is
+    off by default."""
     compiled = torch.compile(fn, dynamic=True)
     state = {"fn": compiled}
 
