@@ -43,6 +43,7 @@ soft-capping) and a chat template; each choice is a single token after the prefi
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -130,9 +131,7 @@ class RowBufferPool:
              reserve: int = 0) -> torch.Tensor:
         """A contiguous ``shape`` tensor in ``slot``'s storage (grown to ``max(numel, reserve)`` first
         if smaller; its contents are whatever was left there)."""
-        numel = 1
-        for n in shape:
-            numel *= n
+        numel = math.prod(shape)
         flat = self._flat.get(slot)
         if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
             flat = self._flat[slot] = like.new_empty(max(numel, reserve))
@@ -182,15 +181,16 @@ class _SharedPrefixLayer(DynamicLayer):
         n_rows, heads, _, dim = like.shape if rows is None else (len(rows), *like.shape[1:])
         self.side = 1 - self.side
         used = self.suffix_len
+        reserve = n_rows * heads * _buffer_width(self.cache.capacity) * dim
         for name in ("sk", "sv"):
-            reserve = n_rows * heads * _buffer_width(self.cache.capacity) * dim
             new = self.cache.pool.view((self.index, name, self.side), (n_rows, heads, width, dim), like, reserve)
             old = getattr(self, name, None)
-            if old is not None and rows is not None:  # same width: one gather straight into the pool
+            if rows is not None:  # same width, tail already zero: one gather straight into the pool
                 torch.index_select(old, 0, rows, out=new)
-            elif old is not None:
-                new[:, :, :used] = old[:, :, :used]
-            new[:, :, used:].zero_()  # masked, but 0 * NaN left from an earlier batch would still be NaN
+            else:
+                if old is not None:
+                    new[:, :, :used] = old[:, :, :used]
+                new[:, :, used:].zero_()  # masked, but 0 * NaN left from an earlier batch would still be NaN
             setattr(self, name, new)
 
     def get_seq_length(self) -> int:
