@@ -41,6 +41,7 @@ class EngineConfig:
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default. Competing processes collapse 2 threads.
     batch_size: int = 32  # sequences per forward pass (hf engine)
     compile: bool = False  # hf: torch.compile decoding's attention (~10-20 s compile per process, eager if it fails; on 2 CPU cores: steps ~10% faster, whole stages within noise)
+    fused_decoder: bool = True  # hf: decode Llama/Mistral/Qwen2 models straight from fused weights (bit-identical to transformers' forward, faster; holds a copy of the linear weights)
     chunk_size: int = 64  # requests per resumable unit written to disk; smaller = finer resume
     tensor_parallel_size: int = 1  # vllm
     data_parallel_size: int = 1  # vllm replicas through Ray

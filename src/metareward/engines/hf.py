@@ -21,6 +21,9 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
   in bulk, once they are a quarter of it (each removal copies every layer's continuation cache);
 * keeps the per-step [batch, vocab] logits in reused buffers and samples in place (on a CPU, a fresh
   50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
+* runs decoding steps straight from the weights, projections fused, for Llama-architecture models
+  (``FusedDecoder``: same operations as transformers' forward, without its module stack; other models
+  decode through transformers' forward with the same cache and attention);
 * with ``compile=True``, runs decoding steps' attention through ``torch.compile`` (``compiled_or_eager``);
 * seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
   same texts (the run loop's resume relies on this).
@@ -62,6 +65,7 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
+from metareward.engines.fused_decoder import FusedDecoder, unsupported_reason
 
 NUCLEUS_TIERS = (64, 1024)  # top-p searches these top-k widths in turn, then sorts the whole vocabulary
 SUFFIX_BLOCK = 32  # a row's continuation keys/values grow by this many positions at a time
@@ -259,6 +263,18 @@ class SharedPrefixCache(Cache):
         self.suffix_valid = torch.cat([self.suffix_valid, valid.bool()], dim=1)
         self.suffix_all_valid = self.suffix_all_valid and bool(valid.all())
 
+    def attend(self, index: int, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Rows-phase attention of layer ``index``'s queries [B, heads, q, d] (its keys/values already
+        appended): ``decode_attention`` for a decoding step (one query per row, no padding so far),
+        ``_rows_attention`` with the padding mask otherwise. Returns [B, q, heads, d]."""
+        layer = self.layers[index]
+        decoding = query.shape[2] == 1 and self.suffix_all_valid
+        rows_attention = self.decode_attention if decoding else _rows_attention
+        return rows_attention(
+            query, layer.pk, layer.pv, layer.sk, layer.sv, self.table, self.row_slot, self.prompt_valid,
+            None if decoding else self.suffix_valid, layer.suffix_len, scaling,
+        )
+
     def select_rows(self, rows: torch.Tensor) -> None:
         owner = self.owner[rows]
         used = torch.unique(owner)
@@ -317,14 +333,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
         )
         return out.transpose(1, 2).to(out_dtype, memory_format=torch.contiguous_format).contiguous(), None
 
-    layer = cache.layers[module.layer_idx]
-    decoding = q_len == 1 and cache.suffix_all_valid
-    rows_attention = cache.decode_attention if decoding else _rows_attention
-    out = rows_attention(
-        query, layer.pk, layer.pv, layer.sk, layer.sv, cache.table, cache.row_slot, cache.prompt_valid,
-        None if decoding else cache.suffix_valid, layer.suffix_len, scaling,
-    )
-    return out, None
+    return cache.attend(module.layer_idx, query, scaling), None
 
 
 def _rows_attention(query, pk, pv, sk, sv, table, row_slot, prompt_valid, suffix_valid, written: int,
@@ -483,6 +492,7 @@ class HFEngine(Engine):
         model=None,
         tokenizer=None,
         compile: bool = False,
+        fused_decoder: bool = True,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -500,6 +510,10 @@ class HFEngine(Engine):
         self.stop_ids = self._stop_ids()
         self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
         self._decode_attention = compiled_or_eager(_rows_attention) if compile else _rows_attention
+        # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
+        self.fused = None
+        if fused_decoder and unsupported_reason(self.model) is None:
+            self.fused = FusedDecoder(self.model)
         self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
         # Tests set a list here to record, per decoding step, (row ids, sampled tokens, log-softmax).
         self.trace: list | None = None
@@ -584,12 +598,16 @@ class HFEngine(Engine):
     def _decode(self, cache: SharedPrefixCache, nxt: torch.Tensor, pos: torch.Tensor,
                 buffers: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
         """One decoding step: float32 logits [B, V] of each row's next token, written into ``buffers``
-        (the plain LM head as a matmul, as in ``_prefill``)."""
-        with self._engine_attention():
-            hidden = self.model.get_decoder()(
-                input_ids=nxt[:, None], position_ids=pos[:, None], past_key_values=cache, use_cache=True,
-                shared_cache=cache,
-            ).last_hidden_state[:, -1]
+        (the plain LM head as a matmul, as in ``_prefill``). The decoder runs as ``FusedDecoder`` where
+        the model allows, else through transformers' forward."""
+        if self.fused is not None:
+            hidden = self.fused.step(cache, nxt, pos)
+        else:
+            with self._engine_attention():
+                hidden = self.model.get_decoder()(
+                    input_ids=nxt[:, None], position_ids=pos[:, None], past_key_values=cache, use_cache=True,
+                    shared_cache=cache,
+                ).last_hidden_state[:, -1]
         weight = self.model.get_output_embeddings().weight.t()
         f32, low = buffers
         b = hidden.shape[0]
@@ -636,6 +654,8 @@ class HFEngine(Engine):
         dev = self.device
         generator = torch.Generator(device=dev).manual_seed(batch_seed([r.seed for r in reqs]))
         max_new = max(r.sampling.max_tokens for r in reqs)
+        if self.fused is not None:
+            self.fused.refresh()  # the model may have been trained since the last batch
         logits, cache, mask, last_pos = self._prefill(prompts, max_new)
 
         # One row per sample: row j continues prompt owner[j] (the prompt's keys are never copied).
@@ -757,6 +777,7 @@ class HFEngine(Engine):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+        self.fused = None
         self.row_buffers.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -1,0 +1,176 @@
+"""One decoding step of a Llama-architecture model, run straight from its weights (the hf engine's
+fast path).
+
+Why: a decoding step feeds one token per row, so every layer is a handful of small matrix products
+plus a dozen element-wise operations. Driven through transformers' module stack, each step also pays
+the modules' Python plumbing (keyword routing, cache and mask bookkeeping, dispatch per head), and
+on a CPU each projection is its own matrix product. This step does the same arithmetic in the same
+order with
+
+* the query/key/value projections fused into one matrix product, and the gate/up projections into
+  another (the fused weights are copies the decoder holds; the model is never modified, because it may
+  be shared with training);
+* rotary embeddings applied to the queries and keys in one pass;
+* attention through the engine's cache (``SharedPrefixCache``) and its decoding attention, exactly as
+  transformers' forward would call it.
+
+Same operations, same dtypes: a test shows its logits equal the transformers path's bit for bit.
+
+Memory: the fused copies cost about the size of the decoder's linear weights (~100 M parameters for
+SmolLM2-135M's 30 layers: ~190 MB in bf16). ``refresh`` rebuilds them when a weight of the model has
+changed (in place, e.g. by an optimizer, or replaced), which it detects by each parameter's storage
+address and version counter.
+
+Assumptions (checked by ``unsupported_reason``; other models take transformers' path): a
+``LlamaForCausalLM``-shaped model (``model.model.layers``, ``embed_tokens``, ``rotary_emb``, ``norm``)
+of type llama, mistral or qwen2, whose layers are pre-norm RMSNorm -> attention with ``q/k/v/o_proj``
+(biases allowed, no query/key norms) -> RMSNorm -> SiLU-gated MLP ``gate/up/down_proj``, with full
+attention (no sliding window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+
+
+def unsupported_reason(model) -> str | None:
+    """Why ``FusedDecoder`` cannot run ``model`` (None when it can)."""
+    config = model.config
+    if config.model_type not in SUPPORTED_TYPES:
+        return f"model type {config.model_type!r} is not one of {SUPPORTED_TYPES}"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"activation {getattr(config, 'hidden_act', None)!r} is not silu"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    inner = getattr(model, "model", None)
+    if not all(hasattr(inner, name) for name in ("layers", "embed_tokens", "rotary_emb", "norm")):
+        return "not a LlamaForCausalLM-shaped model"
+    for layer in inner.layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        names = [(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        names += [(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
+        if any(not isinstance(getattr(m, n, None), torch.nn.Linear) for m, n in names):
+            return "a layer without Llama's q/k/v/o and gate/up/down projections"
+        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
+            return "query/key norms"
+        for norm in (getattr(layer, "input_layernorm", None), getattr(layer, "post_attention_layernorm", None)):
+            if not type(norm).__name__.endswith("RMSNorm") or not hasattr(norm, "variance_epsilon"):
+                return "a layer whose norms are not Llama's RMSNorm"
+    return None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' ``LlamaRMSNorm`` (the same operations in the same dtypes): the mean square in
+    float32, the scale applied after rounding back to the input's dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``apply_rotary_pos_emb`` on one tensor (``rotate_half`` convention)."""
+    half = t.shape[-1] // 2
+    return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's weights, the projections fused (``qkv``: rows q, then k, then v;
+    ``gate_up``: rows gate, then up)."""
+
+    norm_in: torch.Tensor
+    eps_in: float
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    norm_post: torch.Tensor
+    eps_post: float
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+def _fused(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([m.weight.detach() for m in linears]).contiguous()
+    if all(m.bias is None for m in linears):
+        return weight, None
+    bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in linears])
+    return weight, bias
+
+
+def _bias(linear: torch.nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
+class FusedDecoder:
+    """Decoding steps of ``model`` (see the module docstring) against a ``SharedPrefixCache``."""
+
+    def __init__(self, model):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"FusedDecoder cannot run this model: {reason}")
+        self.model = model
+        first = model.model.layers[0].self_attn
+        self.heads = model.config.num_attention_heads
+        self.kv_heads = model.config.num_key_value_heads
+        self.head_dim = first.head_dim
+        self.scaling = first.scaling
+        self._signature: tuple | None = None
+        self.layers: list[LayerWeights] = []
+        self.refresh()
+
+    def _current_signature(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-fuse the weights if any of the model's parameters changed since they were fused."""
+        signature = self._current_signature()
+        if signature == self._signature:
+            return
+        self.layers = []
+        for layer in self.model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv, qkv_bias = _fused([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up, gate_up_bias = _fused([mlp.gate_proj, mlp.up_proj])
+            self.layers.append(LayerWeights(
+                norm_in=layer.input_layernorm.weight.detach(), eps_in=layer.input_layernorm.variance_epsilon,
+                qkv=qkv, qkv_bias=qkv_bias, o=attn.o_proj.weight.detach(), o_bias=_bias(attn.o_proj),
+                norm_post=layer.post_attention_layernorm.weight.detach(),
+                eps_post=layer.post_attention_layernorm.variance_epsilon,
+                gate_up=gate_up, gate_up_bias=gate_up_bias, down=mlp.down_proj.weight.detach(),
+                down_bias=_bias(mlp.down_proj),
+            ))
+        self._signature = signature
+
+    def step(self, cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The final-normed hidden state [B, hidden] after feeding ``tokens`` [B] at ``positions`` [B];
+        appends each row's key/value to ``cache`` (in its rows phase, one position per row)."""
+        inner = self.model.model
+        x = inner.embed_tokens(tokens)
+        cos, sin = inner.rotary_emb(x, positions[:, None])  # [B, 1, head_dim]
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over [B, 1, heads, head_dim]
+        rows, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
+        qk_width = (heads + kv_heads) * dim
+        for index, w in enumerate(self.layers):
+            h = rms_norm(x, w.norm_in, w.eps_in)
+            qkv = F.linear(h, w.qkv, w.qkv_bias)
+            qk = apply_rotary(qkv[:, :qk_width].view(rows, 1, heads + kv_heads, dim), cos, sin)
+            query = qk[:, :, :heads].transpose(1, 2)  # [B, heads, 1, d]
+            key = qk[:, :, heads:].transpose(1, 2)
+            value = qkv[:, qk_width:].view(rows, 1, kv_heads, dim).transpose(1, 2)
+            cache.layers[index].update(key, value)
+            attended = cache.attend(index, query, self.scaling)
+            x = x + F.linear(attended.reshape(rows, heads * dim), w.o, w.o_bias)
+            h = rms_norm(x, w.norm_post, w.eps_post)
+            gate_up = F.linear(h, w.gate_up, w.gate_up_bias)
+            inter = w.down.shape[1]
+            x = x + F.linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], w.down, w.down_bias)
+        return rms_norm(x, inner.norm.weight, inner.norm.variance_epsilon)

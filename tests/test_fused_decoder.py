@@ -1,0 +1,142 @@
+"""The hf engine's fused decoding step (``FusedDecoder``) against transformers' own forward.
+
+Both paths decode with the same cache and attention, so the fused step (projections fused, no module
+stack) must give exactly the same log-probabilities at every step: checked bit for bit on tiny random
+Llama and Qwen2 models (with every kind of bias), in float32 and bf16, past row-buffer growth and row
+selection, on the real embedded model in bf16, and after the model's weights change in place.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from metareward.engines import hf as hf_module
+from metareward.engines.base import GenerationRequest, SamplingParams
+from metareward.engines.fused_decoder import FusedDecoder, unsupported_reason
+from metareward.engines.hf import HFEngine
+
+QUESTIONS = ["What is 2+2?", "Write a haiku about autumn leaves.", "Name three primes and say why they are prime."]
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=512)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from metareward.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+
+
+def tiny(kind: str, tokenizer, dtype=torch.float32):
+    torch.manual_seed(0)
+    vocab = len(tokenizer)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **SMALL))
+    elif kind == "llama-biases":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, attention_bias=True, mlp_bias=True, **SMALL))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **SMALL))
+    else:
+        raise ValueError(kind)
+    with torch.no_grad():  # random biases, so a bias left out or misplaced shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model.to(dtype).eval()
+
+
+def trace(engine: HFEngine, reqs) -> list:
+    engine.trace = []
+    try:
+        texts = [o.texts for o in engine.generate(reqs)]
+        return [texts, *engine.trace]
+    finally:
+        engine.trace = None
+
+
+def requests(max_tokens: int = 12):
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=max_tokens)
+    return [GenerationRequest(id=str(i), messages=({"role": "user", "content": q},), sampling=sampling, n=3 - i,
+                              seed=i) for i, q in enumerate(QUESTIONS)]
+
+
+def assert_same_traces(a: list, b: list) -> None:
+    assert a[0] == b[0]  # texts
+    assert len(a) == len(b) > 3
+    for (rows_a, tok_a, lp_a), (rows_b, tok_b, lp_b) in zip(a[1:], b[1:]):
+        assert rows_a == rows_b and tok_a == tok_b
+        assert torch.equal(lp_a, lp_b), (lp_a - lp_b).abs().max()
+
+
+def engines(model, tokenizer):
+    fused = HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8)
+    plain = HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8, fused_decoder=False)
+    assert fused.fused is not None and plain.fused is None
+    return fused, plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["llama", "llama-biases", "qwen2"])
+def test_fused_step_equals_transformers_forward(kind, dtype, tokenizer, monkeypatch):
+    """Bit-identical log-probabilities and texts, with row buffers growing every 2 positions and
+    finished rows dropped as soon as they finish."""
+    monkeypatch.setattr(hf_module, "SUFFIX_BLOCK", 2)
+    monkeypatch.setattr(hf_module, "COMPACT_AT", 1e-9)
+    fused, plain = engines(tiny(kind, tokenizer, dtype), tokenizer)
+    assert_same_traces(trace(fused, requests()), trace(plain, requests()))
+
+
+def test_fused_decoder_follows_in_place_weight_updates(tokenizer):
+    """An optimizer-style in-place update of the model's weights is picked up at the next batch: the
+    fused copies are rebuilt, and the texts follow the new weights (equal to the transformers path's)."""
+    model = tiny("llama", tokenizer)
+    fused, plain = engines(model, tokenizer)
+    before = trace(fused, requests())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    after = trace(fused, requests())
+    assert after[0] != before[0]
+    assert_same_traces(after, trace(plain, requests()))
+
+
+def test_unsupported_models_are_named_and_decode_through_transformers(tokenizer):
+    assert unsupported_reason(tiny("llama", tokenizer)) is None
+    assert unsupported_reason(tiny("qwen2", tokenizer)) is None
+    qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), head_dim=16, **SMALL))
+    assert unsupported_reason(qwen3) == "model type 'qwen3' is not one of ('llama', 'mistral', 'qwen2')"
+    llama = tiny("llama", tokenizer)
+    llama.config.hidden_act = "gelu"
+    assert unsupported_reason(llama) == "activation 'gelu' is not silu"
+    with pytest.raises(ValueError, match="activation 'gelu' is not silu"):
+        FusedDecoder(llama)
+    engine = HFEngine("", device="cpu", model=qwen3.eval(), tokenizer=tokenizer, batch_size=8)
+    assert engine.fused is None
+    out = list(engine.generate(requests(4)))
+    assert [len(o.texts) for o in out] == [3, 2, 1]
+
+
+@pytest.mark.slow
+def test_fused_step_equals_transformers_forward_on_the_embedded_model(tokenizer):
+    """The real SmolLM2 in bf16 (the engine's CPU default), 40 tokens: past a growth of the row buffers."""
+    from transformers import AutoModelForCausalLM
+
+    from metareward.models import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), dtype=torch.bfloat16).eval()
+    fused, plain = engines(model, tokenizer)
+    reqs = requests(40)
+    ours = trace(fused, reqs)
+    assert_same_traces(ours, trace(plain, reqs))
+    assert max(len(rows) for rows, _, _ in ours[1:]) == 6 and len(ours) - 1 > hf_module.SUFFIX_BLOCK
