@@ -68,7 +68,7 @@ def main() -> None:
         t0 = time.perf_counter()
         logits = engine._decode(cache, nxt, last, buffers)
         t1 = time.perf_counter()
-        nxt = sample_next(logits, temperature, top_p, gen, inplace=True)
+        nxt = sample_next(logits, temperature, top_p, gen, inplace=True, scratch=buffers[2])
         t2 = time.perf_counter()
         if step >= 10:
             totals[0] += t1 - t0
