@@ -112,7 +112,7 @@ def _bias(linear: torch.nn.Linear) -> torch.Tensor | None:
 class FusedDecoder:
     """Decoding steps of ``model`` (see the module docstring) against a ``SharedPrefixCache``."""
 
-    def __init__(self, model):
+    def __init__(self, model, compile_fn=None):
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"FusedDecoder cannot run this model: {reason}")
@@ -122,6 +122,11 @@ class FusedDecoder:
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = first.head_dim
         self.scaling = first.scaling
+        # compile_fn (e.g. the engine's compiled_or_eager) wraps the two halves of a layer around the
+        # cache update, so a compiler can fuse their norms, rotary and activation element-wise work
+        wrap = compile_fn or (lambda fn: fn)
+        self._attention_inputs = wrap(attention_inputs)
+        self._attention_output_and_mlp = wrap(attention_output_and_mlp)
         self._signature: tuple | None = None
         self.layers: list[LayerWeights] = []
         self.refresh()
@@ -157,20 +162,33 @@ class FusedDecoder:
         x = inner.embed_tokens(tokens)
         cos, sin = inner.rotary_emb(x, positions[:, None])  # [B, 1, head_dim]
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over [B, 1, heads, head_dim]
-        rows, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        qk_width = (heads + kv_heads) * dim
         for index, w in enumerate(self.layers):
-            h = rms_norm(x, w.norm_in, w.eps_in)
-            qkv = F.linear(h, w.qkv, w.qkv_bias)
-            qk = apply_rotary(qkv[:, :qk_width].view(rows, 1, heads + kv_heads, dim), cos, sin)
-            query = qk[:, :, :heads].transpose(1, 2)  # [B, heads, 1, d]
-            key = qk[:, :, heads:].transpose(1, 2)
-            value = qkv[:, qk_width:].view(rows, 1, kv_heads, dim).transpose(1, 2)
+            query, key, value = self._attention_inputs(
+                x, w.norm_in, w.qkv, w.qkv_bias, cos, sin, self.heads, self.kv_heads, w.eps_in,
+            )
             cache.layers[index].update(key, value)
             attended = cache.attend(index, query, self.scaling)
-            x = x + F.linear(attended.reshape(rows, heads * dim), w.o, w.o_bias)
-            h = rms_norm(x, w.norm_post, w.eps_post)
-            gate_up = F.linear(h, w.gate_up, w.gate_up_bias)
-            inter = w.down.shape[1]
-            x = x + F.linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], w.down, w.down_bias)
+            x = self._attention_output_and_mlp(
+                x, attended, w.o, w.o_bias, w.norm_post, w.gate_up, w.gate_up_bias, w.down, w.down_bias, w.eps_post,
+            )
         return rms_norm(x, inner.norm.weight, inner.norm.variance_epsilon)
+
+
+def attention_inputs(x, norm_in, qkv_weight, qkv_bias, cos, sin, heads: int, kv_heads: int, eps: float):
+    """Pre-norm, fused q/k/v projection and rotary embedding of one layer: query [B, heads, 1, d], key
+    and value [B, kv_heads, 1, d] (views of one [B, 1, heads + 2 kv_heads, d] product)."""
+    rows = x.shape[0]
+    dim = qkv_weight.shape[0] // (heads + 2 * kv_heads)
+    qkv = F.linear(rms_norm(x, norm_in, eps), qkv_weight, qkv_bias).view(rows, 1, heads + 2 * kv_heads, dim)
+    qk = apply_rotary(qkv[:, :, : heads + kv_heads], cos, sin)
+    return qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads :].transpose(1, 2)
+
+
+def attention_output_and_mlp(x, attended, o_weight, o_bias, norm_post, gate_up_weight, gate_up_bias, down_weight,
+                             down_bias, eps: float):
+    """The rest of one layer: output projection and residual, post-norm, SiLU-gated MLP (gate and up
+    from one fused product) and residual. ``attended``: [B, 1, heads, d]."""
+    x = x + F.linear(attended.reshape(x.shape[0], -1), o_weight, o_bias)
+    gate_up = F.linear(rms_norm(x, norm_post, eps), gate_up_weight, gate_up_bias)
+    inter = down_weight.shape[1]
+    return x + F.linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], down_weight, down_bias)

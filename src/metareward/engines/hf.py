@@ -24,7 +24,8 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 * runs decoding steps straight from the weights, projections fused, for Llama-architecture models
   (``FusedDecoder``: same operations as transformers' forward, without its module stack; other models
   decode through transformers' forward with the same cache and attention);
-* with ``compile=True``, runs decoding steps' attention through ``torch.compile`` (``compiled_or_eager``);
+* with ``compile=True``, runs decoding steps' attention (and the fused decoder's two halves of a layer)
+  through ``torch.compile`` (``compiled_or_eager``);
 * seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
   same texts (the run loop's resume relies on this).
 
@@ -535,7 +536,7 @@ class HFEngine(Engine):
         # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
         self.fused = None
         if fused_decoder and unsupported_reason(self.model) is None:
-            self.fused = FusedDecoder(self.model)
+            self.fused = FusedDecoder(self.model, compiled_or_eager if compile else None)
         self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
         # Tests set a list here to record, per decoding step, (row ids, sampled tokens, log-softmax).
         self.trace: list | None = None
