@@ -5,14 +5,17 @@
     python benchmarks/run.py --threads 2 --columns hf,naive,vllm ...     # choose threads and columns
 
 Measures, in this order and in this one process (vLLM in a child process, see below):
-1. the ceiling: best-of-N ``torch.matmul`` of square matrices, fp32 and bf16, in GFLOP/s (measured again
-   at the end of the run, ``ceiling_after_gflop_per_s``, to show drift; fractions use the first);
+1. the ceiling: best-of-N ``torch.matmul`` of square matrices, fp32 and bf16, in GFLOP/s, at the start,
+   just before and just after every timed stage (``ceiling_nearby_gflop_per_s``: this VM's speed
+   drifts) and at the end (``ceiling_after_gflop_per_s``); ``ceiling_run_best_gflop_per_s`` is the best
+   of them all;
 2. the actor stage (prompts x K samples, batch >= 32 sequences), the judge stage (responses x N
    judgments with the real judge prompt, ~500 tokens) and the meta-judge stage (pairs of judgments with
    the real meta-judge prompt), for each column:
    * ``hf``: our engine (``HFEngine``, dtype auto: bf16 on CPUs with native bf16);
-   * ``hf-compile``: ``hf`` with ``compile=True`` (decoding's attention through ``torch.compile``;
-     compiled during the warm-up, which also runs two short requests of each stage);
+   * ``hf-compile``: ``hf`` with ``compile=True`` (decoding's attention and the fused decoder's
+     element-wise work through ``torch.compile``; compiled during the warm-up, which also runs two short
+     requests of each stage);
    * ``hf-fp32``: our engine in float32;
    (the three warmed up on the actor workload itself, because the engine keeps its row-buffer memory across
    batches; that first batch, which pays the page faults, is recorded as the actor's
@@ -37,7 +40,9 @@ FLOP model (``flop_model``), the same for every column so fractions compare usef
   1 x forward for the reference (TRL runs it in the step; the native trainer once up front, timed and
   added). ``executed_fraction`` additionally counts only what the native trainer computes (its LM head
   runs at completion positions only).
-fraction_of_ceiling = useful FLOP / seconds / ceiling of the column's precision.
+fraction_of_ceiling = useful FLOP / seconds / the higher ceiling of the column's precision measured just
+before and just after the stage; fraction_of_run_best_ceiling = the same against the run's best
+measurement of that precision (the most demanding reading).
 
 Results: JSON (``--out``) with the machine, settings, load average before and after (the numbers are
 only meaningful on an idle machine), and a short table on stdout.
@@ -55,6 +60,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,6 +144,32 @@ def matmul_ceiling(dtype: torch.dtype, n: int, reps: int, device: str = "cpu") -
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+class Ceilings:
+    """Every matmul-ceiling measurement of the run, per precision. The machine's speed drifts (on this
+    VM the bf16 ceiling has measured anywhere from ~400 to ~860 GFLOP/s within an hour), so each timed
+    stage is bracketed by a measurement just before and just after it, and its fraction is stated
+    against the higher of the two (``fraction_of_ceiling``) and against the best of the whole run
+    (``fraction_of_run_best_ceiling``, the most demanding reading)."""
+
+    def __init__(self, n: int, device: str = "cpu"):
+        self.n, self.device = n, device
+        self.seen: dict[str, list[float]] = {}
+
+    def measure(self, precision: str) -> float:
+        value = round(matmul_ceiling(getattr(torch, precision), self.n, 5, self.device), 1)
+        self.seen.setdefault(precision, []).append(value)
+        return value
+
+    def around(self, precision: str, fn):
+        """``fn()``'s result and the [before, after] ceilings of ``precision`` bracketing it."""
+        before = self.measure(precision)
+        out = fn()
+        return out, [before, self.measure(precision)]
+
+    def best(self, precision: str) -> float:
+        return max(self.seen[precision])
 
 
 def flop_model(config) -> dict:
@@ -302,7 +334,8 @@ def time_generate_batched(engine, reqs):
     return seconds, samples
 
 
-def stage_result(fm, seconds, samples, ceiling_gflops, **extra) -> dict:
+def stage_result(fm, seconds, samples, nearby: list[float], **extra) -> dict:
+    """One column's numbers on one stage; ``nearby``: the ceilings measured just before and after it."""
     tokens = sum(g for _, g in samples)
     flops = generation_flops(fm, samples)
     return {
@@ -311,7 +344,8 @@ def stage_result(fm, seconds, samples, ceiling_gflops, **extra) -> dict:
         "generated_tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 2),
         "gflop_per_s": round(flops / seconds / 1e9, 2),
-        "fraction_of_ceiling": round(flops / seconds / 1e9 / ceiling_gflops, 4),
+        "fraction_of_ceiling": round(flops / seconds / 1e9 / max(nearby), 4),
+        "ceiling_nearby_gflop_per_s": nearby,
         **extra,
     }
 
@@ -349,11 +383,12 @@ def vllm_worker(args) -> None:
     engine = VLLMEngine(args.model, dtype="auto", threads=args.threads, max_model_len=2048)
     warm = workloads(True)["actor"][:1]
     list(engine.generate(warm))
-    result = {}
+    result: dict = {"dtype": str(engine.llm.llm_engine.model_config.dtype).replace("torch.", "")}
+    ceilings = Ceilings(1024 if args.quick else 2048)
+    precision = result["dtype"] if result["dtype"] in ("float32", "bfloat16") else "float32"
     for stage, reqs in workloads(args.quick).items():
-        seconds, samples = time_engine(engine, reqs)
-        result[stage] = {"seconds": seconds, "samples": [[list(p), g] for p, g in samples]}
-    result["dtype"] = str(engine.llm.llm_engine.model_config.dtype).replace("torch.", "")
+        (seconds, samples), nearby = ceilings.around(precision, lambda reqs=reqs: time_engine(engine, reqs))
+        result[stage] = {"seconds": seconds, "samples": [[list(p), g] for p, g in samples], "nearby": nearby}
     engine.close()
     Path(args.out).write_text(json.dumps(result))
 
@@ -361,7 +396,7 @@ def vllm_worker(args) -> None:
 # ---------------------------------------------------------------------- DPO
 
 
-def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceiling: float) -> dict:
+def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceilings: Ceilings) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metareward.training.dpo_native import tokenize_pair, train_dpo_native
@@ -379,8 +414,10 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceiling:
     batch = len(pairs) // 2
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    m = train_dpo_native(model, tok, pairs, beta=0.1, lr=5e-6, epochs=steps, batch_size=batch, grad_accum=2,
-                         max_length=None, warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    m, nearby = ceilings.around("float32", lambda: train_dpo_native(
+        model, tok, pairs, beta=0.1, lr=5e-6, epochs=steps, batch_size=batch, grad_accum=2, max_length=None,
+        warmup_ratio=0.0, lr_scheduler="constant", seed=0))
+    ceiling = max(nearby)
     step = statistics.median(m["step_s"][1:] or m["step_s"])
     seconds = step + m["reference_s"]
     out["native"] = {
@@ -388,7 +425,7 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceiling:
         "tokens_per_s": round(seq_tokens / seconds, 1), "gflop_per_s": round(useful / seconds / 1e9, 1),
         "fraction_of_ceiling": round(useful / seconds / 1e9 / ceiling, 4),
         "executed_fraction": round(executed_native / seconds / 1e9 / ceiling, 4),
-        "loss_first": m["first"]["loss"],
+        "ceiling_nearby_gflop_per_s": nearby, "loss_first": m["first"]["loss"],
     }
     del model
 
@@ -417,13 +454,14 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceiling:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              callbacks=[timer])
-        trainer.train()
+        _, nearby = ceilings.around("float32", trainer.train)
+        ceiling = max(nearby)
         step = statistics.median(timer.times[1:] or timer.times)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     out["trl"] = {
         "step_s": round(step, 3), "seconds": round(step, 3), "tokens_per_s": round(seq_tokens / step, 1),
         "gflop_per_s": round(useful / step / 1e9, 1), "fraction_of_ceiling": round(useful / step / 1e9 / ceiling, 4),
-        "loss_first": losses[0] if losses else None,
+        "ceiling_nearby_gflop_per_s": nearby, "loss_first": losses[0] if losses else None,
     }
     out["native_speedup_vs_trl"] = round(step / out["native"]["seconds"], 2)
     return out
@@ -467,11 +505,8 @@ def main() -> int:
     }
     t0 = time.perf_counter()
     n = 1024 if args.quick else 2048
-    ceiling = {
-        "float32": round(matmul_ceiling(torch.float32, n, 5), 1),
-        "bfloat16": round(matmul_ceiling(torch.bfloat16, n, 5), 1),
-        "matrix_size": n,
-    }
+    ceilings = Ceilings(n)
+    ceiling = {"float32": ceilings.measure("float32"), "bfloat16": ceilings.measure("bfloat16"), "matrix_size": n}
     result["ceiling_gflop_per_s"] = ceiling
     result["memory_gb_per_s"] = round(memory_bandwidth(64 if args.quick else 256, 5), 1)
     print(f"ceiling: fp32 {ceiling['float32']} GFLOP/s, bf16 {ceiling['bfloat16']} GFLOP/s", flush=True)
@@ -497,12 +532,13 @@ def main() -> int:
             list(engine.generate(loads["actor"][:1]))  # warm-up
         for stage, reqs in loads.items():
             if col == "naive":
-                seconds, samples = time_naive(engine.model, engine.tokenizer, engine.render, engine.stop_ids, reqs, naive_limit)
+                timed = partial(time_naive, engine.model, engine.tokenizer, engine.render, engine.stop_ids, reqs, naive_limit)
             elif col == "generate":
-                seconds, samples = time_generate_batched(engine, reqs)
+                timed = partial(time_generate_batched, engine, reqs)
             else:
-                seconds, samples = time_engine(engine, reqs)
-            stages[stage][col] = stage_result(fm, seconds, samples, ceiling[prec], precision=prec)
+                timed = partial(time_engine, engine, reqs)
+            (seconds, samples), nearby = ceilings.around(prec, timed)
+            stages[stage][col] = stage_result(fm, seconds, samples, nearby, precision=prec)
             if stage == "actor" and cold is not None:
                 stages[stage][col]["cold_first_batch_tokens_per_s"] = round(sum(n for _, n in cold[1]) / cold[0], 1)
             print(f"{stage:10s} {col:8s} {stages[stage][col]['tokens_per_s']:8.1f} tok/s", flush=True)
@@ -516,20 +552,24 @@ def main() -> int:
             else:
                 samples = [(tuple(p), g) for p, g in v[stage]["samples"]]
                 prec = v["dtype"] if v["dtype"] in ceiling else "float32"
-                stages[stage]["vllm"] = stage_result(fm, v[stage]["seconds"], samples, ceiling[prec], precision=prec)
+                ceilings.seen.setdefault(prec, []).extend(v[stage]["nearby"])
+                stages[stage]["vllm"] = stage_result(fm, v[stage]["seconds"], samples, v[stage]["nearby"], precision=prec)
+    result["stages"] = stages
+    if not args.skip_dpo:
+        result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 5, fm, ceilings)
+    # measured again at the end: how much the machine drifted during the run
+    result["ceiling_after_gflop_per_s"] = {"float32": ceilings.measure("float32"), "bfloat16": ceilings.measure("bfloat16")}
+    result["ceiling_run_best_gflop_per_s"] = {p: ceilings.best(p) for p in ceilings.seen}
     for stage in stages.values():
         base = stage.get("naive", {}).get("tokens_per_s")
         for col in stage.values():
             if base and "tokens_per_s" in col:
                 col["speedup_vs_naive"] = round(col["tokens_per_s"] / base, 2)
-    result["stages"] = stages
-
-    if not args.skip_dpo:
-        result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 5, fm, ceiling["float32"])
-    # measured again at the end: how much the machine drifted during the run (fractions use the first)
-    result["ceiling_after_gflop_per_s"] = {
-        "float32": round(matmul_ceiling(torch.float32, n, 5), 1), "bfloat16": round(matmul_ceiling(torch.bfloat16, n, 5), 1),
-    }
+            if "gflop_per_s" in col:
+                col["fraction_of_run_best_ceiling"] = round(col["gflop_per_s"] / ceilings.best(col["precision"]), 4)
+    for col in result.get("dpo", {}).values():
+        if isinstance(col, dict):
+            col["fraction_of_run_best_ceiling"] = round(col["gflop_per_s"] / ceilings.best("float32"), 4)
     result["load_average_after"] = os.getloadavg()
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -544,26 +584,29 @@ def main() -> int:
 
 
 def print_table(result: dict) -> None:
-    c = result["ceiling_gflop_per_s"]
+    c, after, best = result["ceiling_gflop_per_s"], result["ceiling_after_gflop_per_s"], result["ceiling_run_best_gflop_per_s"]
     print(f"\nceiling fp32 {c['float32']} GFLOP/s | bf16 {c['bfloat16']} GFLOP/s | memory {result['memory_gb_per_s']} GB/s"
-          f" (at the end: fp32 {result['ceiling_after_gflop_per_s']['float32']}, bf16 "
-          f"{result['ceiling_after_gflop_per_s']['bfloat16']})"
+          f" (at the end: fp32 {after['float32']}, bf16 {after['bfloat16']}; run best: "
+          + ", ".join(f"{p} {v}" for p, v in best.items()) + ")"
           f" | threads {result['settings']['threads']}"
           f" | load {result['load_average_before'][0]:.2f} -> {result['load_average_after'][0]:.2f}")
-    print(f"{'stage':11s} {'column':9s} {'prec':9s} {'tok/s':>8s} {'GFLOP/s':>8s} {'ceiling':>8s} {'x naive':>8s}")
+    print("fractions: of the ceiling measured around the stage (higher of before/after) | of the run's best")
+    print(f"{'stage':11s} {'column':9s} {'prec':9s} {'tok/s':>8s} {'GFLOP/s':>8s} {'nearby':>8s} {'best':>7s} {'x naive':>8s}")
     for stage, cols in result["stages"].items():
         for col, r in cols.items():
             if "skipped" in r:
                 print(f"{stage:11s} {col:9s} skipped: {r['skipped'][:60]}")
                 continue
             print(f"{stage:11s} {col:9s} {r['precision']:9s} {r['tokens_per_s']:8.1f} {r['gflop_per_s']:8.1f} "
-                  f"{100 * r['fraction_of_ceiling']:7.1f}% {r.get('speedup_vs_naive', float('nan')):8.2f}")
+                  f"{100 * r['fraction_of_ceiling']:7.1f}% {100 * r['fraction_of_run_best_ceiling']:6.1f}% "
+                  f"{r.get('speedup_vs_naive', float('nan')):8.2f}")
     if "dpo" in result:
         d = result["dpo"]
         for col in ("native", "trl"):
             r = d[col]
             print(f"{'dpo step':11s} {col:9s} {'float32':9s} {r['tokens_per_s']:8.1f} {r['gflop_per_s']:8.1f} "
-                  f"{100 * r['fraction_of_ceiling']:7.1f}%  ({r['seconds']} s for {d['pairs']} pairs)")
+                  f"{100 * r['fraction_of_ceiling']:7.1f}% {100 * r['fraction_of_run_best_ceiling']:6.1f}%"
+                  f"  ({r['seconds']} s for {d['pairs']} pairs)")
 
 
 if __name__ == "__main__":
