@@ -120,7 +120,6 @@ class FusedDecoder:
         first = model.model.layers[0].self_attn
         self.heads = model.config.num_attention_heads
         self.kv_heads = model.config.num_key_value_heads
-        self.head_dim = first.head_dim
         self.scaling = first.scaling
         # compile_fn (e.g. the engine's compiled_or_eager) wraps the two halves of a layer around the
         # cache update, so a compiler can fuse their norms, rotary and activation element-wise work
