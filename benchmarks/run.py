@@ -148,7 +148,7 @@ def matmul_ceiling(dtype: torch.dtype, n: int, reps: int, device: str = "cpu") -
 
 class Ceilings:
     """Every matmul-ceiling measurement of the run, per precision. The machine's speed drifts (on this
-    VM the bf16 ceiling has measured anywhere from ~400 to ~860 GFLOP/s within an hour), so each timed
+    VM the bf16 ceiling has measured anywhere from ~400 to ~900 GFLOP/s within an hour), so each timed
     stage is bracketed by a measurement just before and just after it, and its fraction is stated
     against the higher of the two (``fraction_of_ceiling``) and against the best of the whole run
     (``fraction_of_run_best_ceiling``, the most demanding reading)."""
