@@ -42,6 +42,7 @@ class EngineConfig:
     batch_size: int = 32  # sequences per forward pass (hf engine)
     compile: bool = False  # hf: torch.compile decoding's attention (and the fused decoder's norms/rotary/MLP glue); ~10-20 s compile per process, eager if it fails; whole stages within noise on 2 CPU cores
     fused_decoder: bool = True  # hf: decode Llama/Mistral/Qwen2 models straight from fused weights (bit-identical to transformers' forward, faster; holds a copy of the linear weights)
+    decode_kernel: bool = True  # hf, bf16 on a CPU: decoding steps' attention through a C++ kernel built on first use (~30 s once per machine; needs g++ with OpenMP, else batched matmuls with a warning)
     chunk_size: int = 64  # requests per resumable unit written to disk; smaller = finer resume
     tensor_parallel_size: int = 1  # vllm
     data_parallel_size: int = 1  # vllm replicas through Ray

@@ -17,7 +17,7 @@ def make_engine(cfg: EngineConfig, model_path: str, log_dir: str | Path | None =
         from metareward.engines.hf import HFEngine
 
         return HFEngine(model_path, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, threads=cfg.threads,
-                        compile=cfg.compile, fused_decoder=cfg.fused_decoder)
+                        compile=cfg.compile, fused_decoder=cfg.fused_decoder, decode_kernel=cfg.decode_kernel)
     if cfg.name == "vllm":
         from metareward.engines.vllm import make_vllm_engine
 

@@ -66,11 +66,13 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
+from metareward.engines.decode_kernel import KEY_BLOCK, kernel_attention, kernel_supports, load_decode_kernel
 from metareward.engines.fused_decoder import FusedDecoder, unsupported_reason
 
 NUCLEUS_TIERS = (16, 64, 1024)  # top-p searches these top-k widths in turn, then sorts the whole vocabulary
 TOPK_BLOCK = 64  # top_k's block of columns (one max per block narrows the search)
 SUFFIX_BLOCK = 32  # a row's continuation keys/values grow by this many positions at a time
+assert SUFFIX_BLOCK % KEY_BLOCK == 0, "row buffers must hold whole blocks of the decoding kernel's keys"
 COMPACT_AT = 0.25  # finished rows leave the batch once they are this fraction of it (in bulk)
 
 
@@ -148,64 +150,85 @@ class RowBufferPool:
         self._flat.clear()
 
 
+def _key_width(positions: int) -> int:
+    """Positions a key buffer holds for ``positions`` keys: whole ``KEY_BLOCK`` s (the decoding kernel
+    scores keys a block at a time, so the buffers it reads are padded to whole blocks)."""
+    return -(-positions // KEY_BLOCK) * KEY_BLOCK
+
+
 class _SharedPrefixLayer(DynamicLayer):
-    """One decoder layer's keys/values, in the model's dtype: each prompt's once (``pk``/``pv``
-    [P, kv_heads, Lp, d]) and each sample row's own continuation (``sk``/``sv`` [B, kv_heads, W, d]).
+    """One decoder layer's keys/values, in the model's dtype: each prompt's once (``pk`` [P, kv_heads, d,
+    Lk], keys TRANSPOSED; ``pv`` [P, kv_heads, Lk, d]) and each sample row's own continuation (``sk`` [B,
+    kv_heads, d, W], transposed; ``sv`` [B, kv_heads, W, d]).
+
+    Keys are stored transposed because every reader wants them so: the batched matmul's right-hand
+    operand (a transposed view would be copied on every call) and the decoding kernel (scores vectorise
+    over key positions). ``Lk`` is the prompts' padded width rounded up to whole ``KEY_BLOCK`` s, with
+    zero keys/values there (masked as padding).
 
     The row buffers live in the cache's ``RowBufferPool``, grow by ``SUFFIX_BLOCK`` positions when full
-    and are read whole by attention (``W`` columns, the unwritten ones zero and masked): a slice
-    ``[:, :, :n]`` of a wider buffer is not one contiguous matrix per row, and the CPU's bf16 batched
-    matmul copies such an operand on every call (measured: 3-8x slower than the matmul)."""
+    and are read whole by attention (``W`` columns, the unwritten ones zero and masked): a slice of a
+    wider buffer is not one contiguous matrix per row, and the CPU's bf16 batched matmul copies such an
+    operand on every call (measured: 3-8x slower than the matmul)."""
 
     def __init__(self, owner: SharedPrefixCache, index: int):
         super().__init__()
         self.cache = owner
         self.index = index
         self.suffix_len = 0
+        self.prompt_width = 0
         self.side = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.cache.phase == "prefix":
-            # contiguous: the projections hand over a transposed view, and every decoding step's
-            # batched matmul against a transposed view would copy it again
-            key_states = key_states.contiguous()
-            value_states = value_states.contiguous()
-            self.pk, self.pv = key_states, value_states
+            # the prefix forward attends to these states themselves; the stored copies are padded
+            n_prompts, heads, self.prompt_width, dim = key_states.shape
+            width = _key_width(self.prompt_width)
+            self.pk = key_states.new_zeros((n_prompts, heads, dim, width))
+            self.pk[..., : self.prompt_width] = key_states.transpose(-1, -2)
+            self.pv = value_states.new_zeros((n_prompts, heads, width, dim))
+            self.pv[:, :, : self.prompt_width] = value_states
             self.is_initialized = True
-            self.keys, self.values = self.pk, self.pv
-            return self.pk, self.pv
+            self.keys, self.values = key_states, value_states
+            return key_states, value_states
         q_len = key_states.shape[2]
         end = self.suffix_len + q_len
-        if not hasattr(self, "sk") or end > self.sk.shape[2]:
+        if not hasattr(self, "sk") or end > self.sk.shape[3]:
             self._move(key_states, _buffer_width(end))
-        self.sk[:, :, self.suffix_len : end] = key_states
+        self.sk[..., self.suffix_len : end] = key_states.transpose(-1, -2)
         self.sv[:, :, self.suffix_len : end] = value_states
         self.suffix_len = end
         return self.sk, self.sv
 
     def _move(self, like: torch.Tensor, width: int, rows: torch.Tensor | None = None) -> None:
-        """Re-lay the row buffers out in the pool's other side: ``width`` positions, only ``rows``."""
-        n_rows, heads, _, dim = like.shape if rows is None else (len(rows), *like.shape[1:])
+        """Re-lay the row buffers out in the pool's other side: ``width`` positions, only ``rows``.
+        ``like``: a [rows, kv_heads, any, d] tensor of the cache's dtype (the new key states, or ``sv``)."""
+        n_rows, heads, _, dim = like.shape
+        if rows is not None:
+            n_rows = len(rows)
         self.side = 1 - self.side
         used = self.suffix_len
         reserve = n_rows * heads * _buffer_width(self.cache.capacity) * dim
-        for name in ("sk", "sv"):
-            new = self.cache.pool.view((self.index, name, self.side), (n_rows, heads, width, dim), like, reserve)
+        shapes = {"sk": (n_rows, heads, dim, width), "sv": (n_rows, heads, width, dim)}
+        for name, shape in shapes.items():
+            new = self.cache.pool.view((self.index, name, self.side), shape, like, reserve)
             old = getattr(self, name, None)
+            # positions run along the last dimension of sk, the third of sv
+            positions = (lambda t, a, b: t[..., a:b]) if name == "sk" else (lambda t, a, b: t[:, :, a:b])
             if rows is not None:  # same width, tail already zero: one gather straight into the pool
                 torch.index_select(old, 0, rows, out=new)
             else:
                 if old is not None:
-                    new[:, :, :used] = old[:, :, :used]
-                new[:, :, used:].zero_()  # masked, but 0 * NaN left from an earlier batch would still be NaN
+                    positions(new, 0, used).copy_(positions(old, 0, used))
+                positions(new, used, width).zero_()  # masked, but 0 * NaN left from an earlier batch is NaN
             setattr(self, name, new)
 
     def get_seq_length(self) -> int:
-        return (self.pk.shape[2] if self.is_initialized else 0) + self.suffix_len
+        return self.prompt_width + self.suffix_len
 
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
         if hasattr(self, "sk"):
-            self._move(self.sk, self.sk.shape[2], rows)
+            self._move(self.sv, self.sv.shape[2], rows)
         if prompts is not None:
             self.pk, self.pv = self.pk[prompts], self.pv[prompts]
 
@@ -228,21 +251,26 @@ class SharedPrefixCache(Cache):
 
     Row buffers come from ``pool`` (the engine's, reused across batches; a fresh one if None) and are
     reserved for ``capacity`` continuation positions at the first growth. ``decode_attention``: the
-    function that runs decoding steps' attention (``_rows_attention`` or a compiled copy of it).
+    function that runs decoding steps' attention in torch (``_rows_attention`` or a compiled copy of
+    it). ``decode_kernel``: the compiled decoding kernel (``decode_kernel.py``) or None; where given, it
+    runs decoding steps whose queries it supports (bf16 on a CPU), ``decode_attention`` the others.
     """
 
     def __init__(self, num_layers: int, capacity: int = SUFFIX_BLOCK, pool: RowBufferPool | None = None,
-                 decode_attention=None):
+                 decode_attention=None, decode_kernel=None):
         super().__init__(layers=[_SharedPrefixLayer(self, i) for i in range(num_layers)])
         self.phase = "prefix"
         self.capacity = capacity
         self.pool = pool if pool is not None else RowBufferPool()
         self.decode_attention = decode_attention or _rows_attention
+        self.decode_kernel = decode_kernel
 
     def start_rows(self, owner: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         """Open the rows phase; ``prompt_mask`` [P, Lp] is the prompts' padding mask (1 = token)."""
         self.phase = "rows"
-        self.prompt_valid = prompt_mask.bool()
+        width = prompt_mask.shape[1]
+        self.prompt_valid = F.pad(prompt_mask.bool(), (0, _key_width(width) - width))  # as the stored keys
+        self.prompt_len = _right_padded_lengths(self.prompt_valid)
         self.suffix_valid = torch.zeros((len(owner), 0), dtype=torch.bool, device=owner.device)
         self.suffix_all_valid = True
         self._set_owner(owner)
@@ -272,6 +300,10 @@ class SharedPrefixCache(Cache):
         ``_rows_attention`` with the padding mask otherwise. Returns [B, q, heads, d]."""
         layer = self.layers[index]
         decoding = query.shape[2] == 1 and self.suffix_all_valid
+        if (decoding and self.decode_kernel is not None and self.prompt_len is not None
+                and kernel_supports(query, query.shape[1] // layer.pk.shape[1])):
+            return kernel_attention(self.decode_kernel, query, layer.pk, layer.pv, self.prompt_len, self.owner,
+                                    layer.sk, layer.sv, layer.suffix_len, scaling)
         rows_attention = self.decode_attention if decoding else _rows_attention
         return rows_attention(
             query, layer.pk, layer.pv, layer.sk, layer.sv, self.table, self.row_slot, self.prompt_valid,
@@ -288,11 +320,20 @@ class SharedPrefixCache(Cache):
             remap[used] = torch.arange(len(used), device=owner.device)
             owner = remap[owner]
             self.prompt_valid = self.prompt_valid[used]
+            self.prompt_len = None if self.prompt_len is None else self.prompt_len[used]
         for layer in self.layers:
             layer.select(rows, prompts)
         self.suffix_valid = self.suffix_valid[rows]
         self.suffix_all_valid = bool(self.suffix_valid.all())
         self._set_owner(owner)
+
+
+def _right_padded_lengths(valid: torch.Tensor) -> torch.Tensor | None:
+    """Each prompt's token count if ``valid`` [P, L] marks a prefix of each row (right padding, as the
+    engine prefills), else None (the decoding kernel needs that shape)."""
+    lengths = valid.sum(1)
+    prefix = torch.arange(valid.shape[1], device=valid.device)[None, :] < lengths[:, None]
+    return lengths if bool((prefix == valid).all()) else None
 
 
 def _softmax_parts(scores: torch.Tensor, values: torch.Tensor, maybe_empty: bool = True):
@@ -339,22 +380,23 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     return cache.attend(module.layer_idx, query, scaling), None
 
 
-def _rows_attention(query, pk, pv, sk, sv, table, row_slot, prompt_valid, suffix_valid, written: int,
+def _rows_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suffix_valid, written: int,
                     scaling: float) -> torch.Tensor:
     """The rows phase's attention (see ``shared_prefix_attention``) as a function of tensors only, so
-    that it can be compiled: queries [B, heads, q, d] against the prompts' keys ``pk``/``pv`` and the
-    rows' buffers ``sk``/``sv`` (``written`` positions of them real). ``suffix_valid`` [B, >= written]
+    that it can be compiled: queries [B, heads, q, d] against the prompts' keys ``pk_t`` (transposed:
+    [P, kv, d, Lk]) and values ``pv`` and the rows' buffers ``sk_t`` (transposed) and ``sv`` (``written``
+    positions of them real). ``suffix_valid`` [B, >= written]
     marks real continuation positions; None means decoding (one query per row, no padding), where
     only the unwritten tail needs masking. Returns [B, q, heads, d] in the query's dtype."""
     bsz, heads, q_len, dim = query.shape
-    kv_heads = pk.shape[1]
+    kv_heads = pk_t.shape[1]
     groups = heads // kv_heads
     # matmuls in the cache's (= the model's) dtype, softmax and merge in float32
     qg = (query * scaling).reshape(bsz, kv_heads, groups * q_len, dim)  # head h uses KV head h // groups
     # 1. the prompt part, shared: [P, kv, C*groups*q, Lp]
     n_prompts, width = table.shape
     qp = qg[table].transpose(1, 2).reshape(n_prompts, kv_heads, width * groups * q_len, dim)
-    s1 = torch.matmul(qp, pk.transpose(-1, -2)).float()
+    s1 = torch.matmul(qp, pk_t).float()
     s1 = s1.masked_fill_(~prompt_valid[:, None, None, :], float("-inf"))
     m1, l1, o1 = _softmax_parts(s1, pv, maybe_empty=False)  # every prompt has a token
 
@@ -364,8 +406,8 @@ def _rows_attention(query, pk, pv, sk, sv, table, row_slot, prompt_valid, suffix
 
     m1, l1, o1 = to_rows(m1), to_rows(l1), to_rows(o1)
     # 2. the row's own continuation: [B, kv, groups*q, W], W = the buffers' width
-    ls, width = written, sk.shape[2]
-    s2 = torch.matmul(qg, sk.transpose(-1, -2)).float().reshape(bsz, kv_heads, groups, q_len, width)
+    ls, width = written, sk_t.shape[3]
+    s2 = torch.matmul(qg, sk_t).float().reshape(bsz, kv_heads, groups, q_len, width)
     if suffix_valid is not None:
         causal = torch.ones((q_len, width), dtype=torch.bool, device=query.device).tril(ls - q_len)
         valid = torch.zeros((bsz, width), dtype=torch.bool, device=query.device)
@@ -516,6 +558,7 @@ class HFEngine(Engine):
         tokenizer=None,
         compile: bool = False,
         fused_decoder: bool = True,
+        decode_kernel: bool = True,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -533,6 +576,11 @@ class HFEngine(Engine):
         self.stop_ids = self._stop_ids()
         self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
         self._decode_attention = compiled_or_eager(_rows_attention) if compile else _rows_attention
+        # decoding steps' attention through the C++ kernel where it applies (bf16 on a CPU), built on
+        # first use; None: batched matmuls (decode_kernel.py)
+        self._decode_kernel = None
+        if decode_kernel and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            self._decode_kernel = load_decode_kernel()
         # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
         self.fused = None
         if fused_decoder and unsupported_reason(self.model) is None:
@@ -657,7 +705,8 @@ class HFEngine(Engine):
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = torch.arange(width, device=self.device).expand(len(prompts), width)
         last = mask.sum(1) - 1
-        cache = SharedPrefixCache(self.model.config.num_hidden_layers, extra, self.row_buffers, self._decode_attention)
+        cache = SharedPrefixCache(self.model.config.num_hidden_layers, extra, self.row_buffers, self._decode_attention,
+                                  self._decode_kernel)
         with self._engine_attention():
             hidden = self.model.get_decoder()(
                 input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, shared_cache=cache

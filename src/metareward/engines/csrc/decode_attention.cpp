@@ -1,0 +1,177 @@
+// Decoding-step attention for the hf engine's SharedPrefixCache, one pass per (row, KV head).
+//
+// Why: a decoding step attends each of B rows (one query token, `groups` query heads per KV head) to
+// its prompt's keys (shared with the prompt's other rows) and to its own continuation. As batched
+// matrix products that is 2 x B x kv_heads tiny products per layer plus ~20 element-wise passes, and
+// on a CPU the per-product overhead dominates. Here each (row, KV head) is one task: scores against
+// the prompt's and the continuation's keys, one float32 softmax over both, probabilities times values,
+// with no intermediate tensors. The keys are stored transposed ([d, L]) so that scores vectorise over
+// key positions without horizontal sums; values stay [L, d] so that the output vectorises over d.
+//
+// Numerics (the same as the engine's batched-matmul path where it matters): bf16 queries, keys and
+// values; products accumulated in float32; softmax in float32; probabilities rounded to bf16 before
+// the value product (as transformers' eager attention does); output rounded to bf16. The one
+// difference: scores stay float32 here, where a bf16 matmul would round them to bf16 first.
+//
+// Assumptions: all tensors contiguous; prompts right-padded (prompt p's real keys are 0..plen[p]-1);
+// every row has written the same number n of continuation positions (decoding runs rows in lockstep).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using bf16 = at::BFloat16;
+
+inline float to_float(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t to_bf16_bits(float f) {  // round to nearest even, as PyTorch does
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if (std::isnan(f)) return 0x7FC0;
+  u += 0x7FFF + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+constexpr int CHUNK = 32;  // key positions whose scores one register block accumulates
+
+// scores[g * stride + j] = sum_d q[g][d] * kt[d * ld + j] for j < round_up(len, CHUNK), G query heads.
+// kt must hold that many columns (the cache pads its key buffers to whole CHUNKs).
+template <int G, int D>
+void scores(const float* q, const uint16_t* kt, int64_t ld, int64_t len, float* out, int64_t stride) {
+  for (int64_t j0 = 0; j0 < len; j0 += CHUNK) {
+    float acc[G][CHUNK] = {};
+    for (int d = 0; d < D; ++d) {
+      const uint16_t* k = kt + d * ld + j0;
+      float kf[CHUNK];
+      for (int j = 0; j < CHUNK; ++j) kf[j] = to_float(k[j]);
+      for (int g = 0; g < G; ++g) {
+        const float qv = q[g * D + d];
+        for (int j = 0; j < CHUNK; ++j) acc[g][j] += qv * kf[j];
+      }
+    }
+    for (int g = 0; g < G; ++g) std::memcpy(out + g * stride + j0, acc[g], sizeof acc[g]);
+  }
+}
+
+// acc[g][:] += sum_j p[g * stride + j] * v[j * dim + :] for j < len.
+template <int G, int D>
+void weighted_values(const float* p, int64_t stride, const uint16_t* v, int64_t len, float* acc) {
+  float o[G][D];
+  for (int g = 0; g < G; ++g) std::memcpy(o[g], acc + g * D, sizeof o[g]);
+  for (int64_t j = 0; j < len; ++j) {
+    float vf[D];
+    for (int d = 0; d < D; ++d) vf[d] = to_float(v[j * D + d]);
+    for (int g = 0; g < G; ++g) {
+      const float w = p[g * stride + j];
+      for (int d = 0; d < D; ++d) o[g][d] += w * vf[d];
+    }
+  }
+  for (int g = 0; g < G; ++g) std::memcpy(acc + g * D, o[g], sizeof o[g]);
+}
+
+inline int64_t round_up(int64_t x) { return (x + CHUNK - 1) / CHUNK * CHUNK; }
+
+template <int G, int D>
+void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
+                const int64_t* owner, const uint16_t* skt, const uint16_t* sv, uint16_t* out, int64_t rows,
+                int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
+  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
+    float qf[G * D];
+    float acc[G * D];
+    float total[G];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, h = task % kv_heads, p = owner[b];
+      const int64_t l1 = plen[p], len = l1 + n;
+      // row g's scores at s[g * stride ...]; the score blocks write whole CHUNKs past their ends
+      const int64_t stride = std::max(round_up(l1), l1 + round_up(n));
+      buf.resize(static_cast<size_t>(G * stride));
+      const uint16_t* qrow = q + (b * kv_heads + h) * G * D;
+      for (int i = 0; i < G * D; ++i) qf[i] = to_float(qrow[i]);
+      float* s = buf.data();
+      scores<G, D>(qf, pkt + (p * kv_heads + h) * D * lp, lp, l1, s, stride);
+      scores<G, D>(qf, skt + (b * kv_heads + h) * D * width, width, n, s + l1, stride);
+      for (int g = 0; g < G; ++g) {
+        float* sg = s + g * stride;
+        float peak = -INFINITY;
+        for (int64_t j = 0; j < len; ++j) peak = std::max(peak, sg[j]);
+        float sum = 0.f;
+        for (int64_t j = 0; j < len; ++j) {
+          const float e = std::exp(sg[j] - peak);
+          sum += e;
+          sg[j] = e;
+        }
+        // the numerators rounded to bf16 for the value product; the division comes at the end
+        for (int64_t j = 0; j < len; ++j) sg[j] = to_float(to_bf16_bits(sg[j]));
+        total[g] = sum;
+      }
+      std::fill(acc, acc + G * D, 0.f);
+      weighted_values<G, D>(s, stride, pv + (p * kv_heads + h) * lp * D, l1, acc);
+      weighted_values<G, D>(s + l1, stride, sv + (b * kv_heads + h) * width * D, n, acc);
+      uint16_t* orow = out + (b * kv_heads + h) * G * D;
+      for (int g = 0; g < G; ++g) {
+        const float inv = 1.f / total[g];
+        for (int d = 0; d < D; ++d) orow[g * D + d] = to_bf16_bits(acc[g * D + d] * inv);
+      }
+    }
+  });
+}
+
+template <int D>
+void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
+                     const int64_t* owner, const uint16_t* skt, const uint16_t* sv, uint16_t* out, int64_t rows,
+                     int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
+  switch (groups) {
+#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, skt, sv, out, rows, kv_heads, lp, width, n); return;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+    default: TORCH_CHECK(false, "decode_attention: unsupported query heads per KV head: ", groups);
+  }
+}
+
+}  // namespace
+
+// query [B, kv, G, D]; prompt_keys_t [P, kv, D, Lp]; prompt_values [P, kv, Lp, D]; prompt_len [P] int64;
+// owner [B] int64; row_keys_t [B, kv, D, W]; row_values [B, kv, W, D]; n continuation positions written.
+// Returns [B, kv, G, D] bf16.
+torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t, torch::Tensor prompt_values,
+                               torch::Tensor prompt_len, torch::Tensor owner, torch::Tensor row_keys_t,
+                               torch::Tensor row_values, int64_t n) {
+  for (const auto& t : {query, prompt_keys_t, prompt_values, row_keys_t, row_values}) {
+    TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(),
+                "decode_attention: bf16 contiguous CPU tensors expected");
+  }
+  TORCH_CHECK(prompt_len.scalar_type() == at::kLong && owner.scalar_type() == at::kLong, "int64 indices expected");
+  const int64_t rows = query.size(0), kv_heads = query.size(1), groups = query.size(2), dim = query.size(3);
+  const int64_t lp = prompt_keys_t.size(3), width = row_keys_t.size(3);
+  TORCH_CHECK(n <= width, "decode_attention: more positions written than the row buffers hold");
+  TORCH_CHECK(lp % CHUNK == 0 && width % CHUNK == 0, "decode_attention: key buffers must hold whole blocks of ", CHUNK);
+  auto out = torch::empty_like(query);
+  auto ptr = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<bf16>()); };
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<bf16>());
+  if (dim == 64) {
+    dispatch_groups<64>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
+                        owner.data_ptr<int64_t>(), ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
+  } else if (dim == 128) {
+    dispatch_groups<128>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
+                         owner.data_ptr<int64_t>(), ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
+  } else {
+    TORCH_CHECK(false, "decode_attention: unsupported head dimension ", dim);
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_attention", &decode_attention, "decoding-step attention over a shared-prefix cache (bf16, CPU)");
+}

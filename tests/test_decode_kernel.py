@@ -1,0 +1,183 @@
+"""The decoding-step attention kernel (``engines/decode_kernel.py``, ``csrc/decode_attention.cpp``).
+
+Checked against float64 attention computed from the same bf16 keys and values: for each supported
+head size and several query-heads-per-KV-head, prompt lengths on and off the kernel's key blocks,
+continuations of 1 to 80 positions and rows that continue their prompts in shuffled order, the kernel
+is within bf16 rounding of the exact result and never further from it than the engine's batched-matmul
+path. Also: the engine uses it for a bf16 model on a CPU (and the bf16 engine's faithfulness test in
+``test_hf_engine.py`` then runs through it), the cache hands it the right operands, it rejects what
+it cannot run, and a failed build falls back with a warning.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from metareward.engines import decode_kernel
+from metareward.engines.decode_kernel import KEY_BLOCK, kernel_attention, load_decode_kernel
+from metareward.engines.hf import SharedPrefixCache, _right_padded_lengths, _rows_attention
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the engine falls back to batched matmuls")
+
+BF16 = torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    built = load_decode_kernel()
+    assert built is not None, "the kernel must build on a machine with a C++ compiler"
+    return built
+
+
+def _width(n: int) -> int:
+    return -(-n // KEY_BLOCK) * KEY_BLOCK
+
+
+def make_case(seed: int, rows: int, prompts: int, kv_heads: int, groups: int, dim: int, prompt_lens: list[int],
+              written: int, buffer: int):
+    """Random bf16 queries and keys/values laid out as the cache stores them (keys transposed, padded to
+    whole key blocks, zero past what is real), rows continuing prompts in a shuffled order."""
+    gen = torch.Generator().manual_seed(seed)
+    lk = _width(max(prompt_lens))
+    query = torch.randn(rows, kv_heads * groups, 1, dim, generator=gen).to(BF16)
+    pk = torch.randn(prompts, kv_heads, lk, dim, generator=gen).to(BF16)
+    pv = torch.randn(prompts, kv_heads, lk, dim, generator=gen).to(BF16)
+    valid = torch.zeros(prompts, lk, dtype=torch.bool)
+    for p, n in enumerate(prompt_lens):
+        valid[p, :n] = True
+        pk[p, :, n:] = 0
+        pv[p, :, n:] = 0
+    sk = torch.randn(rows, kv_heads, buffer, dim, generator=gen).to(BF16)
+    sv = torch.randn(rows, kv_heads, buffer, dim, generator=gen).to(BF16)
+    sk[:, :, written:] = 0
+    sv[:, :, written:] = 0
+    owner = torch.randperm(rows, generator=gen) % prompts
+    return query, pk, pv, valid, sk, sv, owner
+
+
+def exact(query, pk, pv, valid, sk, sv, owner, written, scaling):
+    """float64 attention of each row's (bf16-scaled, as the engine scales) query heads over its
+    prompt's real keys and its own first ``written`` keys."""
+    rows, heads, _, dim = query.shape
+    kv_heads = pk.shape[1]
+    q = (query * scaling).double().reshape(rows, kv_heads, heads // kv_heads, dim)
+    out = []
+    for b in range(rows):
+        p = int(owner[b])
+        keys = torch.cat([pk[p][:, valid[p]], sk[b, :, :written]], dim=1).double()
+        values = torch.cat([pv[p][:, valid[p]], sv[b, :, :written]], dim=1).double()
+        out.append(torch.softmax(q[b] @ keys.transpose(-1, -2), -1) @ values)
+    return torch.stack(out).reshape(rows, 1, heads, dim)
+
+
+def matmul_path(query, pk, pv, valid, sk, sv, owner, written, scaling):
+    """The engine's batched-matmul decoding attention on the same operands."""
+    cache = SharedPrefixCache(1)
+    cache.prompt_valid = valid
+    cache._set_owner(owner)
+    return _rows_attention(query, pk.transpose(-1, -2).contiguous(), pv, sk.transpose(-1, -2).contiguous(), sv,
+                           cache.table, cache.row_slot, valid, None, written, scaling)
+
+
+CASES = [  # rows, prompts, kv_heads, groups, dim, prompt lengths, written, buffer width
+    (12, 3, 3, 3, 64, [57, 40, 64], 80, 96),  # SmolLM2-135M's heads
+    (8, 2, 2, 1, 64, [5, 33], 1, 32),
+    (8, 4, 1, 4, 128, [31, 32, 33, 100], 32, 32),
+    (6, 2, 2, 8, 64, [200, 1], 33, 64),
+    (5, 5, 1, 2, 128, [9, 70, 64, 3, 128], 64, 64),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"G{c[3]}-d{c[4]}-n{c[6]}" for c in CASES])
+def test_kernel_within_bf16_rounding_of_exact_and_no_worse_than_matmuls(kernel, case):
+    rows, prompts, kv_heads, groups, dim, lens, written, buffer = case
+    query, pk, pv, valid, sk, sv, owner = make_case(sum(lens) + written, rows, prompts, kv_heads, groups, dim, lens,
+                                                    written, buffer)
+    scaling = dim**-0.5
+    want = exact(query, pk, pv, valid, sk, sv, owner, written, scaling)
+    got = kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner,
+                           sk.transpose(-1, -2).contiguous(), sv, written, scaling)
+    assert got.shape == (rows, 1, kv_heads * groups, dim) and got.dtype == BF16
+    err = (got.double() - want).abs().max().item()
+    reference_err = (matmul_path(query, pk, pv, valid, sk, sv, owner, written, scaling).double() - want).abs().max()
+    # outputs are weighted means of N(0, 1) values, |x| < ~3: bf16 rounding alone is up to ~0.008
+    assert err < 0.02
+    assert err <= reference_err.item() + 1e-3
+
+
+def test_kernel_output_is_each_rows_own(kernel):
+    """Permuting the rows permutes the output the same way (no row reads another's continuation)."""
+    query, pk, pv, valid, sk, sv, owner = make_case(7, 8, 2, 3, 3, 64, [40, 20], 17, 32)
+    args = (pk.transpose(-1, -2).contiguous(), pv, valid.sum(1))
+    out = kernel_attention(kernel, query, *args, owner, sk.transpose(-1, -2).contiguous(), sv, 17, 0.125)
+    perm = torch.tensor([3, 1, 7, 0, 2, 6, 5, 4])
+    permuted = kernel_attention(kernel, query[perm], *args, owner[perm], sk[perm].transpose(-1, -2).contiguous(),
+                                sv[perm], 17, 0.125)
+    assert torch.equal(permuted, out[perm])
+
+
+def test_kernel_rejects_what_it_cannot_run(kernel):
+    query, pk, pv, valid, sk, sv, owner = make_case(1, 4, 2, 1, 2, 64, [10, 20], 5, 32)
+    pkt = pk.transpose(-1, -2).contiguous()
+    skt = sk.transpose(-1, -2).contiguous()
+    with pytest.raises(RuntimeError, match="whole blocks"):
+        kernel_attention(kernel, query, pkt[..., :31].contiguous(), pv[:, :, :31].contiguous(), valid.sum(1), owner,
+                         skt, sv, 5, 0.125)
+    with pytest.raises(RuntimeError, match="more positions written"):
+        kernel_attention(kernel, query, pkt, pv, valid.sum(1), owner, skt, sv, 33, 0.125)
+    with pytest.raises(RuntimeError, match="bf16 contiguous"):
+        kernel_attention(kernel, query.float(), pkt.float(), pv.float(), valid.sum(1), owner, skt.float(), sv.float(),
+                         5, 0.125)
+
+
+def test_right_padded_lengths():
+    valid = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    assert _right_padded_lengths(valid).tolist() == [2, 4, 1]
+    assert _right_padded_lengths(torch.tensor([[0, 1, 1, 0]], dtype=torch.bool)) is None  # left padding
+
+
+def test_cache_decodes_through_kernel_and_matches_matmul_path(kernel):
+    """A SharedPrefixCache fed key/value states as the model feeds them: one prefill of two prompts,
+    then decoding steps of 6 rows, attends through the kernel, close to the cache without it."""
+    gen = torch.Generator().manual_seed(3)
+    kv_heads, heads, dim, rows = 3, 9, 64, 6
+    prompt_mask = torch.tensor([[1] * 37 + [0] * 3, [1] * 40])
+    owner = torch.tensor([0, 1, 0, 1, 1, 0])
+    caches = [SharedPrefixCache(1, 40, decode_kernel=kernel), SharedPrefixCache(1, 40)]
+    prefix = [torch.randn(2, kv_heads, 40, dim, generator=gen).to(BF16) for _ in range(2)]
+    for cache in caches:
+        cache.layers[0].update(*prefix)
+        cache.start_rows(owner, prompt_mask)
+    used = []
+    for _ in range(35):  # past a growth of the row buffers (SUFFIX_BLOCK)
+        k, v, q = (torch.randn(rows, n, 1, dim, generator=gen).to(BF16) for n in (kv_heads, kv_heads, heads))
+        outs = []
+        for cache in caches:
+            cache.layers[0].update(k, v)
+            cache.add_suffix(torch.ones(rows, 1, dtype=torch.bool))
+            outs.append(cache.attend(0, q, dim**-0.5).float())
+        used.append((outs[0] - outs[1]).abs().max().item())
+    assert max(used) < 0.03
+    assert caches[0].prompt_len.tolist() == [37, 40]
+
+
+def test_failed_build_warns_and_returns_none(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    decode_kernel.load_decode_kernel.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert load_decode_kernel() is None
+        assert any("no compiler here" in str(w.message) for w in caught)
+    finally:
+        decode_kernel.load_decode_kernel.cache_clear()
