@@ -4,7 +4,7 @@ Checked against float64 attention computed from the same bf16 keys and values: f
 head size and several query-heads-per-KV-head, prompt lengths on and off the kernel's key blocks,
 continuations of 1 to 80 positions and rows that continue their prompts in shuffled order, the kernel
 is within bf16 rounding of the exact result and never further from it than the engine's batched-matmul
-path. Also: the engine uses it for a bf16 model on a CPU (and the bf16 engine's faithfulness test in
+path; both builds of the kernel (AVX512-BF16 dot products, plain loops) are checked. Also: the engine uses it for a bf16 model on a CPU (and the bf16 engine's faithfulness test in
 ``test_hf_engine.py`` then runs through it), the cache hands it the right operands, it rejects what
 it cannot run, and a failed build falls back with a warning.
 """
@@ -27,9 +27,11 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
 BF16 = torch.bfloat16
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    built = load_decode_kernel()
+@pytest.fixture(scope="module", params=["native", "portable"])
+def kernel(request):
+    """Both builds: the host's (AVX512-BF16 dot products where the CPU has them) and the plain-loop
+    one every other CPU runs."""
+    built = load_decode_kernel(portable=request.param == "portable")
     assert built is not None, "the kernel must build on a machine with a C++ compiler"
     return built
 

@@ -44,17 +44,19 @@ def _cpu_flags() -> str:
 
 
 @functools.cache
-def load_decode_kernel():
+def load_decode_kernel(portable: bool = False):
     """The compiled extension module (``decode_attention``), or None (with a warning) if it cannot be
-    built on this machine. Cached per process."""
+    built on this machine. Cached per process. ``portable=True`` builds the plain-loop variant even
+    where the CPU has AVX512-BF16 dot products (for tests: it is what other CPUs run)."""
     from torch.utils.cpp_extension import load
 
+    cflags = CFLAGS + (["-DMETAREWARD_NO_BF16_DOT"] if portable else [])
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(CFLAGS).encode() + _cpu_flags().encode() + torch.__version__.encode()
+        SOURCE.read_bytes() + " ".join(cflags).encode() + _cpu_flags().encode() + torch.__version__.encode()
     ).hexdigest()[:12]
     try:
         return load(
-            name=f"metareward_decode_attention_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+            name=f"metareward_decode_attention_{key}", sources=[str(SOURCE)], extra_cflags=cflags,
             extra_ldflags=["-fopenmp"], verbose=False,
         )
     except Exception as exc:  # noqa: BLE001 - any build failure: the engine falls back to batched matmuls

@@ -13,6 +13,11 @@
 // the value product (as transformers' eager attention does); output rounded to bf16. The one
 // difference: scores stay float32 here, where a bf16 matmul would round them to bf16 first.
 //
+// Two builds of the same arithmetic: on a CPU with AVX512-BF16 (compiled with -march=native), bf16 dot
+// product instructions (``scores_dot``, ``weighted_values_dot``: ~1.4x faster, measured); elsewhere,
+// or with METAREWARD_NO_BF16_DOT defined, plain loops the compiler vectorises (``scores``,
+// ``weighted_values``). The tests run both where the CPU has AVX512-BF16.
+//
 // Assumptions: all tensors contiguous; prompts right-padded (prompt p's real keys are 0..plen[p]-1);
 // every row has written the same number n of continuation positions (decoding runs rows in lockstep).
 #include <torch/extension.h>
@@ -80,6 +85,81 @@ void weighted_values(const float* p, int64_t stride, const uint16_t* v, int64_t 
   for (int g = 0; g < G; ++g) std::memcpy(acc + g * D, o[g], sizeof o[g]);
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && !defined(METAREWARD_NO_BF16_DOT)
+// The same two products with AVX512-BF16 dot products: each instruction multiplies 16 pairs of bf16 and
+// adds both products of a pair to a float32 lane, so two consecutive positions of the reduced axis are
+// interleaved into pairs first (vpunpck{l,h}wd). Interleaving works within 128-bit lanes, so the
+// results come out in a fixed permuted order that one two-source permute per 16 results undoes.
+#include <immintrin.h>
+#define METAREWARD_BF16_DOT 1
+
+inline void store_unpermuted(__m512 lo, __m512 hi, float* out) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  _mm512_storeu_ps(out, _mm512_permutex2var_ps(lo, first, hi));
+  _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(lo, second, hi));
+}
+
+// scores as above, from the bf16 query q [G, D] (pairs of d broadcast) and key pairs (d, d + 1).
+template <int G, int D>
+void scores_dot(const uint16_t* q, const uint16_t* kt, int64_t ld, int64_t len, float* out, int64_t stride) {
+  static_assert(CHUNK == 32, "one chunk is one 512-bit row of 32 bf16 keys");
+  uint32_t qpairs[G][D / 2];
+  std::memcpy(qpairs, q, sizeof qpairs);
+  for (int64_t j0 = 0; j0 < len; j0 += CHUNK) {
+    __m512 lo[G], hi[G];
+    for (int g = 0; g < G; ++g) lo[g] = hi[g] = _mm512_setzero_ps();
+    for (int d = 0; d < D; d += 2) {
+      const __m512i a = _mm512_loadu_si512(kt + d * ld + j0);
+      const __m512i b = _mm512_loadu_si512(kt + (d + 1) * ld + j0);
+      const __m512bh pl = (__m512bh)_mm512_unpacklo_epi16(a, b);
+      const __m512bh ph = (__m512bh)_mm512_unpackhi_epi16(a, b);
+      for (int g = 0; g < G; ++g) {
+        const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(qpairs[g][d / 2]));
+        lo[g] = _mm512_dpbf16_ps(lo[g], pl, qv);
+        hi[g] = _mm512_dpbf16_ps(hi[g], ph, qv);
+      }
+    }
+    for (int g = 0; g < G; ++g) store_unpermuted(lo[g], hi[g], out + g * stride + j0);
+  }
+}
+
+// weighted_values as above, probabilities already bf16-representable: pairs of positions (j, j + 1).
+template <int G, int D>
+void weighted_values_dot(const float* p, int64_t stride, const uint16_t* v, int64_t len, float* acc) {
+  constexpr int Z = D / 32;  // 512-bit rows of 32 bf16 per value vector
+  __m512 lo[G][Z], hi[G][Z];
+  for (int g = 0; g < G; ++g)
+    for (int z = 0; z < Z; ++z) lo[g][z] = hi[g][z] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < len; j += 2) {
+    const bool pair = j + 1 < len;
+    __m512bh pl[Z], ph[Z];
+    for (int z = 0; z < Z; ++z) {
+      const __m512i a = _mm512_loadu_si512(v + j * D + 32 * z);
+      const __m512i b = pair ? _mm512_loadu_si512(v + (j + 1) * D + 32 * z) : _mm512_setzero_si512();
+      pl[z] = (__m512bh)_mm512_unpacklo_epi16(a, b);
+      ph[z] = (__m512bh)_mm512_unpackhi_epi16(a, b);
+    }
+    for (int g = 0; g < G; ++g) {
+      const uint32_t w0 = to_bf16_bits(p[g * stride + j]);
+      const uint32_t w1 = pair ? to_bf16_bits(p[g * stride + j + 1]) : 0u;
+      const __m512bh w = (__m512bh)_mm512_set1_epi32(static_cast<int>(w0 | (w1 << 16)));
+      for (int z = 0; z < Z; ++z) {
+        lo[g][z] = _mm512_dpbf16_ps(lo[g][z], pl[z], w);
+        hi[g][z] = _mm512_dpbf16_ps(hi[g][z], ph[z], w);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    for (int z = 0; z < Z; ++z) {
+      float tmp[32];
+      store_unpermuted(lo[g][z], hi[g][z], tmp);
+      for (int d = 0; d < 32; ++d) acc[g * D + 32 * z + d] += tmp[d];
+    }
+  }
+}
+#endif
+
 inline int64_t round_up(int64_t x) { return (x + CHUNK - 1) / CHUNK * CHUNK; }
 
 template <int G, int D>
@@ -100,8 +180,13 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
       const uint16_t* qrow = q + (b * kv_heads + h) * G * D;
       for (int i = 0; i < G * D; ++i) qf[i] = to_float(qrow[i]);
       float* s = buf.data();
+#ifdef METAREWARD_BF16_DOT
+      scores_dot<G, D>(qrow, pkt + (p * kv_heads + h) * D * lp, lp, l1, s, stride);
+      scores_dot<G, D>(qrow, skt + (b * kv_heads + h) * D * width, width, n, s + l1, stride);
+#else
       scores<G, D>(qf, pkt + (p * kv_heads + h) * D * lp, lp, l1, s, stride);
       scores<G, D>(qf, skt + (b * kv_heads + h) * D * width, width, n, s + l1, stride);
+#endif
       for (int g = 0; g < G; ++g) {
         float* sg = s + g * stride;
         float peak = -INFINITY;
@@ -117,8 +202,13 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
         total[g] = sum;
       }
       std::fill(acc, acc + G * D, 0.f);
+#ifdef METAREWARD_BF16_DOT
+      weighted_values_dot<G, D>(s, stride, pv + (p * kv_heads + h) * lp * D, l1, acc);
+      weighted_values_dot<G, D>(s + l1, stride, sv + (b * kv_heads + h) * width * D, n, acc);
+#else
       weighted_values<G, D>(s, stride, pv + (p * kv_heads + h) * lp * D, l1, acc);
       weighted_values<G, D>(s + l1, stride, sv + (b * kv_heads + h) * width * D, n, acc);
+#endif
       uint16_t* orow = out + (b * kv_heads + h) * G * D;
       for (int g = 0; g < G; ++g) {
         const float inv = 1.f / total[g];
