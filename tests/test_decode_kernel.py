@@ -183,3 +183,4 @@ def test_failed_build_warns_and_returns_none(monkeypatch):
         assert any("no compiler here" in str(w.message) for w in caught)
     finally:
         decode_kernel.load_decode_kernel.cache_clear()
+

@@ -316,3 +316,12 @@ def test_compiled_or_eager_falls_back_when_compiling_fails(monkeypatch):
         warnings.simplefilter("error")
         assert double(4) == 8  # eager for good: no second warning
     assert calls == [3, 4]
+
+
+def test_keep_freed_memory_takes_effect_on_linux():
+    import platform
+
+    from metareward.engines.hf import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() is keep_freed_memory()  # once per process
