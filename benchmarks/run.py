@@ -12,12 +12,15 @@ Measures, in this order and in this one process (vLLM in a child process, see be
 2. the actor stage (prompts x K samples, batch >= 32 sequences), the judge stage (responses x N
    judgments with the real judge prompt, ~500 tokens) and the meta-judge stage (pairs of judgments with
    the real meta-judge prompt), for each column:
-   * ``hf``: our engine (``HFEngine``, dtype auto: bf16 on CPUs with native bf16);
-   * ``hf-compile``: ``hf`` with ``compile=True`` (decoding's attention and the fused decoder's
+   * ``hf``: our engine (``HFEngine``, dtype auto: bf16 on CPUs with native bf16; decoding's attention
+     through the C++ kernel, ``engines/decode_kernel.py``);
+   * ``hf-matmul``: ``hf`` with ``decode_kernel=False`` (decoding's attention as batched matmuls, what
+     the engine falls back to without a C++ compiler);
+   * ``hf-compile`` (not in the default columns): ``hf`` with ``compile=True`` (the fused decoder's
      element-wise work through ``torch.compile``; compiled during the warm-up, which also runs two short
      requests of each stage);
    * ``hf-fp32``: our engine in float32;
-   (the three warmed up on the actor workload itself, because the engine keeps its row-buffer memory across
+   (the hf columns warmed up on the actor workload itself, because the engine keeps its row-buffer memory across
    batches; that first batch, which pays the page faults, is recorded as the actor's
    ``cold_first_batch_tokens_per_s``)
    * ``generate``: transformers ``generate`` on batches of ``batch_size`` sequences with
@@ -477,7 +480,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch-size", type=int, default=256, help="engine batch size in sequences")
-    ap.add_argument("--columns", default=None, help="comma list of hf,hf-compile,hf-fp32,generate,naive,vllm")
+    ap.add_argument("--columns", default=None, help="comma list of hf,hf-matmul,hf-compile,hf-fp32,generate,naive,vllm")
     ap.add_argument("--naive-samples", type=int, default=None, help="samples timed per stage for naive")
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--vllm-python", default=None, help="a Python with vLLM for the vllm column")
@@ -495,7 +498,7 @@ def main() -> int:
     from metareward.models import resolve_model
 
     model_path = resolve_model(args.model)
-    columns = (args.columns or ("hf,naive,vllm" if args.quick else "hf,hf-compile,hf-fp32,generate,naive,vllm")).split(",")
+    columns = (args.columns or ("hf,naive,vllm" if args.quick else "hf,hf-matmul,hf-fp32,generate,naive,vllm")).split(",")
     naive_limit = args.naive_samples or (4 if args.quick else 8)
     result: dict = {
         "settings": {"quick": args.quick, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -515,12 +518,13 @@ def main() -> int:
     loads = workloads(args.quick)
     stages: dict = {s: {} for s in loads}
 
-    for col in [c for c in columns if c in ("hf", "hf-compile", "hf-fp32", "generate", "naive")]:
-        dtype = "auto" if col in ("hf", "hf-compile") else "float32"
-        engine = HFEngine(model_path, device="auto", dtype=dtype, batch_size=args.batch_size, compile=col == "hf-compile")
+    for col in [c for c in columns if c in ("hf", "hf-matmul", "hf-compile", "hf-fp32", "generate", "naive")]:
+        dtype = "auto" if col in ("hf", "hf-matmul", "hf-compile") else "float32"
+        engine = HFEngine(model_path, device="auto", dtype=dtype, batch_size=args.batch_size, compile=col == "hf-compile",
+                          decode_kernel=col != "hf-matmul")
         prec = str(engine.dtype).replace("torch.", "")
         cold = None
-        if col in ("hf", "hf-compile", "hf-fp32"):
+        if col in ("hf", "hf-matmul", "hf-compile", "hf-fp32"):
             # warm-up on the actor workload itself: the engine reuses its row-buffer memory across
             # batches, and a process's first batch pays the page faults of touching it (kept as "cold")
             cold = time_engine(engine, loads["actor"])

@@ -184,3 +184,63 @@ def test_failed_build_warns_and_returns_none(monkeypatch):
     finally:
         decode_kernel.load_decode_kernel.cache_clear()
 
+
+
+# ---------------------------------------------------------------------- the layer's element-wise kernels
+
+
+def _bf16_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many bf16 representable values apart two bf16 tensors are, elementwise (same sign assumed
+    where nonzero)."""
+    ia, ib = a.view(torch.int16).int(), b.view(torch.int16).int()
+    return (ia - ib).abs()
+
+
+def test_rms_norm_kernel_within_one_bf16_step_of_transformers(kernel):
+    from metareward.engines.fused_decoder import rms_norm
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(37, 576, generator=gen) * 3).to(BF16)
+    weight = (torch.rand(576, generator=gen) + 0.5).to(BF16)
+    ours, theirs = kernel.rms_norm(x, weight, 1e-5), rms_norm(x, weight, 1e-5)
+    steps = _bf16_steps_apart(ours, theirs)
+    assert int(steps.max()) <= 1 and float((steps == 0).float().mean()) > 0.99
+
+
+def test_silu_mul_kernel_within_two_bf16_steps_of_torch(kernel):
+    gen = torch.Generator().manual_seed(1)
+    gate_up = (torch.randn(29, 2 * 1536, generator=gen) * 4).to(BF16)
+    ours = kernel.silu_mul(gate_up)
+    theirs = torch.nn.functional.silu(gate_up[:, :1536]) * gate_up[:, 1536:]
+    steps = _bf16_steps_apart(ours, theirs)
+    # a SiLU one step apart can land two apart after the product is rounded
+    assert int(steps.max()) <= 2 and float((steps == 0).float().mean()) > 0.99
+
+
+def test_rotary_into_cache_equals_the_torch_path_exactly(kernel):
+    """Rotary embeddings and the query's scaling with transformers' roundings, bit for bit, and the key
+    and value written at the position, nothing else touched."""
+    from metareward.engines.fused_decoder import apply_rotary
+
+    gen = torch.Generator().manual_seed(2)
+    rows, heads, kv_heads, dim, width, position = 5, 9, 3, 64, 32, 7
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=gen).to(BF16)
+    angle = torch.rand(rows, dim // 2, generator=gen) * 6
+    cos = torch.cat([angle.cos(), angle.cos()], -1).to(BF16)
+    sin = torch.cat([angle.sin(), angle.sin()], -1).to(BF16)
+    sk = torch.randn(rows, kv_heads, dim, width, generator=gen).to(BF16)
+    sv = torch.randn(rows, kv_heads, width, dim, generator=gen).to(BF16)
+    sk_before, sv_before = sk.clone(), sv.clone()
+    query = kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, sk, sv, position)
+
+    parts = qkv.view(rows, 1, heads + 2 * kv_heads, dim)
+    rotated = apply_rotary(parts[:, :, : heads + kv_heads], cos[:, None, None, :], sin[:, None, None, :])
+    want_q = (rotated[:, 0, :heads] * 0.125).reshape(rows, kv_heads, heads // kv_heads, dim)
+    assert torch.equal(query, want_q)
+    assert torch.equal(sk[..., position], rotated[:, 0, heads:])
+    assert torch.equal(sv[:, :, position], parts[:, 0, heads + kv_heads :])
+    others = [i for i in range(width) if i != position]
+    assert torch.equal(sk[..., others], sk_before[..., others])
+    assert torch.equal(sv[:, :, others], sv_before[:, :, others])
+    with pytest.raises(RuntimeError, match="outside the row buffers"):
+        kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, sk, sv, width)

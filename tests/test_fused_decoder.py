@@ -3,7 +3,9 @@
 Both paths decode with the same cache and attention, so the fused step (projections fused, no module
 stack) must give exactly the same log-probabilities at every step: checked bit for bit on tiny random
 Llama and Qwen2 models (with every kind of bias), in float32 and bf16, past row-buffer growth and row
-selection, on the real embedded model in bf16, and after the model's weights change in place.
+selection, on the real embedded model in bf16, and after the model's weights change in place. The
+C++ layer kernels (``kernel_step``, bf16 on a CPU) are checked against the torch step: within bf16
+rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -136,7 +138,46 @@ def test_fused_step_equals_transformers_forward_on_the_embedded_model(tokenizer)
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), dtype=torch.bfloat16).eval()
     fused, plain = engines(model, tokenizer)
+    fused.fused.kernels = None  # the torch operations (kernel_step is within rounding: tested below)
     reqs = requests(40)
     ours = trace(fused, reqs)
     assert_same_traces(ours, trace(plain, reqs))
     assert max(len(rows) for rows, _, _ in ours[1:]) == 6 and len(ours) - 1 > hf_module.SUFFIX_BLOCK
+
+
+def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
+    """A bf16 Llama with head size 64 (what the C++ kernels take), 35 decoding steps of 6 rows over 3
+    prompts, the same tokens fed to both: ``kernel_step``'s log-probabilities stay close to the torch
+    step's (both attend through the attention kernel, so this isolates the layer kernels)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=384, num_hidden_layers=2,
+                         num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    engine = HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8)
+    decoder = engine.fused
+    assert decoder.kernels is not None
+    prompts = [engine.render(({"role": "user", "content": q},)) for q in QUESTIONS]
+    owner = torch.tensor([0, 0, 1, 2, 2, 2])
+    gen = torch.Generator().manual_seed(0)
+    diffs = []
+    with torch.inference_mode():
+        runs = []
+        for _ in range(2):
+            _, cache, mask, last = engine._prefill(prompts, 40)
+            cache.start_rows(owner, mask)
+            runs.append((cache, last[owner]))
+        assert decoder.kernels_apply(runs[0][0])
+        for step in range(35):  # past a growth of the row buffers
+            tokens = torch.randint(0, config.vocab_size, (6,), generator=gen)
+            outs = []
+            for (cache, last), kernels in zip(runs, (decoder.kernels, None)):
+                cache.add_suffix(torch.ones(6, 1, dtype=torch.bool))
+                decoder.kernels, saved = kernels, decoder.kernels
+                try:
+                    hidden = decoder.step(cache, tokens, last + 1 + step)
+                finally:
+                    decoder.kernels = saved
+                outs.append(torch.log_softmax(model.lm_head(hidden).float(), -1))
+            diffs.append((outs[0] - outs[1]).abs())
+    diffs = torch.stack(diffs)
+    assert float(diffs.max()) < 0.1 and float(diffs.mean()) < 0.01, (float(diffs.max()), float(diffs.mean()))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 KEY_BLOCK = 32  # the kernel scores keys in blocks of this many positions (CHUNK in the C++ file)
-SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "decode_layer.cpp")]
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
@@ -52,11 +52,11 @@ def load_decode_kernel(portable: bool = False):
 
     cflags = CFLAGS + (["-DMETAREWARD_NO_BF16_DOT"] if portable else [])
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(cflags).encode() + _cpu_flags().encode() + torch.__version__.encode()
+        b"".join(path.read_bytes() for path in SOURCES) + " ".join(cflags).encode() + _cpu_flags().encode() + torch.__version__.encode()
     ).hexdigest()[:12]
     try:
         return load(
-            name=f"metareward_decode_attention_{key}", sources=[str(SOURCE)], extra_cflags=cflags,
+            name=f"metareward_decode_attention_{key}", sources=[str(path) for path in SOURCES], extra_cflags=cflags,
             extra_ldflags=["-fopenmp"], verbose=False,
         )
     except Exception as exc:  # noqa: BLE001 - any build failure: the engine falls back to batched matmuls

@@ -16,6 +16,13 @@ order with
 
 Same operations, same dtypes: a test shows its logits equal the transformers path's bit for bit.
 
+In bf16 on a CPU, where the engine's C++ extension is built (``decode_kernel.py``), ``kernel_step``
+goes further: per layer, four matrix products in torch and four passes in C++ (RMSNorm; rotary, query
+scaling and the cache write; the attention kernel; SiLU-gating), with the residual adds folded into the
+output and down products. Its roundings are transformers' except in the last bits of a float32 sum, a
+reciprocal square root and an exp, and the residual add happening before the product is rounded:
+tests bound it to bf16 rounding of the torch step, not bit-identity.
+
 Memory: the fused copies cost about the size of the decoder's linear weights (~100 M parameters for
 SmolLM2-135M's 30 layers: ~190 MB in bf16). ``refresh`` rebuilds them when a weight of the model has
 changed (in place, e.g. by an optimizer, or replaced), which it detects by each parameter's storage
@@ -112,7 +119,7 @@ def _bias(linear: torch.nn.Linear) -> torch.Tensor | None:
 class FusedDecoder:
     """Decoding steps of ``model`` (see the module docstring) against a ``SharedPrefixCache``."""
 
-    def __init__(self, model, compile_fn=None):
+    def __init__(self, model, compile_fn=None, kernels=None):
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"FusedDecoder cannot run this model: {reason}")
@@ -128,6 +135,8 @@ class FusedDecoder:
         self._attention_output_and_mlp = wrap(attention_output_and_mlp)
         self._signature: tuple | None = None
         self.layers: list[LayerWeights] = []
+        # the C++ decoding extension (decode_kernel.py) or None; kernel_step runs where it applies
+        self.kernels = kernels
         self.refresh()
 
     def _current_signature(self) -> tuple:
@@ -154,9 +163,26 @@ class FusedDecoder:
             ))
         self._signature = signature
 
+    def kernels_apply(self, cache) -> bool:
+        """Whether ``kernel_step`` can run this decoding step: the C++ extension is there, the model is
+        bf16 on a CPU with head size 64 or 128, 1-8 query heads per KV head and no output or MLP biases,
+        and the cache is one the attention kernel reads (right-padded prompts, no padded positions)."""
+        first = self.layers[0] if self.layers else None
+        return (
+            self.kernels is not None and first is not None and first.qkv.dtype == torch.bfloat16
+            and first.qkv.device.type == "cpu" and cache.decode_kernel is not None
+            and cache.prompt_len is not None and cache.suffix_all_valid
+            and first.qkv.shape[0] // (self.heads + 2 * self.kv_heads) in (64, 128)
+            and self.heads % self.kv_heads == 0 and 1 <= self.heads // self.kv_heads <= 8
+            and all(w.o_bias is None and w.gate_up_bias is None and w.down_bias is None for w in self.layers)
+        )
+
     def step(self, cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The final-normed hidden state [B, hidden] after feeding ``tokens`` [B] at ``positions`` [B];
-        appends each row's key/value to ``cache`` (in its rows phase, one position per row)."""
+        appends each row's key/value to ``cache`` (in its rows phase, one position per row).
+        Through ``kernel_step`` where ``kernels_apply``, else torch operations alone."""
+        if self.kernels_apply(cache):
+            return self.kernel_step(cache, tokens, positions)
         inner = self.model.model
         x = inner.embed_tokens(tokens)
         cos, sin = inner.rotary_emb(x, positions[:, None])  # [B, 1, head_dim]
@@ -171,6 +197,33 @@ class FusedDecoder:
                 x, attended, w.o, w.o_bias, w.norm_post, w.gate_up, w.gate_up_bias, w.down, w.down_bias, w.eps_post,
             )
         return rms_norm(x, inner.norm.weight, inner.norm.variance_epsilon)
+
+    def kernel_step(self, cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``step`` with each layer as four matrix products (torch) and four C++ passes: RMSNorm,
+        rotary + query scaling + cache write, the attention kernel, SiLU-gating (``csrc/``). The
+        residual adds ride on the output and down products (``addmm``: added before rounding to bf16,
+        where transformers rounds the product first). Within bf16 rounding of ``step``'s torch path
+        (tests), not bit-identical to it."""
+        kernels, inner = self.kernels, self.model.model
+        x = inner.embed_tokens(tokens)
+        rows = x.shape[0]
+        cos, sin = inner.rotary_emb(x, positions[:, None])  # [B, 1, head_dim]
+        cos, sin = cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous()
+        dim = cos.shape[1]
+        like = x.new_empty((rows, self.kv_heads, 0, dim))  # the row buffers' shape and dtype, for growth
+        for index, w in enumerate(self.layers):
+            layer = cache.layers[index]
+            qkv = F.linear(kernels.rms_norm(x, w.norm_in, w.eps_in), w.qkv, w.qkv_bias)
+            layer.reserve(1, like)
+            query = kernels.rotary_into_cache(qkv, cos, sin, self.heads, self.kv_heads, self.scaling, layer.sk,
+                                              layer.sv, layer.suffix_len)
+            layer.suffix_len += 1
+            attended = kernels.decode_attention(query, layer.pk, layer.pv, cache.prompt_len, cache.owner, layer.sk,
+                                                layer.sv, layer.suffix_len)
+            x = torch.addmm(x, attended.view(rows, -1), w.o.t())
+            gate_up = F.linear(kernels.rms_norm(x, w.norm_post, w.eps_post), w.gate_up)
+            x = torch.addmm(x, kernels.silu_mul(gate_up), w.down.t())
+        return kernels.rms_norm(x, inner.norm.weight, inner.norm.variance_epsilon)
 
 
 def attention_inputs(x, norm_in, qkv_weight, qkv_bias, cos, sin, heads: int, kv_heads: int, eps: float):

@@ -227,12 +227,18 @@ class _SharedPrefixLayer(DynamicLayer):
             return key_states, value_states
         q_len = key_states.shape[2]
         end = self.suffix_len + q_len
-        if not hasattr(self, "sk") or end > self.sk.shape[3]:
-            self._move(key_states, _buffer_width(end))
+        self.reserve(q_len, key_states)
         self.sk[..., self.suffix_len : end] = key_states.transpose(-1, -2)
         self.sv[:, :, self.suffix_len : end] = value_states
         self.suffix_len = end
         return self.sk, self.sv
+
+    def reserve(self, q_len: int, like: torch.Tensor) -> None:
+        """Grow the row buffers (``_move``) if they cannot hold ``q_len`` more positions; ``like`` as in
+        ``_move``."""
+        end = self.suffix_len + q_len
+        if not hasattr(self, "sk") or end > self.sk.shape[3]:
+            self._move(like, _buffer_width(end))
 
     def _move(self, like: torch.Tensor, width: int, rows: torch.Tensor | None = None) -> None:
         """Re-lay the row buffers out in the pool's other side: ``width`` positions, only ``rows``.
@@ -620,7 +626,7 @@ class HFEngine(Engine):
         # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
         self.fused = None
         if fused_decoder and unsupported_reason(self.model) is None:
-            self.fused = FusedDecoder(self.model, compiled_or_eager if compile else None)
+            self.fused = FusedDecoder(self.model, compiled_or_eager if compile else None, kernels=self._decode_kernel)
         self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
         # Tests set a list here to record, per decoding step, (row ids, sampled tokens, log-softmax).
         self.trace: list | None = None

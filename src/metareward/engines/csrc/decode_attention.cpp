@@ -262,6 +262,17 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   return out;
 }
 
+// decode_layer.cpp
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
+torch::Tensor rotary_into_cache(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads,
+                                int64_t kv_heads, double scaling, torch::Tensor key_buffer_t,
+                                torch::Tensor value_buffer, int64_t position);
+torch::Tensor silu_mul(torch::Tensor gate_up);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "decoding-step attention over a shared-prefix cache (bf16, CPU)");
+  m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm over rows (bf16, CPU)");
+  m.def("rotary_into_cache", &rotary_into_cache,
+        "rotary embeddings, query scaling and the key/value cache write of one decoding step (bf16, CPU)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection (bf16, CPU)");
 }
