@@ -1,4 +1,6 @@
-"""The hf engine's decoding-step attention kernel (``csrc/decode_attention.cpp``), built on first use.
+"""The hf engine's decoding-step C++ kernels, built on first use: the attention kernel
+(``csrc/decode_attention.cpp``) and the fused decoder's layer kernels (``csrc/decode_layer.cpp``:
+RMSNorm, rotary + query scaling + cache write, SiLU-gating; used by ``FusedDecoder.kernel_step``).
 
 Why a kernel: a decoding step's attention is, per layer, 2 x rows x kv_heads tiny matrix products
 (one query token against a few hundred keys) plus ~20 element-wise passes over the scores. On a CPU the
@@ -7,7 +9,7 @@ a ~166 ms step went to attention whose arithmetic is ~2 GFLOP. The kernel runs e
 one task (scores, float32 softmax, probabilities times values) over the prompt's keys and the row's
 own, with no intermediate tensors; see the C++ file for its numerics.
 
-Build: ``torch.utils.cpp_extension.load`` compiles it once per machine (~30 s, g++ with OpenMP, tuned
+Build: ``torch.utils.cpp_extension.load`` compiles both files once per machine (~30-60 s, g++ with OpenMP, tuned
 for the host CPU with ``-march=native``) into torch's extension cache; later processes load the cached
 library in well under a second. The build directory's name carries a hash of the source, the compiler
 flags and the CPU's feature flags, so a cache shared between machines never hands one CPU another's

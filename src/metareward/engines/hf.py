@@ -22,14 +22,15 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 * keeps the per-step [batch, vocab] logits in reused buffers and samples in place (on a CPU, a fresh
   50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
 * runs decoding steps' attention through a C++ kernel for bf16 on a CPU (``decode_kernel.py``: one
-  pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors);
+  pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors), and
+  the fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``);
 * on a CPU, has glibc keep freed memory for reuse (``keep_freed_memory``: a prefill's megabyte-sized
   temporaries otherwise page-fault afresh every time);
 * runs decoding steps straight from the weights, projections fused, for Llama-architecture models
   (``FusedDecoder``: same operations as transformers' forward, without its module stack; other models
   decode through transformers' forward with the same cache and attention);
-* with ``compile=True``, runs decoding steps' attention (and the fused decoder's two halves of a layer)
-  through ``torch.compile`` (``compiled_or_eager``);
+* with ``compile=True``, runs the torch decoding path's attention (and the fused decoder's two halves
+  of a layer) through ``torch.compile`` (``compiled_or_eager``), where the C++ kernels do not run;
 * seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
   same texts (the run loop's resume relies on this).
 
