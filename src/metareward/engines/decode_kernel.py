@@ -32,17 +32,20 @@ import torch
 
 KEY_BLOCK = 32  # the kernel scores keys in blocks of this many positions (CHUNK in the C++ file)
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "decode_layer.cpp")]
+HEADERS = [Path(__file__).parent / "csrc" / "bf16.h"]  # in the build's hash, not compiled on their own
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags`` / Arm ``Features`` of /proc/cpuinfo; empty elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return line
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor()
+    return frozenset()
 
 
 @functools.cache
@@ -54,7 +57,8 @@ def load_decode_kernel(portable: bool = False):
 
     cflags = CFLAGS + (["-DMETAREWARD_NO_BF16_DOT"] if portable else [])
     key = hashlib.sha256(
-        b"".join(path.read_bytes() for path in SOURCES) + " ".join(cflags).encode() + _cpu_flags().encode() + torch.__version__.encode()
+        b"".join(path.read_bytes() for path in SOURCES + HEADERS) + " ".join(cflags).encode()
+        + " ".join(sorted(cpu_flags()) or [platform.processor()]).encode() + torch.__version__.encode()
     ).hexdigest()[:12]
     try:
         return load(
@@ -69,10 +73,11 @@ def load_decode_kernel(portable: bool = False):
         return None
 
 
-def kernel_supports(query: torch.Tensor, groups: int) -> bool:
-    """Whether the kernel runs decoding queries [B, heads, 1, d] with ``groups`` heads per KV head."""
-    return (query.device.type == "cpu" and query.dtype == torch.bfloat16 and query.shape[-1] in (64, 128)
-            and 1 <= groups <= 8)
+def kernel_supports(like: torch.Tensor, head_dim: int, heads: int, kv_heads: int) -> bool:
+    """Whether the kernels run a model whose tensors are like ``like`` (bf16 on a CPU), with this head
+    size and these query / KV head counts (1-8 query heads per KV head)."""
+    return (like.device.type == "cpu" and like.dtype == torch.bfloat16 and head_dim in (64, 128)
+            and heads % kv_heads == 0 and 1 <= heads // kv_heads <= 8)
 
 
 def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, prompt_values: torch.Tensor,

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from metareward.engines.decode_kernel import kernel_supports
+
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -137,6 +139,7 @@ class FusedDecoder:
         self.layers: list[LayerWeights] = []
         # the C++ decoding extension (decode_kernel.py) or None; kernel_step runs where it applies
         self.kernels = kernels
+        self._kernel_shape = False  # set by refresh: the model is one kernel_step can run
         self.refresh()
 
     def _current_signature(self) -> tuple:
@@ -162,20 +165,18 @@ class FusedDecoder:
                 down_bias=_bias(mlp.down_proj),
             ))
         self._signature = signature
+        first = self.layers[0]
+        self._kernel_shape = kernel_supports(
+            first.qkv, first.qkv.shape[0] // (self.heads + 2 * self.kv_heads), self.heads, self.kv_heads,
+        ) and all(w.o_bias is None and w.gate_up_bias is None and w.down_bias is None for w in self.layers)
 
     def kernels_apply(self, cache) -> bool:
-        """Whether ``kernel_step`` can run this decoding step: the C++ extension is there, the model is
-        bf16 on a CPU with head size 64 or 128, 1-8 query heads per KV head and no output or MLP biases,
-        and the cache is one the attention kernel reads (right-padded prompts, no padded positions)."""
-        first = self.layers[0] if self.layers else None
-        return (
-            self.kernels is not None and first is not None and first.qkv.dtype == torch.bfloat16
-            and first.qkv.device.type == "cpu" and cache.decode_kernel is not None
-            and cache.prompt_len is not None and cache.suffix_all_valid
-            and first.qkv.shape[0] // (self.heads + 2 * self.kv_heads) in (64, 128)
-            and self.heads % self.kv_heads == 0 and 1 <= self.heads // self.kv_heads <= 8
-            and all(w.o_bias is None and w.gate_up_bias is None and w.down_bias is None for w in self.layers)
-        )
+        """Whether ``kernel_step`` can run this decoding step: the C++ extension is there, the model's
+        shape and dtype are ones the kernels take (``kernel_supports``; checked at ``refresh``, with no
+        output or MLP biases), and the cache is one the attention kernel reads (right-padded prompts, no
+        padded positions)."""
+        return (self.kernels is not None and self._kernel_shape and cache.decode_kernel is not None
+                and cache.prompt_len is not None and cache.suffix_all_valid)
 
     def step(self, cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The final-normed hidden state [B, hidden] after feeding ``tokens`` [B] at ``positions`` [B];

@@ -58,7 +58,6 @@ import platform
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +72,13 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
-from metareward.engines.decode_kernel import KEY_BLOCK, kernel_attention, kernel_supports, load_decode_kernel
+from metareward.engines.decode_kernel import (
+    KEY_BLOCK,
+    cpu_flags,
+    kernel_attention,
+    kernel_supports,
+    load_decode_kernel,
+)
 from metareward.engines.fused_decoder import FusedDecoder, unsupported_reason
 
 NUCLEUS_TIERS = (16, 64, 1024)  # top-p searches these top-k widths in turn, then sorts the whole vocabulary
@@ -91,16 +96,7 @@ def pick_device(device: str) -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (x86 AVX512-BF16 / AMX-BF16, or Arm BF16)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 MALLOC_KEEP_BYTES = 32 << 20  # glibc's largest heap (not mmap) allocation; freed heap is kept up to 1 GiB
@@ -342,7 +338,7 @@ class SharedPrefixCache(Cache):
         layer = self.layers[index]
         decoding = query.shape[2] == 1 and self.suffix_all_valid
         if (decoding and self.decode_kernel is not None and self.prompt_len is not None
-                and kernel_supports(query, query.shape[1] // layer.pk.shape[1])):
+                and kernel_supports(query, query.shape[-1], query.shape[1], layer.pk.shape[1])):
             return kernel_attention(self.decode_kernel, query, layer.pk, layer.pv, self.prompt_len, self.owner,
                                     layer.sk, layer.sv, layer.suffix_len, scaling)
         rows_attention = self.decode_attention if decoding else _rows_attention

@@ -23,6 +23,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "bf16.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -33,20 +35,8 @@ namespace {
 
 using bf16 = at::BFloat16;
 
-inline float to_float(uint16_t bits) {
-  uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline uint16_t to_bf16_bits(float f) {  // round to nearest even, as PyTorch does
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if (std::isnan(f)) return 0x7FC0;
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
+using metareward::bf16_to_float;
+using metareward::float_to_bf16;
 
 constexpr int CHUNK = 32;  // key positions whose scores one register block accumulates
 
@@ -59,7 +49,7 @@ void scores(const float* q, const uint16_t* kt, int64_t ld, int64_t len, float* 
     for (int d = 0; d < D; ++d) {
       const uint16_t* k = kt + d * ld + j0;
       float kf[CHUNK];
-      for (int j = 0; j < CHUNK; ++j) kf[j] = to_float(k[j]);
+      for (int j = 0; j < CHUNK; ++j) kf[j] = bf16_to_float(k[j]);
       for (int g = 0; g < G; ++g) {
         const float qv = q[g * D + d];
         for (int j = 0; j < CHUNK; ++j) acc[g][j] += qv * kf[j];
@@ -76,7 +66,7 @@ void weighted_values(const float* p, int64_t stride, const uint16_t* v, int64_t 
   for (int g = 0; g < G; ++g) std::memcpy(o[g], acc + g * D, sizeof o[g]);
   for (int64_t j = 0; j < len; ++j) {
     float vf[D];
-    for (int d = 0; d < D; ++d) vf[d] = to_float(v[j * D + d]);
+    for (int d = 0; d < D; ++d) vf[d] = bf16_to_float(v[j * D + d]);
     for (int g = 0; g < G; ++g) {
       const float w = p[g * stride + j];
       for (int d = 0; d < D; ++d) o[g][d] += w * vf[d];
@@ -141,8 +131,8 @@ void weighted_values_dot(const float* p, int64_t stride, const uint16_t* v, int6
       ph[z] = (__m512bh)_mm512_unpackhi_epi16(a, b);
     }
     for (int g = 0; g < G; ++g) {
-      const uint32_t w0 = to_bf16_bits(p[g * stride + j]);
-      const uint32_t w1 = pair ? to_bf16_bits(p[g * stride + j + 1]) : 0u;
+      const uint32_t w0 = float_to_bf16(p[g * stride + j]);
+      const uint32_t w1 = pair ? float_to_bf16(p[g * stride + j + 1]) : 0u;
       const __m512bh w = (__m512bh)_mm512_set1_epi32(static_cast<int>(w0 | (w1 << 16)));
       for (int z = 0; z < Z; ++z) {
         lo[g][z] = _mm512_dpbf16_ps(lo[g][z], pl[z], w);
@@ -178,7 +168,7 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
       const int64_t stride = std::max(round_up(l1), l1 + round_up(n));
       buf.resize(static_cast<size_t>(G * stride));
       const uint16_t* qrow = q + (b * kv_heads + h) * G * D;
-      for (int i = 0; i < G * D; ++i) qf[i] = to_float(qrow[i]);
+      for (int i = 0; i < G * D; ++i) qf[i] = bf16_to_float(qrow[i]);
       float* s = buf.data();
 #ifdef METAREWARD_BF16_DOT
       scores_dot<G, D>(qrow, pkt + (p * kv_heads + h) * D * lp, lp, l1, s, stride);
@@ -198,7 +188,7 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
           sg[j] = e;
         }
         // the numerators rounded to bf16 for the value product; the division comes at the end
-        for (int64_t j = 0; j < len; ++j) sg[j] = to_float(to_bf16_bits(sg[j]));
+        for (int64_t j = 0; j < len; ++j) sg[j] = bf16_to_float(float_to_bf16(sg[j]));
         total[g] = sum;
       }
       std::fill(acc, acc + G * D, 0.f);
@@ -212,7 +202,7 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
       uint16_t* orow = out + (b * kv_heads + h) * G * D;
       for (int g = 0; g < G; ++g) {
         const float inv = 1.f / total[g];
-        for (int d = 0; d < D; ++d) orow[g * D + d] = to_bf16_bits(acc[g * D + d] * inv);
+        for (int d = 0; d < D; ++d) orow[g * D + d] = float_to_bf16(acc[g * D + d] * inv);
       }
     }
   });

@@ -21,26 +21,16 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "bf16.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 namespace {
 
-inline float bf(uint16_t bits) {
-  uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline uint16_t to_bf(float f) {  // round to nearest even (finite inputs)
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-
+inline float bf(uint16_t bits) { return metareward::bf16_to_float(bits); }
+inline uint16_t to_bf(float f) { return metareward::float_to_bf16(f); }
 inline float round_bf(float f) { return bf(to_bf(f)); }
 
 const uint16_t* data(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
