@@ -123,6 +123,34 @@ def test_kernel_output_is_each_rows_own(kernel):
     assert torch.equal(permuted, out[perm])
 
 
+def test_kernel_reads_each_rows_continuation_from_its_slot(kernel):
+    """Rows whose continuations lie in other buffer rows (``slots``, as after finished rows left the
+    batch lazily, with buffer rows nobody reads) get exactly what they get with their own buffers."""
+    query, pk, pv, valid, sk, sv, owner = make_case(8, 5, 2, 3, 3, 64, [40, 20], 17, 32)
+    args = (pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner)
+    want = kernel_attention(kernel, query, *args, sk.transpose(-1, -2).contiguous(), sv, 17, 0.125)
+    slots = torch.tensor([6, 0, 3, 7, 4])  # 8 buffer rows: 1, 2 and 5 belong to no row
+    big_k = torch.full((8, *sk.shape[1:]), float("nan"), dtype=BF16)
+    big_v = torch.full((8, *sv.shape[1:]), float("nan"), dtype=BF16)
+    big_k[slots], big_v[slots] = sk, sv
+    got = kernel_attention(kernel, query, *args, big_k.transpose(-1, -2).contiguous(), big_v, 17, 0.125, slots)
+    assert torch.equal(got, want)
+
+
+def test_kernels_reject_bad_slots(kernel):
+    query, pk, pv, valid, sk, sv, owner = make_case(1, 4, 2, 1, 2, 64, [10, 20], 5, 32)
+    args = (kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner, sk.transpose(-1, -2).contiguous(), sv,
+            5, 0.125)
+    with pytest.raises(RuntimeError, match="slot 4 of row 3 outside the 4 buffer rows"):
+        kernel_attention(*args, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(RuntimeError, match="slot 1 given to two rows"):
+        kernel_attention(*args, torch.tensor([0, 1, 1, 2]))
+    with pytest.raises(RuntimeError, match="3 slots for 4 rows"):
+        kernel_attention(*args, torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="int64"):
+        kernel_attention(*args, torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+
+
 def test_kernel_rejects_what_it_cannot_run(kernel):
     query, pk, pv, valid, sk, sv, owner = make_case(1, 4, 2, 1, 2, 64, [10, 20], 5, 32)
     pkt = pk.transpose(-1, -2).contiguous()
@@ -231,7 +259,7 @@ def test_rotary_into_cache_equals_the_torch_path_exactly(kernel):
     sk = torch.randn(rows, kv_heads, dim, width, generator=gen).to(BF16)
     sv = torch.randn(rows, kv_heads, width, dim, generator=gen).to(BF16)
     sk_before, sv_before = sk.clone(), sv.clone()
-    query = kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, sk, sv, position)
+    query = kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, sk, sv, position, torch.arange(rows))
 
     parts = qkv.view(rows, 1, heads + 2 * kv_heads, dim)
     rotated = apply_rotary(parts[:, :, : heads + kv_heads], cos[:, None, None, :], sin[:, None, None, :])
@@ -243,4 +271,18 @@ def test_rotary_into_cache_equals_the_torch_path_exactly(kernel):
     assert torch.equal(sk[..., others], sk_before[..., others])
     assert torch.equal(sv[:, :, others], sv_before[:, :, others])
     with pytest.raises(RuntimeError, match="outside the row buffers"):
-        kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, sk, sv, width)
+        kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, sk, sv, width, torch.arange(rows))
+
+    # through slots: row r writes buffer row slots[r] (here of 7, two of them nobody's) and nothing else
+    slots = torch.tensor([5, 0, 6, 2, 3])
+    big_k = torch.randn(7, kv_heads, dim, width, generator=gen).to(BF16)
+    big_v = torch.randn(7, kv_heads, width, dim, generator=gen).to(BF16)
+    want_k, want_v = big_k.clone(), big_v.clone()
+    want_k[slots, :, :, position] = rotated[:, 0, heads:]
+    want_v[slots, :, position] = parts[:, 0, heads + kv_heads :]
+    query = kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, big_k, big_v, position, slots)
+    assert torch.equal(query, want_q)
+    assert torch.equal(big_k, want_k) and torch.equal(big_v, want_v)
+    with pytest.raises(RuntimeError, match="slot 7 of row 4 outside the 7 buffer rows"):
+        kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, big_k, big_v, position,
+                                 torch.tensor([5, 0, 6, 2, 7]))

@@ -164,6 +164,7 @@ def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
         runs = []
         for _ in range(2):
             _, cache, mask, last = engine._prefill(prompts, 40)
+            cache.pool = hf_module.RowBufferPool()  # each run its own row buffers (not the engine's)
             cache.start_rows(owner, mask)
             runs.append((cache, last[owner]))
         assert decoder.kernels_apply(runs[0][0])
@@ -181,3 +182,57 @@ def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
             diffs.append((outs[0] - outs[1]).abs())
     diffs = torch.stack(diffs)
     assert float(diffs.max()) < 0.1 and float(diffs.mean()) < 0.01, (float(diffs.max()), float(diffs.mean()))
+
+
+def test_rows_leaving_by_the_slot_map_equal_rows_copied_out(tokenizer):
+    """Finished rows leave a kernel-path batch lazily (``select_rows(lazy=True)``: only the slot map
+    changes, buffers are gathered at their next growth or before a torch step): the live rows' hidden
+    states equal, bit for bit, those of a batch whose buffers are copied at once. Rows leave before the
+    first step, while a prompt still has rows and when its last row goes, before and after a growth of
+    the row buffers (at 32 positions); one torch step mid-way materialises the slots."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=384, num_hidden_layers=2,
+                         num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    engine = HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8)
+    decoder = engine.fused
+    prompts = [engine.render(({"role": "user", "content": q},)) for q in QUESTIONS]
+    owner = torch.tensor([0, 0, 1, 2, 2, 2, 2])
+    leave = {0: [1], 5: [3], 12: [0], 20: [2], 28: [0], 34: [1]}  # step -> batch rows (of those left) that finish
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        runs = []
+        for lazy in (True, False):
+            _, cache, mask, last = engine._prefill(prompts, 40)
+            cache.pool = hf_module.RowBufferPool()  # each run its own row buffers (not the engine's)
+            cache.start_rows(owner, mask)
+            runs.append([cache, last[owner], lazy])
+        assert decoder.kernels_apply(runs[0][0])
+        for step in range(40):
+            keep = None
+            if step in leave:
+                alive = len(runs[0][1])
+                keep = torch.tensor([b for b in range(alive) if b not in leave[step]])
+            tokens = None
+            outs = []
+            for run in runs:
+                cache, last, lazy = run
+                if keep is not None:
+                    cache.select_rows(keep, lazy=lazy)
+                    run[1] = last = last[keep]
+                if tokens is None:
+                    tokens = torch.randint(0, config.vocab_size, (len(last),), generator=gen)
+                cache.add_suffix(torch.ones(len(last), 1, dtype=torch.bool))
+                decoder.kernels, saved = (None if step == 25 else decoder.kernels), decoder.kernels
+                try:
+                    outs.append(decoder.step(cache, tokens, last + 1 + step))
+                finally:
+                    decoder.kernels = saved
+                if lazy and step == 21:  # rows left at 20 by the map alone: the buffers still hold them
+                    assert cache.slots is not None and cache.layers[0].sv.shape[0] == 6 > len(last)
+            assert torch.equal(outs[0], outs[1]), step
+        lazy_cache, copied = runs[0][0], runs[1][0]
+        # the torch step (25) gathered the buffers down to 3 rows, the growth (32) to 2; step 34's leaver
+        # is still there: no growth or torch step came after it
+        assert lazy_cache.slots is not None and lazy_cache.layers[0].sv.shape[0] == 2 == copied.layers[0].sv.shape[0] + 1
+        assert copied.layers[0].pk.shape[0] == 1 < lazy_cache.layers[0].pk.shape[0]  # prompts dropped by copying

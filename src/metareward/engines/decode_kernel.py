@@ -32,7 +32,7 @@ import torch
 
 KEY_BLOCK = 32  # the kernel scores keys in blocks of this many positions (CHUNK in the C++ file)
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "decode_layer.cpp")]
-HEADERS = [Path(__file__).parent / "csrc" / "bf16.h"]  # in the build's hash, not compiled on their own
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("bf16.h", "row_slots.h")]  # in the build's hash, not compiled on their own
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
@@ -82,16 +82,20 @@ def kernel_supports(like: torch.Tensor, head_dim: int, heads: int, kv_heads: int
 
 def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, prompt_values: torch.Tensor,
                      prompt_len: torch.Tensor, owner: torch.Tensor, row_keys_t: torch.Tensor,
-                     row_values: torch.Tensor, written: int, scaling: float) -> torch.Tensor:
+                     row_values: torch.Tensor, written: int, scaling: float,
+                     slots: torch.Tensor | None = None) -> torch.Tensor:
     """One decoding step's attention through ``kernel``: queries [B, heads, 1, d] (head h uses KV head
     h // groups) against prompt ``owner[b]``'s first ``prompt_len`` keys (``prompt_keys_t`` [P, kv, d, Lp],
-    values [P, kv, Lp, d]) and row b's first ``written`` continuation keys (``row_keys_t`` [B, kv, d, W],
-    values [B, kv, W, d]). Returns [B, 1, heads, d] in bf16, as ``_rows_attention`` does.
+    values [P, kv, Lp, d]) and row b's first ``written`` continuation keys, in row ``slots[b]`` of the row
+    buffers (``row_keys_t`` [S, kv, d, W], values [S, kv, W, d]; ``slots`` None: row b's own, S = B).
+    Returns [B, 1, heads, d] in bf16, as ``_rows_attention`` does.
 
     The queries are scaled in bf16 before the kernel sees them, as the batched-matmul path does."""
     rows, heads, _, dim = query.shape
     kv_heads = prompt_keys_t.shape[1]
     grouped = (query * scaling).reshape(rows, kv_heads, heads // kv_heads, dim).contiguous()
+    if slots is None:
+        slots = torch.arange(rows, device=query.device)
     out = kernel.decode_attention(grouped, prompt_keys_t, prompt_values, prompt_len, owner, row_keys_t, row_values,
-                                  written)
+                                  written, slots)
     return out.reshape(rows, 1, heads, dim)

@@ -211,16 +211,16 @@ class FusedDecoder:
         cos, sin = inner.rotary_emb(x, positions[:, None])  # [B, 1, head_dim]
         cos, sin = cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous()
         dim = cos.shape[1]
-        like = x.new_empty((rows, self.kv_heads, 0, dim))  # the row buffers' shape and dtype, for growth
+        cache.reserve(1, x.new_empty((rows, self.kv_heads, 0, dim)))  # may gather the buffers' live slots
+        slots = cache.row_slots()  # row b's keys/values go to and come from buffer row slots[b]
         for index, w in enumerate(self.layers):
             layer = cache.layers[index]
             qkv = F.linear(kernels.rms_norm(x, w.norm_in, w.eps_in), w.qkv, w.qkv_bias)
-            layer.reserve(1, like)
             query = kernels.rotary_into_cache(qkv, cos, sin, self.heads, self.kv_heads, self.scaling, layer.sk,
-                                              layer.sv, layer.suffix_len)
+                                              layer.sv, layer.suffix_len, slots)
             layer.suffix_len += 1
             attended = kernels.decode_attention(query, layer.pk, layer.pv, cache.prompt_len, cache.owner, layer.sk,
-                                                layer.sv, layer.suffix_len)
+                                                layer.sv, layer.suffix_len, slots)
             x = torch.addmm(x, attended.view(rows, -1), w.o.t())
             gate_up = F.linear(kernels.rms_norm(x, w.norm_post, w.eps_post), w.gate_up)
             x = torch.addmm(x, kernels.silu_mul(gate_up), w.down.t())

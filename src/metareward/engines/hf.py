@@ -85,7 +85,7 @@ NUCLEUS_TIERS = (16, 64, 1024)  # top-p searches these top-k widths in turn, the
 TOPK_BLOCK = 64  # top_k's block of columns (one max per block narrows the search)
 SUFFIX_BLOCK = 32  # a row's continuation keys/values grow by this many positions at a time
 assert SUFFIX_BLOCK % KEY_BLOCK == 0, "row buffers must hold whole blocks of the decoding kernel's keys"
-COMPACT_AT = 0.25  # finished rows leave the batch once they are this fraction of it (in bulk)
+COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
 
 
 def pick_device(device: str) -> torch.device:
@@ -222,6 +222,8 @@ class _SharedPrefixLayer(DynamicLayer):
             self.is_initialized = True
             self.keys, self.values = key_states, value_states
             return key_states, value_states
+        if self.cache.slots is not None:  # rows left lazily (the kernel path's way): this path needs them gone
+            self.cache.materialize()
         q_len = key_states.shape[2]
         end = self.suffix_len + q_len
         self.reserve(q_len, key_states)
@@ -238,11 +240,12 @@ class _SharedPrefixLayer(DynamicLayer):
             self._move(like, _buffer_width(end))
 
     def _move(self, like: torch.Tensor, width: int, rows: torch.Tensor | None = None) -> None:
-        """Re-lay the row buffers out in the pool's other side: ``width`` positions, only ``rows``.
-        ``like``: a [rows, kv_heads, any, d] tensor of the cache's dtype (the new key states, or ``sv``)."""
-        n_rows, heads, _, dim = like.shape
-        if rows is not None:
-            n_rows = len(rows)
+        """Re-lay the row buffers out in the pool's other side: ``width`` positions, only buffer rows
+        ``rows`` in that order (None: all). ``like``: a [rows, kv_heads, any, d] tensor of the cache's
+        dtype (the new key states, or ``sv``); its row count sizes the first buffers."""
+        _, heads, _, dim = like.shape
+        current = self.sv.shape[0] if hasattr(self, "sv") else like.shape[0]
+        n_rows = current if rows is None else len(rows)
         self.side = 1 - self.side
         used = self.suffix_len
         reserve = n_rows * heads * _buffer_width(self.cache.capacity) * dim
@@ -252,11 +255,12 @@ class _SharedPrefixLayer(DynamicLayer):
             old = getattr(self, name, None)
             # positions run along the last dimension of sk, the third of sv
             positions = (lambda t, a, b: t[..., a:b]) if name == "sk" else (lambda t, a, b: t[:, :, a:b])
-            if rows is not None:  # same width, tail already zero: one gather straight into the pool
-                torch.index_select(old, 0, rows, out=new)
+            if old is not None and rows is not None and old.shape[1:] == new.shape[1:]:
+                torch.index_select(old, 0, rows, out=new)  # same width, tail already zero: one gather
             else:
                 if old is not None:
-                    positions(new, 0, used).copy_(positions(old, 0, used))
+                    kept = old if rows is None else old.index_select(0, rows)
+                    positions(new, 0, used).copy_(positions(kept, 0, used))
                 positions(new, used, width).zero_()  # masked, but 0 * NaN left from an earlier batch is NaN
             setattr(self, name, new)
 
@@ -264,6 +268,7 @@ class _SharedPrefixLayer(DynamicLayer):
         return self.prompt_width + self.suffix_len
 
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
+        """Keep buffer rows ``rows`` (in that order) and, if given, prompts ``prompts``."""
         if hasattr(self, "sk"):
             self._move(self.sv, self.sv.shape[2], rows)
         if prompts is not None:
@@ -285,6 +290,12 @@ class SharedPrefixCache(Cache):
     its prompt's keys (shared by all that prompt's rows, read once per prompt: this is what makes N
     judgments of a 500-token prompt cheap) and to its own continuation, merging the two softmax parts
     exactly (log-sum-exp). ``select_rows`` drops finished rows, and prompts no row continues any more.
+
+    Row slots: batch row ``b`` keeps its continuation in buffer row ``slots[b]`` (``slots`` None: row b).
+    ``select_rows(rows, lazy=True)``, for the C++ decoding path, which reads and writes through the
+    slots, drops rows by dropping them from the map alone (no buffer is copied, so finished rows can
+    leave at every step); the buffers are gathered down to the live slots when they next grow
+    (``reserve``), or at once (``materialize``) before a torch operation reads them.
 
     Row buffers come from ``pool`` (the engine's, reused across batches; a fresh one if None) and are
     reserved for ``capacity`` continuation positions at the first growth. ``decode_attention``: the
@@ -310,6 +321,8 @@ class SharedPrefixCache(Cache):
         self.prompt_len = _right_padded_lengths(self.prompt_valid)
         self.suffix_valid = torch.zeros((len(owner), 0), dtype=torch.bool, device=owner.device)
         self.suffix_all_valid = True
+        self.slots: torch.Tensor | None = None
+        self._identity = torch.arange(len(owner), device=owner.device)
         self._set_owner(owner)
 
     def _set_owner(self, owner: torch.Tensor) -> None:
@@ -340,14 +353,44 @@ class SharedPrefixCache(Cache):
         if (decoding and self.decode_kernel is not None and self.prompt_len is not None
                 and kernel_supports(query, query.shape[-1], query.shape[1], layer.pk.shape[1])):
             return kernel_attention(self.decode_kernel, query, layer.pk, layer.pv, self.prompt_len, self.owner,
-                                    layer.sk, layer.sv, layer.suffix_len, scaling)
+                                    layer.sk, layer.sv, layer.suffix_len, scaling, self.row_slots())
         rows_attention = self.decode_attention if decoding else _rows_attention
         return rows_attention(
             query, layer.pk, layer.pv, layer.sk, layer.sv, self.table, self.row_slot, self.prompt_valid,
             None if decoding else self.suffix_valid, layer.suffix_len, scaling,
         )
 
-    def select_rows(self, rows: torch.Tensor) -> None:
+    def row_slots(self) -> torch.Tensor:
+        """Each batch row's buffer row, [B] int64 (what the C++ kernels take)."""
+        return self.slots if self.slots is not None else self._identity[: len(self.owner)]
+
+    def reserve(self, q_len: int, like: torch.Tensor) -> None:
+        """Make every layer's row buffers hold ``q_len`` more positions of the batch's rows, growing them
+        where full; a growth also gathers the buffers down to the live slots. ``like``: a [B, kv_heads, any,
+        d] tensor of the cache's dtype. For paths that write through ``row_slots`` (the C++ kernels);
+        assumes the layers have written equally many positions, as decoding steps do."""
+        if all(hasattr(layer, "sk") and layer.suffix_len + q_len <= layer.sk.shape[3] for layer in self.layers):
+            return
+        for layer in self.layers:
+            layer._move(like, _buffer_width(layer.suffix_len + q_len), self.slots)
+        self.slots = None
+
+    def materialize(self) -> None:
+        """Gather the row buffers down to the live rows' slots, so that buffer row b is batch row b."""
+        if self.slots is not None:
+            self.select_rows(self._identity[: len(self.owner)])
+
+    def select_rows(self, rows: torch.Tensor, lazy: bool = False) -> None:
+        """Keep batch rows ``rows`` (in that order). ``lazy``: by the slot map alone (see the class
+        docstring); else the row buffers are copied now and prompts no row continues are dropped."""
+        if lazy:
+            self.slots = self.row_slots()[rows]
+            self.owner = self.owner[rows]
+            self.suffix_valid = self.suffix_valid[rows]
+            self.table = self.row_slot = None  # the torch path's tables: rebuilt by materialize
+            return
+        buffer_rows = rows if self.slots is None else self.slots[rows]
+        self.slots = None
         owner = self.owner[rows]
         used = torch.unique(owner)
         prompts = None
@@ -359,7 +402,7 @@ class SharedPrefixCache(Cache):
             self.prompt_valid = self.prompt_valid[used]
             self.prompt_len = None if self.prompt_len is None else self.prompt_len[used]
         for layer in self.layers:
-            layer.select(rows, prompts)
+            layer.select(buffer_rows, prompts)
         self.suffix_valid = self.suffix_valid[rows]
         self.suffix_all_valid = bool(self.suffix_valid.all())
         self._set_owner(owner)
@@ -775,6 +818,7 @@ class HFEngine(Engine):
         # One row per sample: row j continues prompt owner[j] (the prompt's keys are never copied).
         owner = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor([r.n for r in reqs])).to(dev)
         cache.start_rows(owner, mask)
+        lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
         logits, last_pos = logits[owner], last_pos[owner]
         temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], device=dev)
         top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], device=dev)
@@ -803,11 +847,13 @@ class HFEngine(Engine):
             n_live = int(live.sum())
             if n_live == 0:
                 break
-            # A finished row is carried (its tokens ignored) until a quarter of the batch has finished:
-            # dropping it costs a copy of every layer's continuation cache, so it is done in bulk.
-            if len(live) - n_live >= COMPACT_AT * len(live):
+            # Finished rows leave the batch. On the C++ kernels' path at once, through the cache's slot
+            # map (no copy); elsewhere dropping a row costs a copy of every layer's continuation cache, so
+            # a finished row is carried (its tokens ignored) until COMPACT_AT of the batch has finished.
+            dropped = len(live) - n_live
+            if dropped and (lazy or dropped >= COMPACT_AT * len(live)):
                 keep = live.nonzero().flatten()
-                cache.select_rows(keep)
+                cache.select_rows(keep, lazy=lazy)
                 alive, nxt, last_pos, live = alive[keep], nxt[keep], last_pos[keep], live[keep]
                 temperature, top_p, budget = temperature[keep], top_p[keep], budget[keep]
             last_pos = last_pos + 1

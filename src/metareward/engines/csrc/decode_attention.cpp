@@ -19,11 +19,13 @@
 // ``weighted_values``). The tests run both where the CPU has AVX512-BF16.
 //
 // Assumptions: all tensors contiguous; prompts right-padded (prompt p's real keys are 0..plen[p]-1);
-// every row has written the same number n of continuation positions (decoding runs rows in lockstep).
+// every row has written the same number n of continuation positions (decoding runs rows in lockstep);
+// row b's continuation lies in row slots[b] of the row buffers (see row_slots.h).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include "bf16.h"
+#include "row_slots.h"
 
 #include <algorithm>
 #include <cmath>
@@ -154,15 +156,15 @@ inline int64_t round_up(int64_t x) { return (x + CHUNK - 1) / CHUNK * CHUNK; }
 
 template <int G, int D>
 void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
-                const int64_t* owner, const uint16_t* skt, const uint16_t* sv, uint16_t* out, int64_t rows,
-                int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
+                const int64_t* owner, const int64_t* slots, const uint16_t* skt, const uint16_t* sv, uint16_t* out,
+                int64_t rows, int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     float qf[G * D];
     float acc[G * D];
     float total[G];
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / kv_heads, h = task % kv_heads, p = owner[b];
+      const int64_t b = task / kv_heads, h = task % kv_heads, p = owner[b], slot = slots[b];
       const int64_t l1 = plen[p], len = l1 + n;
       // row g's scores at s[g * stride ...]; the score blocks write whole CHUNKs past their ends
       const int64_t stride = std::max(round_up(l1), l1 + round_up(n));
@@ -172,10 +174,10 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
       float* s = buf.data();
 #ifdef METAREWARD_BF16_DOT
       scores_dot<G, D>(qrow, pkt + (p * kv_heads + h) * D * lp, lp, l1, s, stride);
-      scores_dot<G, D>(qrow, skt + (b * kv_heads + h) * D * width, width, n, s + l1, stride);
+      scores_dot<G, D>(qrow, skt + (slot * kv_heads + h) * D * width, width, n, s + l1, stride);
 #else
       scores<G, D>(qf, pkt + (p * kv_heads + h) * D * lp, lp, l1, s, stride);
-      scores<G, D>(qf, skt + (b * kv_heads + h) * D * width, width, n, s + l1, stride);
+      scores<G, D>(qf, skt + (slot * kv_heads + h) * D * width, width, n, s + l1, stride);
 #endif
       for (int g = 0; g < G; ++g) {
         float* sg = s + g * stride;
@@ -194,10 +196,10 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
       std::fill(acc, acc + G * D, 0.f);
 #ifdef METAREWARD_BF16_DOT
       weighted_values_dot<G, D>(s, stride, pv + (p * kv_heads + h) * lp * D, l1, acc);
-      weighted_values_dot<G, D>(s + l1, stride, sv + (b * kv_heads + h) * width * D, n, acc);
+      weighted_values_dot<G, D>(s + l1, stride, sv + (slot * kv_heads + h) * width * D, n, acc);
 #else
       weighted_values<G, D>(s, stride, pv + (p * kv_heads + h) * lp * D, l1, acc);
-      weighted_values<G, D>(s + l1, stride, sv + (b * kv_heads + h) * width * D, n, acc);
+      weighted_values<G, D>(s + l1, stride, sv + (slot * kv_heads + h) * width * D, n, acc);
 #endif
       uint16_t* orow = out + (b * kv_heads + h) * G * D;
       for (int g = 0; g < G; ++g) {
@@ -210,10 +212,10 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
 
 template <int D>
 void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
-                     const int64_t* owner, const uint16_t* skt, const uint16_t* sv, uint16_t* out, int64_t rows,
-                     int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
+                     const int64_t* owner, const int64_t* slots, const uint16_t* skt, const uint16_t* sv, uint16_t* out,
+                     int64_t rows, int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
   switch (groups) {
-#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, skt, sv, out, rows, kv_heads, lp, width, n); return;
+#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, slots, skt, sv, out, rows, kv_heads, lp, width, n); return;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
     default: TORCH_CHECK(false, "decode_attention: unsupported query heads per KV head: ", groups);
@@ -223,11 +225,11 @@ void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, con
 }  // namespace
 
 // query [B, kv, G, D]; prompt_keys_t [P, kv, D, Lp]; prompt_values [P, kv, Lp, D]; prompt_len [P] int64;
-// owner [B] int64; row_keys_t [B, kv, D, W]; row_values [B, kv, W, D]; n continuation positions written.
-// Returns [B, kv, G, D] bf16.
+// owner [B] int64; row_keys_t [S, kv, D, W]; row_values [S, kv, W, D]; n continuation positions written;
+// slots [B] int64: row b's continuation is row slots[b] of the row buffers. Returns [B, kv, G, D] bf16.
 torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t, torch::Tensor prompt_values,
                                torch::Tensor prompt_len, torch::Tensor owner, torch::Tensor row_keys_t,
-                               torch::Tensor row_values, int64_t n) {
+                               torch::Tensor row_values, int64_t n, torch::Tensor slots) {
   for (const auto& t : {query, prompt_keys_t, prompt_values, row_keys_t, row_values}) {
     TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(),
                 "decode_attention: bf16 contiguous CPU tensors expected");
@@ -237,15 +239,17 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   const int64_t lp = prompt_keys_t.size(3), width = row_keys_t.size(3);
   TORCH_CHECK(n <= width, "decode_attention: more positions written than the row buffers hold");
   TORCH_CHECK(lp % CHUNK == 0 && width % CHUNK == 0, "decode_attention: key buffers must hold whole blocks of ", CHUNK);
+  const int64_t* slot = metareward::checked_slots(slots, rows, row_keys_t.size(0), "decode_attention");
+  TORCH_CHECK(row_values.size(0) == row_keys_t.size(0), "decode_attention: key and value buffers hold different rows");
   auto out = torch::empty_like(query);
   auto ptr = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<bf16>()); };
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<bf16>());
   if (dim == 64) {
     dispatch_groups<64>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
-                        owner.data_ptr<int64_t>(), ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
+                        owner.data_ptr<int64_t>(), slot, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
   } else if (dim == 128) {
     dispatch_groups<128>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
-                         owner.data_ptr<int64_t>(), ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
+                         owner.data_ptr<int64_t>(), slot, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
   } else {
     TORCH_CHECK(false, "decode_attention: unsupported head dimension ", dim);
   }
@@ -256,7 +260,7 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor rotary_into_cache(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads,
                                 int64_t kv_heads, double scaling, torch::Tensor key_buffer_t,
-                                torch::Tensor value_buffer, int64_t position);
+                                torch::Tensor value_buffer, int64_t position, torch::Tensor slots);
 torch::Tensor silu_mul(torch::Tensor gate_up);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -17,11 +17,12 @@
 //
 // Assumptions: contiguous bf16 CPU tensors; rotary in transformers' rotate_half convention with cos/sin
 // rows of the head dimension; row buffers laid out as the engine's SharedPrefixCache keeps them (keys
-// transposed [rows, kv, d, W], values [rows, kv, W, d]).
+// transposed [slots, kv, d, W], values [slots, kv, W, d]; batch row b writes buffer row slots[b]).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include "bf16.h"
+#include "row_slots.h"
 
 #include <cmath>
 #include <cstdint>
@@ -70,18 +71,19 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 }
 
 // From one row's fused projection qkv [B, (heads + 2 kv) * d]: rotary embeddings on the queries and
-// keys (cos/sin [B, d]), the queries times ``scaling`` -> returned [B, kv, heads / kv, d]; the keys
-// written into key_buffer_t[:, :, :, position], the values into value_buffer[:, :, position, :].
+// keys (cos/sin [B, d]), the queries times ``scaling`` -> returned [B, kv, heads / kv, d]; row b's keys
+// written into key_buffer_t[slots[b], :, :, position], its values into value_buffer[slots[b], :, position, :].
 torch::Tensor rotary_into_cache(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads,
                                 int64_t kv_heads, double scaling, torch::Tensor key_buffer_t,
-                                torch::Tensor value_buffer, int64_t position) {
+                                torch::Tensor value_buffer, int64_t position, torch::Tensor slots) {
   for (const auto* t : {&qkv, &cos, &sin, &key_buffer_t, &value_buffer}) check(*t, "an operand");
   const int64_t rows = qkv.size(0), dim = cos.size(1), width = value_buffer.size(2);
   TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * dim && dim % 2 == 0 && dim <= 256,
               "rotary_into_cache: qkv width or head dimension");
   TORCH_CHECK(position >= 0 && position < width && key_buffer_t.size(3) == width, "rotary_into_cache: position ",
               position, " outside the row buffers' ", width);
-  TORCH_CHECK(key_buffer_t.size(0) == rows && value_buffer.size(0) == rows && cos.size(0) == rows, "rows differ");
+  TORCH_CHECK(key_buffer_t.size(0) == value_buffer.size(0) && cos.size(0) == rows, "rotary_into_cache: rows differ");
+  const int64_t* slot = metareward::checked_slots(slots, rows, value_buffer.size(0), "rotary_into_cache");
   auto query = torch::empty({rows, kv_heads, heads / kv_heads, dim}, qkv.options());
   const uint16_t* src = data(qkv);
   const uint16_t* cs = data(cos);
@@ -107,13 +109,13 @@ torch::Tensor rotary_into_cache(torch::Tensor qkv, torch::Tensor cos, torch::Ten
           uint16_t* q = q_out + (r * heads + h) * dim;  // [B, kv, groups, d] is [B, heads, d] in order
           for (int64_t i = 0; i < dim; ++i) q[i] = to_bf(rotated[i] * scale);
         } else {
-          uint16_t* k = kt + ((r * kv_heads + (h - heads)) * dim) * width + position;
+          uint16_t* k = kt + ((slot[r] * kv_heads + (h - heads)) * dim) * width + position;
           for (int64_t i = 0; i < dim; ++i) k[i * width] = to_bf(rotated[i]);
         }
       }
       const uint16_t* v = row + (heads + kv_heads) * dim;
       for (int64_t h = 0; h < kv_heads; ++h) {
-        std::memcpy(vb + ((r * kv_heads + h) * width + position) * dim, v + h * dim, dim * sizeof(uint16_t));
+        std::memcpy(vb + ((slot[r] * kv_heads + h) * width + position) * dim, v + h * dim, dim * sizeof(uint16_t));
       }
     }
   });
