@@ -6,7 +6,8 @@ continuations of 1 to 80 positions and rows that continue their prompts in shuff
 is within bf16 rounding of the exact result and never further from it than the engine's batched-matmul
 path; both builds of the kernel (AVX512-BF16 dot products, plain loops) are checked. Also: the engine uses it for a bf16 model on a CPU (and the bf16 engine's faithfulness test in
 ``test_hf_engine.py`` then runs through it), the cache hands it the right operands, it rejects what
-it cannot run, and a failed build falls back with a warning.
+it cannot run, and a failed build falls back with a warning. The C++ sampler (``csrc/sample.cpp``)
+draws, for each uniform, exactly the token the float64 nucleus selects.
 """
 
 from __future__ import annotations
@@ -286,3 +287,56 @@ def test_rotary_into_cache_equals_the_torch_path_exactly(kernel):
     with pytest.raises(RuntimeError, match="slot 7 of row 4 outside the 7 buffer rows"):
         kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, big_k, big_v, position,
                                  torch.tensor([5, 0, 6, 2, 7]))
+
+
+def nucleus_token(logits: torch.Tensor, temperature: float, top_p: float, u: float) -> tuple[int, int]:
+    """The token the C++ sampler must return for uniform ``u`` (float64 reference): greedy, or the first
+    column of the nucleus (sorted by probability, ties by column) whose cumulative mass exceeds u times
+    the nucleus's mass (top_p >= 1: the whole row in column order). Also the nucleus's size."""
+    x = logits.double()
+    if temperature <= 0:
+        return int(x.argmax()), 1
+    p = torch.softmax(x / temperature, -1)
+    if top_p >= 1:
+        c = p.cumsum(0)
+        return int((c > u * c[-1]).nonzero()[0]), len(p)
+    sp, si = p.sort(descending=True, stable=True)
+    keep = (sp.cumsum(0) - sp) < top_p
+    keep[0] = True
+    c = sp[keep].cumsum(0)
+    return int(si[int((c > u * c[-1]).nonzero()[0])]), int(keep.sum())
+
+
+@pytest.mark.parametrize("vocab", [49152 + 17, 200], ids=["blocks-and-tail", "small"])
+def test_kernel_sampler_draws_the_nucleus_token_of_each_uniform(kernel, vocab):
+    """For bf16 logits of every sharpness, per-row temperatures (greedy included) and top-p's (1 included),
+    each row's token is exactly the one its uniform selects from the exact nucleus: whether the nucleus
+    is found among the top 16 columns, the top 64 or through mass bands (wide nuclei, or a vocabulary
+    too small for the block tiers), and with columns past the last whole block."""
+    gen = torch.Generator().manual_seed(0)
+    rows = 64
+    sharpness = torch.tensor([0.3, 1.0, 2.0, 4.0, 8.0, 20.0, 40.0, 80.0] * 8)
+    logits = (torch.randn(rows, vocab, generator=gen) * sharpness[:, None]).to(BF16)
+    temperature = torch.rand(rows, generator=gen) + 0.3
+    temperature[:4] = 0.0
+    top_p = torch.rand(rows, generator=gen) * 0.5 + 0.5
+    top_p[4:8] = 1.0
+    u = torch.rand(rows, generator=gen, dtype=torch.float64)
+    got = kernel.sample_next(logits, temperature, top_p, u)
+    want, sizes = zip(*(nucleus_token(logits[r].float(), float(temperature[r]), float(top_p[r]), float(u[r]))
+                        for r in range(rows)))
+    assert got.tolist() == list(want)
+    nucleus = [n for n, p in zip(sizes[8:], top_p[8:].tolist()) if p < 1]
+    if vocab > 4096:  # every search path served some row
+        assert min(nucleus) <= 16 and any(16 < n <= 64 for n in nucleus) and max(nucleus) > 64, nucleus
+
+
+def test_kernel_sampler_rejects_what_it_cannot_run(kernel):
+    logits = torch.zeros(2, 100, dtype=BF16)
+    t, p, u = torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="contiguous bf16 CPU matrix"):
+        kernel.sample_next(logits.float(), t, p, u)
+    with pytest.raises(RuntimeError, match="float32, u float64"):
+        kernel.sample_next(logits, t, p, u.float())
+    with pytest.raises(RuntimeError, match="one temperature, top_p and u per row"):
+        kernel.sample_next(logits, t[:1], p, u)

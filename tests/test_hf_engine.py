@@ -20,7 +20,7 @@ from scipy.stats import chisquare
 
 from metareward.engines import hf as hf_module
 from metareward.engines.base import ChoiceRequest, GenerationRequest, SamplingParams
-from metareward.engines.decode_kernel import kernel_attention
+from metareward.engines.decode_kernel import kernel_attention, load_decode_kernel
 from metareward.engines.hf import HFEngine, batch_seed, sample_next
 
 pytestmark = pytest.mark.slow
@@ -117,24 +117,52 @@ def exact_nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tor
     return torch.softmax(scores, dim=-1)[0]
 
 
-@pytest.mark.parametrize("path", ["default", "second-tier", "full-sort"])
+def ranked_nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The same nucleus with ties ranked by column (what the C++ sampler does): columns sorted by
+    probability, lower column first among equals, kept while the mass ranked above is < top_p."""
+    p = torch.softmax(logits.double() / temperature, -1)
+    sp, si = p.sort(descending=True, stable=True)
+    keep = (sp.cumsum(0) - sp) < top_p
+    keep[0] = True
+    out = torch.zeros_like(p)
+    out[si[keep]] = sp[keep] / sp[keep].sum()
+    return out.float()
+
+
+@pytest.mark.parametrize("path", ["default", "second-tier", "full-sort", "kernel"])
 def test_sampler_matches_transformers_warpers(engine, monkeypatch, path):
     """The draws follow transformers' warpers whichever path serves the row: the default tiers, a
-    second tier (the first too narrow for this nucleus) or the full sort (every tier too narrow)."""
+    second tier (the first too narrow for this nucleus) or the full sort (every tier too narrow); and
+    the C++ sampler the bf16 engine uses on a CPU (``kernel``, on the same logits rounded to bf16)."""
     with torch.inference_mode():
         logits = engine.model(input_ids=torch.tensor([engine.render(user(QUESTIONS[1]))])).logits[0, -1].float()
+    if path == "kernel":
+        kernel = load_decode_kernel()
+        if kernel is None:
+            pytest.skip("no C++ compiler: the engine samples in torch")
+        logits = logits.to(torch.bfloat16).float()
     temperature, top_p, rows = 1.3, 0.9, 250
     probs = exact_nucleus(logits, temperature, top_p)
+    if path == "kernel":
+        # bf16 logits tie often; at the nucleus's edge transformers' sort breaks ties its own way, the
+        # kernel by column: the two nuclei may differ only in columns tied with the edge
+        ranked = ranked_nucleus(logits, temperature, top_p)
+        edge = logits[ranked > 0].min()
+        assert bool((logits[(ranked > 0) != (probs > 0)] == edge).all())
+        probs = ranked
     support = probs.nonzero().flatten()
     assert 3 < len(support) < 2000
-    tiers = {"default": hf_module.NUCLEUS_TIERS, "second-tier": (3, len(support) + 1), "full-sort": (3,)}[path]
+    tiers = {"second-tier": (3, len(support) + 1), "full-sort": (3,)}.get(path, hf_module.NUCLEUS_TIERS)
     monkeypatch.setattr(hf_module, "NUCLEUS_TIERS", tiers)
     gen = torch.Generator().manual_seed(11)
     counts = torch.zeros_like(probs)
     for _ in range(8):
-        drawn = sample_next(
-            logits.expand(rows, -1), torch.full((rows,), temperature), torch.full((rows,), top_p), gen
-        )
+        t, p = torch.full((rows,), temperature), torch.full((rows,), top_p)
+        if path == "kernel":
+            u = torch.rand(rows, generator=gen, dtype=torch.float64)
+            drawn = kernel.sample_next(logits.to(torch.bfloat16).expand(rows, -1).contiguous(), t, p, u)
+        else:
+            drawn = sample_next(logits.expand(rows, -1), t, p, gen)
         counts += torch.bincount(drawn, minlength=len(probs)).float()
     assert counts[probs == 0].sum() == 0  # never outside the nucleus
     expected = probs[support].double().numpy() * counts.sum().item()
@@ -228,6 +256,7 @@ def test_bf16_engine_as_faithful_as_transformers_bf16(engine, decode_kernel, mon
     kernels (the fused decoder's ``kernel_step``: layer kernels and attention kernel)."""
     model = _bf16_copy(engine.model)
     bf16 = HFEngine("", device="cpu", model=model, tokenizer=engine.tokenizer, decode_kernel=decode_kernel)
+    assert bf16._sample_kernel == decode_kernel  # the C++ sampler too (its draws: test_decode_kernel.py)
     calls = []
     kernel_step = bf16.fused.kernel_step
     monkeypatch.setattr(bf16.fused, "kernel_step", lambda *a: calls.append(1) or kernel_step(*a))

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 KEY_BLOCK = 32  # the kernel scores keys in blocks of this many positions (CHUNK in the C++ file)
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "decode_layer.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "decode_layer.cpp", "sample.cpp")]
 HEADERS = [Path(__file__).parent / "csrc" / name for name in ("bf16.h", "row_slots.h")]  # in the build's hash, not compiled on their own
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 

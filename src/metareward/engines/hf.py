@@ -18,12 +18,15 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
   then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
 * finishes a sequence as soon as it emits a stop token (the tokenizer's eos, e.g. ``<|im_end|>``,
   plus the generation config's eos ids) or reaches its ``max_tokens``; finished rows leave the batch
-  in bulk, once they are a quarter of it (each removal copies every layer's continuation cache);
+  at once on the C++ kernels' path (through the cache's row-slot map, no copy), elsewhere in bulk,
+  once they are a quarter of it (each removal copies every layer's continuation cache);
 * keeps the per-step [batch, vocab] logits in reused buffers and samples in place (on a CPU, a fresh
   50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
 * runs decoding steps' attention through a C++ kernel for bf16 on a CPU (``decode_kernel.py``: one
-  pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors), and
-  the fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``);
+  pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors), the
+  fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``), and the
+  sampler through another, straight from the LM head's bf16 logits (``csrc/sample.cpp``: the same
+  distribution as ``sample_next``, each row read twice instead of ~8 float32 passes);
 * on a CPU, has glibc keep freed memory for reuse (``keep_freed_memory``: a prefill's megabyte-sized
   temporaries otherwise page-fault afresh every time);
 * runs decoding steps straight from the weights, projections fused, for Llama-architecture models
@@ -663,6 +666,9 @@ class HFEngine(Engine):
         self._decode_kernel = None
         if decode_kernel and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             self._decode_kernel = load_decode_kernel()
+        # the C++ sampler reads the LM head's bf16 logits (no float32 copy); else sample_next in torch
+        self._sample_kernel = self._decode_kernel is not None and (
+            self.model.get_output_embeddings().weight.dtype == torch.bfloat16)
         # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
         self.fused = None
         if fused_decoder and unsupported_reason(self.model) is None:
@@ -740,22 +746,34 @@ class HFEngine(Engine):
             out = self.model(past_key_values=cache, shared_cache=cache, use_cache=True, logits_to_keep=1, **inputs)
         return out.logits[:, -1, :].float()
 
-    def _logit_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _logit_buffers(self, rows: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """[rows, vocab] buffers of the decoding steps, in memory the engine reuses across batches: the
-        LM head's float32 output (what the sampler reads and overwrites), its output in the head's own
-        dtype for a lower-precision model (else None), and the sampler's float32 probabilities."""
+        LM head's float32 output (what ``sample_next`` reads and overwrites), its output in the head's
+        own dtype for a lower-precision model (else None), and ``sample_next``'s float32 probabilities.
+        With the C++ sampler, which reads the head's bf16 output, only that one (the others None)."""
         weight = self.model.get_output_embeddings().weight
         shape = (rows, weight.shape[0])
+        low = None if weight.dtype == torch.float32 else self.row_buffers.view(("logits", "low", 0), shape, weight)
+        if self._sample_kernel:
+            return None, low, None
         f32 = self.row_buffers.view(("logits", "float32", 0), shape, weight.new_empty(0, dtype=torch.float32))
         probs = self.row_buffers.view(("logits", "probs", 0), shape, f32)
-        low = None if weight.dtype == torch.float32 else self.row_buffers.view(("logits", "low", 0), shape, weight)
         return f32, low, probs
 
+    def _sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                generator: torch.Generator, scratch: torch.Tensor | None) -> torch.Tensor:
+        """Each row's next token: the C++ sampler on bf16 logits (one float64 uniform per row drawn
+        from ``generator``), else ``sample_next`` in place on float32 logits."""
+        if self._sample_kernel:
+            uniforms = torch.rand(len(logits), generator=generator, dtype=torch.float64, device=logits.device)
+            return self._decode_kernel.sample_next(logits, temperature, top_p, uniforms)
+        return sample_next(logits, temperature, top_p, generator, inplace=True, scratch=scratch)
+
     def _decode(self, cache: SharedPrefixCache, nxt: torch.Tensor, pos: torch.Tensor,
-                buffers: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-        """One decoding step: float32 logits [B, V] of each row's next token, written into ``buffers``
-        (the plain LM head as a matmul, as in ``_prefill``). The decoder runs as ``FusedDecoder`` where
-        the model allows, else through transformers' forward."""
+                buffers: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+        """One decoding step: logits [B, V] of each row's next token, written into ``buffers`` (the
+        plain LM head as a matmul, as in ``_prefill``): in bf16 for the C++ sampler, else float32. The
+        decoder runs as ``FusedDecoder`` where the model allows, else through transformers' forward."""
         if self.fused is not None:
             hidden = self.fused.step(cache, nxt, pos)
         else:
@@ -769,7 +787,8 @@ class HFEngine(Engine):
         b = hidden.shape[0]
         if low is None:
             return torch.mm(hidden, weight, out=f32[:b])
-        return f32[:b].copy_(torch.mm(hidden, weight, out=low[:b]))
+        logits = torch.mm(hidden, weight, out=low[:b])
+        return logits if f32 is None else f32[:b].copy_(logits)
 
     def _prefill(self, prompts: Sequence[list[int]], extra: int):
         """Run the prompts once, RIGHT-padded (causal attention needs no mask then: SDPA skips the upper
@@ -820,8 +839,10 @@ class HFEngine(Engine):
         cache.start_rows(owner, mask)
         lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
         logits, last_pos = logits[owner], last_pos[owner]
-        temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], device=dev)
-        top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], device=dev)
+        if self._sample_kernel:  # the head's bf16 output, as the decoding steps hand it over (exact)
+            logits = logits.to(self.model.get_output_embeddings().weight.dtype)
+        temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], dtype=torch.float32, device=dev)
+        top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], dtype=torch.float32, device=dev)
         budget = torch.tensor([reqs[o].sampling.max_tokens for o in owner.tolist()], device=dev)
 
         rows = len(owner)
@@ -832,8 +853,8 @@ class HFEngine(Engine):
         buffers = self._logit_buffers(rows)
         step = 0
         while True:
-            logprobs = torch.log_softmax(logits, -1) if self.trace is not None else None
-            nxt = sample_next(logits, temperature, top_p, generator, inplace=True, scratch=buffers[2])
+            logprobs = torch.log_softmax(logits.float(), -1) if self.trace is not None else None
+            nxt = self._sample(logits, temperature, top_p, generator, buffers[2])
             step += 1
             stop = torch.isin(nxt, self._stop_tensor)
             done = (stop | (budget <= step)) & live

@@ -262,6 +262,8 @@ torch::Tensor rotary_into_cache(torch::Tensor qkv, torch::Tensor cos, torch::Ten
                                 int64_t kv_heads, double scaling, torch::Tensor key_buffer_t,
                                 torch::Tensor value_buffer, int64_t position, torch::Tensor slots);
 torch::Tensor silu_mul(torch::Tensor gate_up);
+// sample.cpp
+torch::Tensor sample_next(torch::Tensor logits, torch::Tensor temperature, torch::Tensor top_p, torch::Tensor u);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "decoding-step attention over a shared-prefix cache (bf16, CPU)");
@@ -269,4 +271,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rotary_into_cache", &rotary_into_cache,
         "rotary embeddings, query scaling and the key/value cache write of one decoding step (bf16, CPU)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection (bf16, CPU)");
+  m.def("sample_next", &sample_next, "next tokens of a decoding step from bf16 logits: greedy or nucleus (CPU)");
 }
