@@ -1,6 +1,9 @@
 """The hf engine's decoding-step C++ kernels, built on first use: the attention kernel
-(``csrc/decode_attention.cpp``) and the fused decoder's layer kernels (``csrc/decode_layer.cpp``:
-RMSNorm, rotary + query scaling + cache write, SiLU-gating; used by ``FusedDecoder.kernel_step``).
+(``csrc/decode_attention.cpp``), the fused decoder's layer kernels (``csrc/decode_layer.cpp``:
+RMSNorm, rotary + query scaling + cache write, SiLU-gating; used by ``FusedDecoder.kernel_step``) and
+the sampler (``csrc/sample.cpp``: greedy or nucleus draws straight from the LM head's bf16 logits).
+The attention and cache-write kernels address each row's continuation through a row-slot map
+(``csrc/row_slots.h``), so finished rows leave a batch without any buffer being copied.
 
 Why a kernel: a decoding step's attention is, per layer, 2 x rows x kv_heads tiny matrix products
 (one query token against a few hundred keys) plus ~20 element-wise passes over the scores. On a CPU the
