@@ -4,9 +4,10 @@
 
 Prefills ``batch / 4`` actor prompts, opens 4 sample rows per prompt (as the actor stage does), then
 times ``--steps`` decoding steps with the engine's own pieces (``HFEngine._decode``'s decoder and head,
-``sample_next`` in place) and prints the mean of each part after 10 warm-up steps, plus the time the
-bf16 linear layers alone would need at this batch (the roof the step is compared against). Tokens fed
-are random, so the sampler sees flatter distributions than real text (more full-sort fallbacks).
+``HFEngine._sample``: the C++ sampler on bf16 logits, else ``sample_next`` in place) and prints the
+mean of each part after 10 warm-up steps, plus the time the bf16 linear layers alone would need at this
+batch (the roof the step is compared against). Tokens fed are random, so the sampler sees flatter
+distributions than real text (more wide nuclei).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run import instruction  # noqa: E402
 
-from metareward.engines.hf import HFEngine, sample_next  # noqa: E402
+from metareward.engines.hf import HFEngine  # noqa: E402
 from metareward.models import resolve_model  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def main() -> None:
         t0 = time.perf_counter()
         logits = engine._decode(cache, nxt, last, buffers)
         t1 = time.perf_counter()
-        nxt = sample_next(logits, temperature, top_p, gen, inplace=True, scratch=buffers[2])
+        nxt = engine._sample(logits, temperature, top_p, gen, buffers[2])
         t2 = time.perf_counter()
         if step >= 10:
             totals[0] += t1 - t0
