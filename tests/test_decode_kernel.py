@@ -340,3 +340,8 @@ def test_kernel_sampler_rejects_what_it_cannot_run(kernel):
         kernel.sample_next(logits, t, p, u.float())
     with pytest.raises(RuntimeError, match="one temperature, top_p and u per row"):
         kernel.sample_next(logits, t[:1], p, u)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = logits.clone()
+        broken[1, 37] = bad
+        with pytest.raises(RuntimeError, match="logits of row 1 hold a NaN or an infinity"):
+            kernel.sample_next(broken, t, p, u)

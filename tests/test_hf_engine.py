@@ -228,6 +228,11 @@ def test_bf16_stays_close_to_float32(engine):
     greedy = SamplingParams(temperature=0, max_tokens=6)
     out = list(bf16.generate([GenerationRequest(id="x", messages=user(QUESTIONS[0]), sampling=greedy)]))
     assert out[0].texts[0]
+    # seeded: the same requests draw the same texts (with the C++ sampler where it builds)
+    sampling = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=10)
+    reqs = [GenerationRequest(id=str(i), messages=user(q), sampling=sampling, n=3, seed=i) for i, q in enumerate(QUESTIONS)]
+    first = [o.texts for o in bf16.generate(reqs)]
+    assert [o.texts for o in bf16.generate(reqs)] == first and len({t for texts in first for t in texts}) > 3
 
 
 def trace_steps(engine: HFEngine, reqs) -> dict[int, list[tuple[int, torch.Tensor]]]:

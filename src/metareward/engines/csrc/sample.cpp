@@ -29,6 +29,7 @@
 // that.
 //
 // Assumptions: logits a contiguous bf16 CPU matrix [B, V]; temperature, top_p float32 [B]; u float64 [B].
+// A row with a NaN or an infinity is an error (as for torch's sampler), not a draw.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -53,7 +54,15 @@ struct Scratch {
   std::vector<int32_t> blocks, columns;
 };
 
-// One row's token; `row` holds its V bf16 logits.
+// Whether a row of bf16 logits holds a NaN or an infinity (all exponent bits set). On the raw bits,
+// because -ffast-math lets the compiler assume floats are finite.
+bool non_finite(const uint16_t* row, int64_t V) {
+  uint16_t bad = 0;
+  for (int64_t j = 0; j < V; ++j) bad |= static_cast<uint16_t>((row[j] & 0x7F80u) == 0x7F80u);
+  return bad != 0;
+}
+
+// One row's token; `row` holds its V bf16 logits (finite).
 int64_t sample_row(const uint16_t* row, int64_t V, float temperature, float top_p, double u, Scratch& s) {
   const auto l = [row](int64_t j) { return bf16_to_float(row[j]); };
   // block maxima and the row's maximum (vectorised: a max over each block of 64)
@@ -173,7 +182,14 @@ torch::Tensor sample_next(torch::Tensor logits, torch::Tensor temperature, torch
   int64_t* tokens = out.data_ptr<int64_t>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     Scratch s;
-    for (int64_t r = begin; r < end; ++r) tokens[r] = sample_row(src + r * V, V, temp[r], nucleus[r], uniform[r], s);
+    for (int64_t r = begin; r < end; ++r) {
+      // a row with a NaN or an infinity gets -1, reported below (torch's sampler raises on it too)
+      tokens[r] = non_finite(src + r * V, V) ? -1 : sample_row(src + r * V, V, temp[r], nucleus[r], uniform[r], s);
+    }
   });
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(tokens[r] >= 0, "sample_next: the logits of row ", r,
+                " hold a NaN or an infinity (has the model diverged, e.g. after a bad training step?)");
+  }
   return out;
 }
