@@ -307,16 +307,17 @@ def nucleus_token(logits: torch.Tensor, temperature: float, top_p: float, u: flo
     return int(si[int((c > u * c[-1]).nonzero()[0])]), int(keep.sum())
 
 
+@pytest.mark.parametrize("dtype", [BF16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("vocab", [49152 + 17, 200], ids=["blocks-and-tail", "small"])
-def test_kernel_sampler_draws_the_nucleus_token_of_each_uniform(kernel, vocab):
-    """For bf16 logits of every sharpness, per-row temperatures (greedy included) and top-p's (1 included),
+def test_kernel_sampler_draws_the_nucleus_token_of_each_uniform(kernel, vocab, dtype):
+    """For bf16 or float32 logits of every sharpness, per-row temperatures (greedy included) and top-p's (1 included),
     each row's token is exactly the one its uniform selects from the exact nucleus: whether the nucleus
     is found among the top 16 columns, the top 64 or through mass bands (wide nuclei, or a vocabulary
     too small for the block tiers), and with columns past the last whole block."""
     gen = torch.Generator().manual_seed(0)
     rows = 64
     sharpness = torch.tensor([0.3, 1.0, 2.0, 4.0, 8.0, 20.0, 40.0, 80.0] * 8)
-    logits = (torch.randn(rows, vocab, generator=gen) * sharpness[:, None]).to(BF16)
+    logits = (torch.randn(rows, vocab, generator=gen) * sharpness[:, None]).to(dtype)
     temperature = torch.rand(rows, generator=gen) + 0.3
     temperature[:4] = 0.0
     top_p = torch.rand(rows, generator=gen) * 0.5 + 0.5
@@ -334,14 +335,15 @@ def test_kernel_sampler_draws_the_nucleus_token_of_each_uniform(kernel, vocab):
 def test_kernel_sampler_rejects_what_it_cannot_run(kernel):
     logits = torch.zeros(2, 100, dtype=BF16)
     t, p, u = torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="contiguous bf16 CPU matrix"):
-        kernel.sample_next(logits.float(), t, p, u)
+    with pytest.raises(RuntimeError, match="contiguous bf16 or float32 CPU matrix"):
+        kernel.sample_next(logits.double(), t, p, u)
     with pytest.raises(RuntimeError, match="float32, u float64"):
         kernel.sample_next(logits, t, p, u.float())
     with pytest.raises(RuntimeError, match="one temperature, top_p and u per row"):
         kernel.sample_next(logits, t[:1], p, u)
-    for bad in (float("nan"), float("inf"), float("-inf")):
-        broken = logits.clone()
-        broken[1, 37] = bad
-        with pytest.raises(RuntimeError, match="logits of row 1 hold a NaN or an infinity"):
-            kernel.sample_next(broken, t, p, u)
+    for dtype in (BF16, torch.float32):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            broken = logits.to(dtype)
+            broken[1, 37] = bad
+            with pytest.raises(RuntimeError, match="logits of row 1 hold a NaN or an infinity"):
+                kernel.sample_next(broken, t, p, u)

@@ -24,9 +24,10 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
   50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
 * runs decoding steps' attention through a C++ kernel for bf16 on a CPU (``decode_kernel.py``: one
   pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors), the
-  fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``), and the
-  sampler through another, straight from the LM head's bf16 logits (``csrc/sample.cpp``: the same
-  distribution as ``sample_next``, each row read twice instead of ~8 float32 passes);
+  fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``), and, for bf16
+  and float32 models on a CPU, the sampler through another, straight from the LM head's output
+  (``csrc/sample.cpp``: the same distribution as ``sample_next``, each row read twice instead of ~8
+  float32 passes);
 * on a CPU, has glibc keep freed memory for reuse (``keep_freed_memory``: a prefill's megabyte-sized
   temporaries otherwise page-fault afresh every time);
 * runs decoding steps straight from the weights, projections fused, for Llama-architecture models
@@ -663,12 +664,13 @@ class HFEngine(Engine):
         self._decode_attention = compiled_or_eager(_rows_attention) if compile else _rows_attention
         # decoding steps' attention through the C++ kernel where it applies (bf16 on a CPU), built on
         # first use; None: batched matmuls (decode_kernel.py)
+        # (the extension is loaded for float32 too, for its sampler; the other kernels take bf16 only)
         self._decode_kernel = None
-        if decode_kernel and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+        if decode_kernel and self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32):
             self._decode_kernel = load_decode_kernel()
-        # the C++ sampler reads the LM head's bf16 logits (no float32 copy); else sample_next in torch
+        # the C++ sampler reads the LM head's own output (bf16: no float32 copy); else sample_next in torch
         self._sample_kernel = self._decode_kernel is not None and (
-            self.model.get_output_embeddings().weight.dtype == torch.bfloat16)
+            self.model.get_output_embeddings().weight.dtype in (torch.bfloat16, torch.float32))
         # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
         self.fused = None
         if fused_decoder and unsupported_reason(self.model) is None:
@@ -750,20 +752,22 @@ class HFEngine(Engine):
         """[rows, vocab] buffers of the decoding steps, in memory the engine reuses across batches: the
         LM head's float32 output (what ``sample_next`` reads and overwrites), its output in the head's
         own dtype for a lower-precision model (else None), and ``sample_next``'s float32 probabilities.
-        With the C++ sampler, which reads the head's bf16 output, only that one (the others None)."""
+        The C++ sampler reads the head's own output: no float32 copy of a bf16 one, no probabilities
+        (those None)."""
         weight = self.model.get_output_embeddings().weight
         shape = (rows, weight.shape[0])
         low = None if weight.dtype == torch.float32 else self.row_buffers.view(("logits", "low", 0), shape, weight)
-        if self._sample_kernel:
-            return None, low, None
-        f32 = self.row_buffers.view(("logits", "float32", 0), shape, weight.new_empty(0, dtype=torch.float32))
-        probs = self.row_buffers.view(("logits", "probs", 0), shape, f32)
+        f32 = probs = None
+        if low is None or not self._sample_kernel:
+            f32 = self.row_buffers.view(("logits", "float32", 0), shape, weight.new_empty(0, dtype=torch.float32))
+        if not self._sample_kernel:
+            probs = self.row_buffers.view(("logits", "probs", 0), shape, f32)
         return f32, low, probs
 
     def _sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
                 generator: torch.Generator, scratch: torch.Tensor | None) -> torch.Tensor:
-        """Each row's next token: the C++ sampler on bf16 logits (one float64 uniform per row drawn
-        from ``generator``), else ``sample_next`` in place on float32 logits."""
+        """Each row's next token: the C++ sampler on the head's own logits (one float64 uniform per row
+        drawn from ``generator``), else ``sample_next`` in place on float32 logits."""
         if self._sample_kernel:
             uniforms = torch.rand(len(logits), generator=generator, dtype=torch.float64, device=logits.device)
             return self._decode_kernel.sample_next(logits, temperature, top_p, uniforms)
@@ -772,7 +776,7 @@ class HFEngine(Engine):
     def _decode(self, cache: SharedPrefixCache, nxt: torch.Tensor, pos: torch.Tensor,
                 buffers: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
         """One decoding step: logits [B, V] of each row's next token, written into ``buffers`` (the
-        plain LM head as a matmul, as in ``_prefill``): in bf16 for the C++ sampler, else float32. The
+        plain LM head as a matmul, as in ``_prefill``): in the head's dtype for the C++ sampler, else float32. The
         decoder runs as ``FusedDecoder`` where the model allows, else through transformers' forward."""
         if self.fused is not None:
             hidden = self.fused.step(cache, nxt, pos)
@@ -839,7 +843,7 @@ class HFEngine(Engine):
         cache.start_rows(owner, mask)
         lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
         logits, last_pos = logits[owner], last_pos[owner]
-        if self._sample_kernel:  # the head's bf16 output, as the decoding steps hand it over (exact)
+        if self._sample_kernel:  # in the head's dtype, as the decoding steps hand logits over (exact)
             logits = logits.to(self.model.get_output_embeddings().weight.dtype)
         temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], dtype=torch.float32, device=dev)
         top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], dtype=torch.float32, device=dev)

@@ -1,5 +1,5 @@
-// Next-token sampling for the hf engine's decoding steps, one task per row, straight from the LM head's
-// bf16 logits.
+// Next-token sampling for the hf engine's decoding steps on a CPU, one task per row, straight from the
+// LM head's output (bf16, or float32 for a float32 model).
 //
 // Why: in torch a step's sampling is a float32 copy of the [B, V] logits, a division by the
 // temperature, a softmax written to memory, block maxima, top-k's and gathers: ~8 passes over B x V
@@ -22,13 +22,14 @@
 // The draw: a uniform u in [0, 1) per row (from the caller's generator, so seeds reproduce), the first
 // kept column whose cumulative mass exceeds u times the nucleus's mass.
 //
-// Numerics: logits as bf16 (the head's own output), everything after in float32: the normaliser summed
+// Numerics: logits as the head wrote them, everything after in float32: the normaliser summed
 // in float lanes, the masses of bands and of the nucleus in double; exp is the compiler's vectorised
 // one (-ffast-math), so probabilities differ from torch's in float32's last bits, and a column at the
 // nucleus's edge can be kept by one and not the other only when its mass above equals top_p to within
 // that.
 //
-// Assumptions: logits a contiguous bf16 CPU matrix [B, V]; temperature, top_p float32 [B]; u float64 [B].
+// Assumptions: logits a contiguous bf16 or float32 CPU matrix [B, V]; temperature, top_p float32 [B];
+// u float64 [B].
 // A row with a NaN or an infinity is an error (as for torch's sampler), not a draw.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -38,6 +39,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -54,17 +56,30 @@ struct Scratch {
   std::vector<int32_t> blocks, columns;
 };
 
-// Whether a row of bf16 logits holds a NaN or an infinity (all exponent bits set). On the raw bits,
-// because -ffast-math lets the compiler assume floats are finite.
-bool non_finite(const uint16_t* row, int64_t V) {
-  uint16_t bad = 0;
-  for (int64_t j = 0; j < V; ++j) bad |= static_cast<uint16_t>((row[j] & 0x7F80u) == 0x7F80u);
+// A row of logits as raw bits: bf16 (uint16_t) or float32 (uint32_t).
+inline float as_float(uint16_t bits) { return bf16_to_float(bits); }
+inline float as_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+constexpr uint32_t exponent_bits(uint16_t) { return 0x7F80u; }
+constexpr uint32_t exponent_bits(uint32_t) { return 0x7F800000u; }
+
+// Whether a row holds a NaN or an infinity (all exponent bits set). On the raw bits, because
+// -ffast-math lets the compiler assume floats are finite.
+template <typename Bits>
+bool non_finite(const Bits* row, int64_t V) {
+  const Bits mask = static_cast<Bits>(exponent_bits(Bits{}));
+  Bits bad = 0;
+  for (int64_t j = 0; j < V; ++j) bad |= static_cast<Bits>((row[j] & mask) == mask);
   return bad != 0;
 }
 
-// One row's token; `row` holds its V bf16 logits (finite).
-int64_t sample_row(const uint16_t* row, int64_t V, float temperature, float top_p, double u, Scratch& s) {
-  const auto l = [row](int64_t j) { return bf16_to_float(row[j]); };
+// One row's token; `row` holds its V logits (finite).
+template <typename Bits>
+int64_t sample_row(const Bits* row, int64_t V, float temperature, float top_p, double u, Scratch& s) {
+  const auto l = [row](int64_t j) { return as_float(row[j]); };
   // block maxima and the row's maximum (vectorised: a max over each block of 64)
   const int64_t n_blocks = V / BLOCK, body = n_blocks * BLOCK;
   s.block_max.resize(n_blocks);
@@ -138,7 +153,8 @@ int64_t sample_row(const uint16_t* row, int64_t V, float temperature, float top_
   // every column of a higher band ranks above every column of a lower one, so they hold the nucleus.
   double band_mass[BANDS + 1] = {};
   const auto band = [&](int64_t j) {
-    return std::min<int64_t>(static_cast<int64_t>((m - l(j)) * inv_t * BANDS_PER_UNIT), BANDS);
+    const float depth = (m - l(j)) * inv_t * BANDS_PER_UNIT;  // >= 0; clamped before the cast
+    return depth >= static_cast<float>(BANDS) ? BANDS : static_cast<int64_t>(depth);
   };
   for (int64_t j = 0; j < V; ++j) band_mass[band(j)] += std::exp((l(j) - m) * inv_t);
   int64_t last_band = 0;
@@ -159,13 +175,27 @@ int64_t sample_row(const uint16_t* row, int64_t V, float temperature, float top_
   return token >= 0 ? token : s.columns[V - 1];
 }
 
+template <typename Bits>
+void sample_rows(const Bits* src, int64_t rows, int64_t V, const float* temp, const float* nucleus,
+                 const double* uniform, int64_t* tokens) {
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    Scratch s;
+    for (int64_t r = begin; r < end; ++r) {
+      // a row with a NaN or an infinity gets -1, reported by the caller (torch's sampler raises on it too)
+      tokens[r] = non_finite(src + r * V, V) ? -1 : sample_row(src + r * V, V, temp[r], nucleus[r], uniform[r], s);
+    }
+  });
+}
+
 }  // namespace
 
-// logits [B, V] bf16; temperature, top_p [B] float32; u [B] float64 uniforms in [0, 1). Returns [B] int64.
+// logits [B, V] bf16 or float32; temperature, top_p [B] float32; u [B] float64 uniforms in [0, 1).
+// Returns [B] int64.
 torch::Tensor sample_next(torch::Tensor logits, torch::Tensor temperature, torch::Tensor top_p, torch::Tensor u) {
-  TORCH_CHECK(logits.scalar_type() == at::kBFloat16 && logits.is_contiguous() && logits.device().is_cpu() &&
+  const bool bf16 = logits.scalar_type() == at::kBFloat16;
+  TORCH_CHECK((bf16 || logits.scalar_type() == at::kFloat) && logits.is_contiguous() && logits.device().is_cpu() &&
                   logits.dim() == 2,
-              "sample_next: logits must be a contiguous bf16 CPU matrix");
+              "sample_next: logits must be a contiguous bf16 or float32 CPU matrix");
   const int64_t rows = logits.size(0), V = logits.size(1);
   TORCH_CHECK(V > 0 && V < (int64_t{1} << 31), "sample_next: vocabulary size ", V);
   TORCH_CHECK(temperature.scalar_type() == at::kFloat && top_p.scalar_type() == at::kFloat &&
@@ -175,18 +205,14 @@ torch::Tensor sample_next(torch::Tensor logits, torch::Tensor temperature, torch
     TORCH_CHECK(t->is_contiguous() && t->numel() == rows, "sample_next: one temperature, top_p and u per row");
   }
   auto out = torch::empty({rows}, logits.options().dtype(at::kLong));
-  const auto* src = reinterpret_cast<const uint16_t*>(logits.data_ptr<at::BFloat16>());
-  const float* temp = temperature.data_ptr<float>();
-  const float* nucleus = top_p.data_ptr<float>();
-  const double* uniform = u.data_ptr<double>();
   int64_t* tokens = out.data_ptr<int64_t>();
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    Scratch s;
-    for (int64_t r = begin; r < end; ++r) {
-      // a row with a NaN or an infinity gets -1, reported below (torch's sampler raises on it too)
-      tokens[r] = non_finite(src + r * V, V) ? -1 : sample_row(src + r * V, V, temp[r], nucleus[r], uniform[r], s);
-    }
-  });
+  if (bf16) {
+    sample_rows(reinterpret_cast<const uint16_t*>(logits.data_ptr<at::BFloat16>()), rows, V,
+                temperature.data_ptr<float>(), top_p.data_ptr<float>(), u.data_ptr<double>(), tokens);
+  } else {
+    sample_rows(reinterpret_cast<const uint32_t*>(logits.data_ptr<float>()), rows, V, temperature.data_ptr<float>(),
+                top_p.data_ptr<float>(), u.data_ptr<double>(), tokens);
+  }
   for (int64_t r = 0; r < rows; ++r) {
     TORCH_CHECK(tokens[r] >= 0, "sample_next: the logits of row ", r,
                 " hold a NaN or an infinity (has the model diverged, e.g. after a bad training step?)");
