@@ -145,16 +145,21 @@ def test_fused_step_equals_transformers_forward_on_the_embedded_model(tokenizer)
     assert max(len(rows) for rows, _, _ in ours[1:]) == 6 and len(ours) - 1 > hf_module.SUFFIX_BLOCK
 
 
-def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
-    """A bf16 Llama with head size 64 (what the C++ kernels take), 35 decoding steps of 6 rows over 3
-    prompts, the same tokens fed to both: ``kernel_step``'s log-probabilities stay close to the torch
-    step's (both attend through the attention kernel, so this isolates the layer kernels)."""
+def kernel_shaped_engine(tokenizer) -> tuple[HFEngine, LlamaForCausalLM]:
+    """An engine over a tiny random bf16 Llama with head size 64 (a shape the C++ kernels take)."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=384, num_hidden_layers=2,
                          num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512)
     model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
-    engine = HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8)
-    decoder = engine.fused
+    return HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8), model
+
+
+def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
+    """A bf16 Llama with head size 64 (what the C++ kernels take), 35 decoding steps of 6 rows over 3
+    prompts, the same tokens fed to both: ``kernel_step``'s log-probabilities stay close to the torch
+    step's (both attend through the attention kernel, so this isolates the layer kernels)."""
+    engine, model = kernel_shaped_engine(tokenizer)
+    config, decoder = model.config, engine.fused
     assert decoder.kernels is not None
     prompts = [engine.render(({"role": "user", "content": q},)) for q in QUESTIONS]
     owner = torch.tensor([0, 0, 1, 2, 2, 2])
@@ -190,12 +195,8 @@ def test_rows_leaving_by_the_slot_map_equal_rows_copied_out(tokenizer):
     states equal, bit for bit, those of a batch whose buffers are copied at once. Rows leave before the
     first step, while a prompt still has rows and when its last row goes, before and after a growth of
     the row buffers (at 32 positions); one torch step mid-way materialises the slots."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=384, num_hidden_layers=2,
-                         num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512)
-    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
-    engine = HFEngine("", device="cpu", model=model, tokenizer=tokenizer, batch_size=8)
-    decoder = engine.fused
+    engine, model = kernel_shaped_engine(tokenizer)
+    config, decoder = model.config, engine.fused
     prompts = [engine.render(({"role": "user", "content": q},)) for q in QUESTIONS]
     owner = torch.tensor([0, 0, 1, 2, 2, 2, 2])
     leave = {0: [1], 5: [3], 12: [0], 20: [2], 28: [0], 34: [1]}  # step -> batch rows (of those left) that finish

@@ -42,7 +42,7 @@ class EngineConfig:
     batch_size: int = 32  # sequences per forward pass (hf engine)
     compile: bool = False  # hf: torch.compile the torch decoding path (attention, the fused decoder's norms/rotary/MLP glue) where the C++ kernels do not run; ~10-20 s compile per process, eager if it fails; measured slower than eager on 2 CPU cores in the last check
     fused_decoder: bool = True  # hf: decode Llama/Mistral/Qwen2 models straight from fused weights (bit-identical to transformers' forward, faster; holds a copy of the linear weights)
-    decode_kernel: bool = True  # hf, bf16 on a CPU: decoding steps through C++ kernels (attention; the fused decoder's norms/rotary/cache writes/SiLU), built on first use (~30-60 s once per machine; needs g++ with OpenMP, else torch ops with a warning)
+    decode_kernel: bool = True  # hf on a CPU: decoding steps through C++ kernels (bf16: attention, the fused decoder's norms/rotary/cache writes/SiLU, finished rows leaving without a copy; bf16 and fp32: the sampler), built on first use (~30-60 s once per machine; needs g++ with OpenMP, else torch ops with a warning)
     chunk_size: int = 64  # requests per resumable unit written to disk; smaller = finer resume
     tensor_parallel_size: int = 1  # vllm
     data_parallel_size: int = 1  # vllm replicas through Ray

@@ -1,7 +1,8 @@
 """The hf engine's decoding-step C++ kernels, built on first use: the attention kernel
 (``csrc/decode_attention.cpp``), the fused decoder's layer kernels (``csrc/decode_layer.cpp``:
 RMSNorm, rotary + query scaling + cache write, SiLU-gating; used by ``FusedDecoder.kernel_step``) and
-the sampler (``csrc/sample.cpp``: greedy or nucleus draws straight from the LM head's bf16 logits).
+the sampler (``csrc/sample.cpp``: greedy or nucleus draws straight from the LM head's bf16 or float32
+logits; the only kernel a float32 model uses).
 The attention and cache-write kernels address each row's continuation through a row-slot map
 (``csrc/row_slots.h``), so finished rows leave a batch without any buffer being copied.
 

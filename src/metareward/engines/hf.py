@@ -662,9 +662,8 @@ class HFEngine(Engine):
         self.stop_ids = self._stop_ids()
         self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
         self._decode_attention = compiled_or_eager(_rows_attention) if compile else _rows_attention
-        # decoding steps' attention through the C++ kernel where it applies (bf16 on a CPU), built on
-        # first use; None: batched matmuls (decode_kernel.py)
-        # (the extension is loaded for float32 too, for its sampler; the other kernels take bf16 only)
+        # the C++ extension (decode_kernel.py), built on first use, on a CPU for bf16 (attention, layer
+        # kernels, sampler) and float32 (its sampler only); None: batched matmuls and torch's sampler
         self._decode_kernel = None
         if decode_kernel and self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32):
             self._decode_kernel = load_decode_kernel()
@@ -776,8 +775,9 @@ class HFEngine(Engine):
     def _decode(self, cache: SharedPrefixCache, nxt: torch.Tensor, pos: torch.Tensor,
                 buffers: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
         """One decoding step: logits [B, V] of each row's next token, written into ``buffers`` (the
-        plain LM head as a matmul, as in ``_prefill``): in the head's dtype for the C++ sampler, else float32. The
-        decoder runs as ``FusedDecoder`` where the model allows, else through transformers' forward."""
+        plain LM head as a matmul, as in ``_prefill``): in the head's dtype for the C++ sampler, else
+        float32. The decoder runs as ``FusedDecoder`` where the model allows, else through transformers'
+        forward."""
         if self.fused is not None:
             hidden = self.fused.step(cache, nxt, pos)
         else:
