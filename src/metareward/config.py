@@ -121,6 +121,7 @@ class TrainingConfig:
     shuffle_seed: int = 0
     save_steps: int = 200  # checkpoint interval; a killed training run resumes from the last checkpoint
     launcher: str | None = None  # e.g. "accelerate launch --config_file configs/accelerate/ddp.yaml": train in a subprocess (multi-GPU)
+    report_to: list[str] = field(default_factory=list)  # transformers integrations (tensorboard, trackio, wandb, ...) whichever is installed; both backends; per-step metrics always go to iter_<i>/train_log.jsonl
 
 
 @dataclass

@@ -11,6 +11,9 @@ Assumptions and choices:
 * ``method: lora`` trains adapters and merges them, so the next iteration loads a plain folder.
 * Checkpoints go to ``work_dir``; a rerun after a kill resumes from the last one. The final model is
   written to a temp folder and renamed into place, so ``out_dir`` exists only when complete.
+* Every optimizer step's metrics go to ``train_log.jsonl`` beside ``out_dir`` (``training.common.TrainLog``;
+  a resumed run continues it), and to ``cfg.report_to`` through TRL (TensorBoard files in
+  ``tensorboard/`` beside ``out_dir``, not in the deleted checkpoint folder).
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from metareward.training.common import (
     common_trainer_args,
     last_checkpoint,
     lora_config,
+    place_tensorboard_logs,
     save_trainer_model,
+    train_log_callback,
+    train_log_path,
     use_bf16,
 )
 
@@ -56,7 +62,8 @@ def train_dpo(
 ) -> dict[str, Any]:
     """Train one DPO round from ``model_path`` on ``pairs``; save the result to ``out_dir``.
 
-    Returns training metrics (loss, rewards/margins, accuracies, runtime, steps).
+    Returns training metrics (loss, rewards/margins, accuracies, runtime, steps); every step's metrics
+    are in ``train_log.jsonl`` beside ``out_dir``.
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,7 +94,8 @@ def train_dpo(
         beta=cfg.beta,
         max_length=cfg.max_length,
         disable_tqdm=False,
-        **common_trainer_args(DPOConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.shuffle_seed),
+        **common_trainer_args(DPOConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.shuffle_seed,
+                              cfg.report_to),
     )
     trainer = DPOTrainer(
         model=model,
@@ -95,7 +103,9 @@ def train_dpo(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[train_log_callback(train_log_path(out_dir))],
     )
+    place_tensorboard_logs(trainer.callback_handler.callbacks, out_dir.parent / "tensorboard")
     result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     save_trainer_model(trainer, tokenizer, out_dir, work_dir, cfg.method == "lora", model_path)

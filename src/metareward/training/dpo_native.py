@@ -35,6 +35,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -213,12 +214,21 @@ def train_dpo_native(
     lr_scheduler: str = "cosine",
     seed: int = 0,
     ref_model=None,
+    log_path: str | Path | None = None,
+    report_to: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``model`` in place with DPO on ``pairs`` (dicts with prompt: chat messages or str, chosen,
     rejected: str or assistant messages). The reference is ``ref_model`` if given, else ``model``'s
     weights before training (log-probs taken once up front). Returns metrics: loss, rewards, accuracy
-    (first and last optimizer step), steps, tokens, runtime and tokens/s."""
+    (first and last optimizer step), steps, tokens, runtime and tokens/s.
+
+    Each optimizer step's metrics (``training.common.STEP_KEYS``: loss, rewards, margins, accuracy, the
+    learning rate the step used, the gradient norm before clipping, tokens/s of the step) are appended to
+    ``log_path`` when given (a fresh ``TrainLog``: a killed round restarts from step 1) and handed to the
+    ``report_to`` integrations (``training.common.NativeReporter``; their files go beside ``log_path``)."""
     from transformers import get_scheduler
+
+    from metareward.training.common import NativeReporter, TrainLog, step_record
 
     started = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -239,13 +249,18 @@ def train_dpo_native(
                                   fused=_fused_adamw_ok(params))
     scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     rng = random.Random(seed)
+    train_log = TrainLog(log_path, resume_step=0) if log_path is not None else None
+    reporter = NativeReporter(report_to, Path(log_path).parent if log_path is not None else Path.cwd(), model, tokenizer)
+    reporter.begin(total_steps)
     model.train()
     logs: list[dict[str, float]] = []
     tokens = 0
     order: list[int] = []
     step_times: list[float] = []
-    for _ in range(total_steps):
+    for step in range(1, total_steps + 1):
         step_start = time.perf_counter()
+        step_lr = scheduler.get_last_lr()[0]
+        step_tokens = 0
         if not order:
             order = list(range(len(items)))
             rng.shuffle(order)
@@ -254,7 +269,7 @@ def train_dpo_native(
         losses, chosen_r, rejected_r = [], [], []
         for micro in _micro_batches(chunk, items, batch_size):
             seqs = [s for i in micro for s in items[i].sequences()]
-            tokens += sum(len(s) for s, _ in seqs)
+            step_tokens += sum(len(s) for s, _ in seqs)
             logps = sequence_logps(model, seqs, pad_id).view(-1, 2)
             r = ref[micro].to(logps.device)
             loss, cr, rr = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta)
@@ -262,20 +277,28 @@ def train_dpo_native(
             losses.append(loss.detach())
             chosen_r.append(cr)
             rejected_r.append(rr)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         optimizer.step()
         scheduler.step()
         step_times.append(time.perf_counter() - step_start)
+        tokens += step_tokens
         c, r = torch.cat(chosen_r), torch.cat(rejected_r)
-        logs.append(
-            {
-                "loss": float(torch.cat(losses).mean()),
-                "rewards/chosen": float(c.mean()),
-                "rewards/rejected": float(r.mean()),
-                "rewards/margins": float((c - r).mean()),
-                "rewards/accuracies": float((c > r).float().mean()),
-            }
-        )
+        entry = {
+            "loss": float(torch.cat(losses).mean()),
+            "rewards/chosen": float(c.mean()),
+            "rewards/rejected": float(r.mean()),
+            "rewards/margins": float((c - r).mean()),
+            "rewards/accuracies": float((c > r).float().mean()),
+        }
+        logs.append(entry)
+        record = step_record(step, step / steps_per_epoch, {
+            **entry, "learning_rate": step_lr, "grad_norm": grad_norm,
+            "tokens_per_s": step_tokens / step_times[-1] if step_times[-1] > 0 else None,
+        }, time.perf_counter() - started)
+        if train_log is not None:
+            train_log.append(record)
+        reporter.log(record)
+    reporter.end()
     model.eval()
     runtime = time.perf_counter() - started
     return {
@@ -306,14 +329,13 @@ def train_dpo_native_from_path(
 
     ``pairs`` are ``PreferencePair`` records; ``cfg`` a ``TrainingConfig``. Full fine-tuning only (LoRA
     stays with the TRL backend). No mid-training checkpoints: a killed run restarts the round, whose
-    output folder appears only when complete. ``work_dir`` is unused (kept for the same signature).
+    output folder appears only when complete, and its ``train_log.jsonl`` (beside ``out_dir``) starts
+    over. ``work_dir`` is unused (kept for the same signature).
     """
-    from pathlib import Path
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metareward.models import save_model_atomic
-    from metareward.training.common import use_bf16
+    from metareward.training.common import train_log_path, use_bf16
     from metareward.training.dpo import to_conversational
 
     if cfg.method != "full":
@@ -334,7 +356,8 @@ def train_dpo_native_from_path(
     metrics = train_dpo_native(
         model, tokenizer, rows, beta=cfg.beta, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
         grad_accum=cfg.gradient_accumulation, max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio,
-        lr_scheduler=cfg.lr_scheduler, seed=cfg.shuffle_seed,
+        lr_scheduler=cfg.lr_scheduler, seed=cfg.shuffle_seed, log_path=train_log_path(out_dir),
+        report_to=cfg.report_to,
     )
     save_model_atomic(model, tokenizer, out_dir)
     metrics["backend"] = "native"

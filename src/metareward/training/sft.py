@@ -21,6 +21,8 @@ Choices and assumptions:
   merges them, so the output is a plain model folder like the full fine-tune's.
 * The input model must be a plain folder (``metareward.models.resolve_model`` gives one for the embedded
   GGUF model; ``metareward.models.save_plain`` converts any GGUF-loaded model).
+* **Step log**: every optimizer step's loss, learning rate, grad norm, token accuracy and tokens/s go to
+  ``train_log.jsonl`` beside ``out_dir`` (``training.common.TrainLog``), and to ``report_to`` through TRL.
 * **Resumable and atomic**: checkpoints go to ``work_dir`` (default ``<out_dir>.work``) every ``save_steps``
   steps and a rerun resumes from the last one; the final model is written to a temp folder and renamed
   to ``out_dir``, so ``out_dir`` exists only when complete.
@@ -32,7 +34,7 @@ non-empty string fields ``prompt`` (user turn) and ``completion`` (assistant tur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +46,10 @@ from metareward.training.common import (
     common_trainer_args,
     last_checkpoint,
     lora_config,
+    place_tensorboard_logs,
     save_trainer_model,
+    train_log_callback,
+    train_log_path,
     use_bf16,
 )
 
@@ -72,6 +77,7 @@ class SFTConfig:
     lora_dropout: float = 0.05
     save_steps: int = 200
     seed: int = 0
+    report_to: list[str] = field(default_factory=list)  # transformers integrations: tensorboard, trackio, wandb, ...
 
     def validate(self, prefix: str = "sft") -> None:
         """Range checks; errors name the field (``sft.learning_rate: ...``)."""
@@ -180,7 +186,8 @@ def run_sft(
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
-        **common_trainer_args(TRLSFTConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.seed),
+        **common_trainer_args(TRLSFTConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.seed,
+                              cfg.report_to),
     )
     trainer = SFTTrainer(
         model=model,
@@ -189,7 +196,9 @@ def run_sft(
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[train_log_callback(train_log_path(out))],
     )
+    place_tensorboard_logs(trainer.callback_handler.callbacks, out.parent / "tensorboard")
     result = trainer.train(resume_from_checkpoint=last_checkpoint(work))
     eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]

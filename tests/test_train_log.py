@@ -1,0 +1,110 @@
+"""Per-step training logs: ``TrainLog`` resumes without duplicate steps; the native DPO loop writes one line
+per optimizer step and feeds ``report_to`` integrations (a tiny random Llama and a character tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metareward.training.common import TrainLog, step_record, train_log_path
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_train_log_appends_and_resumes_without_duplicates(tmp_path):
+    path = tmp_path / "iter_1" / "train_log.jsonl"
+    log = TrainLog(path)
+    for step in (1, 2, 3):
+        log.append({"step": step, "loss": 0.7 - 0.1 * step})
+    with path.open("a") as f:
+        f.write('{"step": 4, "lo')  # killed mid-write
+    # resumed from the checkpoint of step 2: steps 3 (trained again) and the torn line go
+    log = TrainLog(path, resume_step=2)
+    assert [x["step"] for x in lines(path)] == [1, 2]
+    assert log.last_step == 2
+    log.append({"step": 3, "loss": 0.25, "grad_norm": float("nan")})
+    assert lines(path) == [{"step": 1, "loss": pytest.approx(0.6)}, {"step": 2, "loss": pytest.approx(0.5)},
+                           {"step": 3, "loss": 0.25, "grad_norm": None}]
+    with pytest.raises(ValueError, match="not after the last logged step 3"):
+        log.append({"step": 3, "loss": 0.1})
+    TrainLog(path, resume_step=0)  # a fresh start (native backend after a kill)
+    assert path.read_text() == ""
+
+
+def test_step_record_keeps_the_known_metrics():
+    rec = step_record(5, 0.5, {"loss": 1, "rewards/margins": 0.25, "logits/chosen": -3.0, "learning_rate": 5e-6,
+                               "grad_norm": None}, 12.3456)
+    assert rec == {"step": 5, "epoch": 0.5, "loss": 1.0, "rewards/margins": 0.25, "learning_rate": 5e-6,
+                   "elapsed_s": 12.346}
+    assert train_log_path("/r/iter_2/model").as_posix() == "/r/iter_2/train_log.jsonl"
+
+
+class CharTokenizer:
+    """Enough of a tokenizer for plain-text DPO pairs: one id per character."""
+
+    eos_token = "\x01"
+    eos_token_id = 1
+    pad_token_id = 0
+
+    def __call__(self, text):
+        return {"input_ids": [2 + ord(c) % 60 for c in text]}
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).float()
+
+
+PAIRS = [{"prompt": f"q{i}?", "chosen": "yes" * (i + 1), "rejected": "no"} for i in range(6)]
+
+
+def test_native_dpo_logs_every_step_and_reports(tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+    from transformers.integrations import integration_utils
+
+    from metareward.training.dpo_native import train_dpo_native
+
+    seen: list[tuple[str, dict]] = []
+
+    class Recorder(TrainerCallback):  # stands in for tensorboard / trackio / wandb (none installed here)
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append(("begin", {"max_steps": state.max_steps}))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            seen.append(("log", {"step": state.global_step, **logs}))
+
+        def on_train_end(self, args, state, control, **kw):
+            seen.append(("end", {}))
+
+    monkeypatch.setitem(integration_utils.INTEGRATION_TO_CALLBACK, "recorder", Recorder)
+    path = tmp_path / "iter_1" / "train_log.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')  # a killed earlier round
+    metrics = train_dpo_native(tiny_llama(), CharTokenizer(), PAIRS, lr=1e-3, epochs=2, batch_size=2, grad_accum=2,
+                               max_length=64, warmup_ratio=0.0, lr_scheduler="linear", log_path=path,
+                               report_to=["recorder"])
+    rows = lines(path)
+    assert metrics["steps"] == 4  # 6 pairs / global batch 4 = 2 steps per epoch, 2 epochs
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [0.5, 1.0, 1.5, 2.0]
+    # the learning rate each step used: linear decay from 1e-3 over 4 steps
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    for r in rows:
+        assert set(r) == {"step", "epoch", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                          "rewards/accuracies", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s"}
+        assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"], abs=1e-6)
+        assert r["grad_norm"] > 0 and r["tokens_per_s"] > 0
+    assert rows[0]["loss"] == pytest.approx(metrics["first"]["loss"]) and rows[-1]["loss"] == metrics["last"]["loss"]
+    assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference at step 1: -log σ(0)
+    assert seen[0] == ("begin", {"max_steps": 4}) and seen[-1] == ("end", {})
+    logged = [x for kind, x in seen if kind == "log"]
+    assert [x["step"] for x in logged] == [1, 2, 3, 4]
+    assert logged[2]["loss"] == rows[2]["loss"] and "epoch" not in logged[2]
