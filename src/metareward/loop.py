@@ -1,21 +1,25 @@
 """The run loop: iterations of actor → judge → meta-judge → pairs → DPO, resumable at any point.
 
 The loop knows about files and order; the stages (``metareward.stages``) know about prompts and scores.
-For each iteration ``i`` (1-based):
+An iteration ``i`` (1-based) is the sequence ``STAGES``, each a ``Stage``:
 
 1. ``prompts``: the next ``iterations[i].prompts`` prompts of the pool, shuffled once with the run seed
-   and drawn without replacement across iterations (spec §1.3, default "disjoint").
-2. ``actor``: K responses per prompt, deduplicated.
-3. ``judge``: N judgments per response (+ a scoring pass in ``constrained`` mode).
+   and drawn without replacement across iterations (docs/method.md §1.3, default "disjoint").
+2. ``actor``: K responses per prompt, deduplicated (``stages.actor.run``).
+3. ``judge``: N judgments per response, + a scoring pass in ``constrained`` mode (``stages.judge.run``).
 4. ``meta_judge`` (meta-rewarding mode, iterations with ``train_judge``): both orders of every pair of
-   distinct judgments of each prompt's max-variance response (+ a verdict pass in ``constrained`` mode).
+   distinct judgments of each prompt's max-variance response, + a verdict pass in ``constrained`` mode
+   (``stages.meta_judge.run``).
 5. ``pairs``: actor pairs (rho tiers) and judge pairs (positional weights, battle matrix, Elo).
 6. ``train``: DPO on both, from this iteration's model with itself as reference → ``iter_i/model``.
 
-Each stage records its settings hash (its own settings + its inputs' hashes) in the manifest when done.
-A rerun skips done stages, resumes a half-done generation stage from its chunk log, and refuses to
-reuse a finished stage whose settings changed. The engine is built lazily, only if a stage needs it,
-and freed before training so generation and DPO never hold the model twice.
+The loop does the same for every stage: hash its settings (its own settings + the previous stage's
+hash), skip it if the manifest says it is done with that hash (a done stage with another hash is
+refused, not recomputed), else run it, write its artifacts atomically, mark it done, and read its
+artifacts back. Generation passes go through chunk logs (``store.ChunkedPasses``), so a rerun resumes a
+half-done stage and loses at most one chunk. The engine is built lazily, only if a chunk must run, and
+freed before training so generation and DPO never hold the model twice. Adding a stage is one more
+``Stage`` in ``STAGES``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import random
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metareward.config import RunConfig, dump_config, settings_hash
-from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
+from metareward.config import IterationConfig, RunConfig, dump_config, settings_hash
+from metareward.engines.base import Engine
 from metareward.errors import InputError
 from metareward.models import check_model_name, resolve_model
 from metareward.pool import load_prompt_pool
@@ -44,7 +49,8 @@ from metareward.records import (
     write_jsonl_atomic,
 )
 from metareward.stages import actor, judge, meta_judge, pairs
-from metareward.store import IterationStore, Timer, run_chunked
+from metareward.stages.common import Passes
+from metareward.store import ChunkedPasses, IterationStore, Timer
 from metareward.summary import format_summary, iteration_summary
 
 log = logging.getLogger("metareward")
@@ -52,13 +58,195 @@ log = logging.getLogger("metareward")
 EngineFactory = Callable[[str], Engine]
 
 
-def _encode(out: GenerationOutput | ChoiceOutput) -> dict[str, Any]:
-    return dataclasses.asdict(out)
+# ---------------------------------------------------------------------- the stage protocol
+
+
+@dataclass
+class Iteration:
+    """One iteration's inputs and the records its stages have produced so far (what the stages share)."""
+
+    index: int  # 1-based
+    cfg: RunConfig
+    store: IterationStore
+    prompts: list[Prompt]
+    model_in: str
+    runner: Runner
+    responses: list[Response] = field(default_factory=list)
+    judgments: list[Judgment] = field(default_factory=list)
+    metas: list[MetaJudgment] = field(default_factory=list)  # empty when the meta-judge does not run
+    actor_pairs: list[PreferencePair] = field(default_factory=list)
+    judge_pairs: list[PreferencePair] = field(default_factory=list)
+    model_out: str = ""
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def plan(self) -> IterationConfig:
+        """This iteration's entry of ``cfg.iterations``."""
+        return self.cfg.iterations[self.index - 1]
+
+    @property
+    def train_judge(self) -> bool:
+        return self.cfg.judge_trained(self.index)
+
+    def prompts_by_id(self) -> dict[str, Prompt]:
+        return {p.id: p for p in self.prompts}
+
+    def responses_by_id(self) -> dict[str, Response]:
+        return {r.id: r for r in self.responses}
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a stage's ``run`` produced: ``artifacts`` (file name → records; written atomically, in this
+    order, before the stage is marked done), its manifest ``count`` (default: every record written) and
+    ``extra`` manifest fields."""
+
+    artifacts: dict[str, Sequence[Any]] = field(default_factory=dict)
+    count: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _always(it: Iteration) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of an iteration; ``Runner.run_iteration`` treats every stage the same way.
+
+    * ``name``: its manifest key (and its name in timings and summaries);
+    * ``settings(it)``: what its records depend on besides its inputs. Its settings hash is
+      ``settings_hash(previous stage's hash, *settings)`` (the first stage: ``settings_hash(*settings)``),
+      so a change upstream changes every hash after it;
+    * ``run(it, passes)``: compute the records (``passes`` runs the model through chunk logs named after
+      the pass and this hash) and return them as an ``Output``;
+    * ``load(it)``: read its artifacts back into ``it`` (after a run, and when it was already done);
+    * ``applies(it)``: whether this iteration runs it at all. A stage that does not apply still adds its
+      hash to the chain, so the stages after it keep their hashes whether it applies or not.
+    """
+
+    name: str
+    settings: Callable[[Iteration], tuple[Any, ...]]
+    run: Callable[[Iteration, Passes], Output]
+    load: Callable[[Iteration], None]
+    applies: Callable[[Iteration], bool] = _always
+
+
+def _load_nothing(it: Iteration) -> None:
+    """The prompts are the loop's input: already in ``it``."""
+
+
+def _run_prompts(it: Iteration, passes: Passes) -> Output:
+    return Output({"prompts.jsonl": it.prompts})
+
+
+def _run_actor(it: Iteration, passes: Passes) -> Output:
+    responses = actor.run(it.prompts, it.cfg.actor, it.seed, it.index, passes)
+    return Output({"responses.jsonl": responses},
+                  extra={"generated_tokens": _tokens(passes), "samples": len(it.prompts) * it.cfg.actor.k})
+
+
+def _load_actor(it: Iteration) -> None:
+    it.responses = read_jsonl(it.store.path("responses.jsonl"), Response)
+
+
+def _run_judge(it: Iteration, passes: Passes) -> Output:
+    judgments = judge.run(it.prompts_by_id(), it.responses, it.cfg.judge, it.seed, it.index, passes)
+    return Output({"judgments.jsonl": judgments}, extra={"generated_tokens": _tokens(passes)})
+
+
+def _load_judge(it: Iteration) -> None:
+    it.judgments = read_jsonl(it.store.path("judgments.jsonl"), Judgment)
+
+
+def _run_meta_judge(it: Iteration, passes: Passes) -> Output:
+    metas = meta_judge.run(it.prompts, it.responses, it.judgments, it.cfg.meta_judge, it.seed, it.index, passes)
+    return Output({"meta_judgments.jsonl": metas}, extra={"generated_tokens": _tokens(passes)})
+
+
+def _load_meta_judge(it: Iteration) -> None:
+    it.metas = read_jsonl(it.store.path("meta_judgments.jsonl"), MetaJudgment)
+
+
+def _run_pairs(it: Iteration, passes: Passes) -> Output:
+    actor_pairs, actor_skips = pairs.build_actor_pairs(
+        it.prompts, it.responses, it.judgments, it.plan, it.seed, it.index
+    )
+    judge_pairs: list[PreferencePair] = []
+    judge_skips: Counter = Counter()
+    weights = None
+    if it.train_judge:
+        judge_pairs, judge_skips, weights = pairs.build_judge_pairs(
+            it.prompts_by_id(), it.responses_by_id(), {j.id: j for j in it.judgments}, it.metas, it.plan,
+            it.cfg.meta_judge, it.cfg.judge.template, it.seed, it.index,
+        )
+    return Output(
+        {"actor_pairs.jsonl": actor_pairs, "judge_pairs.jsonl": judge_pairs},
+        extra={
+            "actor_pairs": len(actor_pairs), "judge_pairs": len(judge_pairs),
+            "actor_skipped": dict(actor_skips), "judge_skipped": dict(judge_skips),
+            "positional_weights": list(weights) if weights else None,
+        },
+    )
+
+
+def _load_pairs(it: Iteration) -> None:
+    it.actor_pairs = read_jsonl(it.store.path("actor_pairs.jsonl"), PreferencePair)
+    it.judge_pairs = read_jsonl(it.store.path("judge_pairs.jsonl"), PreferencePair)
+
+
+def _train_settings(it: Iteration) -> tuple[Any, ...]:
+    # how training is launched and checkpointed does not change its result: not part of the hash
+    return dataclasses.replace(it.cfg.training, launcher=None, save_steps=0), it.model_in
+
+
+def _run_train(it: Iteration, passes: Passes) -> Output:
+    runner = it.runner
+    runner.close_engine()
+    train_set = it.actor_pairs + it.judge_pairs
+    if not train_set:
+        runner.echo(f"[iter {it.index}] no preference pairs: the model is carried over untrained")
+        return Output(count=0, extra={"trained": False, "model_out": it.model_in})
+    runner.echo(f"[iter {it.index}] DPO on {len(it.actor_pairs)} actor + {len(it.judge_pairs)} judge pairs")
+    metrics = runner.train(it.model_in, train_set, it.store)
+    return Output(count=len(train_set),
+                  extra={"trained": True, "model_out": str(it.store.model_dir), "metrics": metrics})
+
+
+def _load_train(it: Iteration) -> None:
+    it.model_out = it.store.manifest["stages"]["train"]["model_out"]
+
+
+def _tokens(passes: Passes) -> int:
+    """Tokens generated by the stage's generation passes (``ChunkedPasses`` counts them)."""
+    return int(getattr(passes, "generated_tokens", 0))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prompts", lambda it: ([p.id for p in it.prompts], [p.text for p in it.prompts]), _run_prompts,
+          _load_nothing),
+    Stage("actor", lambda it: (it.cfg.actor, it.model_in, it.seed), _run_actor, _load_actor),
+    Stage("judge", lambda it: (it.cfg.judge,), _run_judge, _load_judge),
+    Stage("meta_judge", lambda it: (it.cfg.meta_judge, it.train_judge), _run_meta_judge, _load_meta_judge,
+          applies=lambda it: it.train_judge),
+    Stage("pairs", lambda it: (dataclasses.asdict(it.plan),), _run_pairs, _load_pairs),
+    Stage("train", _train_settings, _run_train, _load_train),
+)
+"""The iteration, in order. Names, settings and artifacts are what run directories hold: changing a
+stage's settings tuple changes its hash, and finished runs would refuse to resume."""
+
+PASS_LABELS = {"judge_score": "judge score", "meta_judge": "meta-judge", "meta_verdict": "meta-judge verdict"}
+"""Progress-bar labels of the passes whose name is not the label."""
 
 
 class Runner:
     """Runs (or resumes) every iteration of ``cfg``. ``engine_factory(model_path)`` builds the engine;
     by default the configured one (tests pass a fake)."""
+
+    stages: Sequence[Stage] = STAGES
 
     def __init__(self, cfg: RunConfig, engine_factory: EngineFactory | None = None, echo: Callable[[str], None] = print):
         self.cfg = cfg
@@ -108,7 +296,7 @@ class Runner:
         return summaries
 
     def sft_step(self, model_path: str) -> str:
-        """Optional step 0: SFT on EFT data (spec §1.1); its output is iteration 1's model."""
+        """Optional step 0: SFT on EFT data (docs/method.md §1.1); its output is iteration 1's model."""
         from metareward.training.sft import run_sft
 
         store = IterationStore(self.run_dir, 0)
@@ -147,152 +335,51 @@ class Runner:
     # ------------------------------------------------------------------ one iteration
 
     def run_iteration(self, i: int, prompts: Sequence[Prompt], model_path: str) -> tuple[dict[str, Any], str]:
+        """Run (or resume) every stage of iteration ``i``; returns its summary and its output model."""
         cfg = self.cfg
         store = IterationStore(self.run_dir, i)
         store.manifest.update({"iteration": i, "config_hash": cfg.hash(), "seed": cfg.seed, "model_in": model_path})
         store.save_manifest()
-        chunk = cfg.engine.chunk_size
-        seed = cfg.seed
-
-        # 1. prompts
-        key_prompts = settings_hash([p.id for p in prompts], [p.text for p in prompts])
-        if not store.stage_done("prompts", key_prompts):
-            n = write_jsonl_atomic(store.path("prompts.jsonl"), prompts)
-            store.mark_done("prompts", key_prompts, n, 0.0)
-        by_id = {p.id: p for p in prompts}
-
-        # 2. actor
-        key_actor = settings_hash(key_prompts, cfg.actor, model_path, seed)
-        if not store.stage_done("actor", key_actor):
-            with Timer() as t:
-                reqs = actor.actor_requests(prompts, cfg.actor, seed, i)
-                outs = run_chunked(
-                    store.work / f"actor-{key_actor}.chunks.jsonl", reqs, self.engine(model_path).generate,
-                    _encode, chunk, f"[iter {i}] actor",
-                )
-                responses = [
-                    r for p in prompts for r in actor.responses_from_output(p, GenerationOutput(**outs[p.id]))
-                ]
-                n = write_jsonl_atomic(store.path("responses.jsonl"), responses)
-            tokens = sum(sum(o["n_tokens"]) for o in outs.values())
-            store.mark_done("actor", key_actor, n, t.seconds, generated_tokens=tokens,
-                            samples=len(prompts) * cfg.actor.k)
-            (store.work / f"actor-{key_actor}.chunks.jsonl").unlink(missing_ok=True)
-        responses = read_jsonl(store.path("responses.jsonl"), Response)
-        responses_by_id = {r.id: r for r in responses}
-
-        # 3. judge
-        key_judge = settings_hash(key_actor, cfg.judge)
-        if not store.stage_done("judge", key_judge):
-            with Timer() as t:
-                reqs = judge.judge_requests(by_id, responses, cfg.judge, seed, i)
-                log_path = store.work / f"judge-{key_judge}.chunks.jsonl"
-                outs = run_chunked(log_path, reqs, self.engine(model_path).generate, _encode, chunk, f"[iter {i}] judge")
-                judgments = [
-                    j for r in responses for j in judge.judgments_from_output(r, GenerationOutput(**outs[r.id]), cfg.judge)
-                ]
-                tokens = sum(sum(o["n_tokens"]) for o in outs.values())
-                if cfg.judge.scoring == "constrained":
-                    score_log = store.work / f"judge_score-{key_judge}.chunks.jsonl"
-                    score_reqs = judge.score_requests(by_id, responses_by_id, judgments, cfg.judge)
-                    scores = run_chunked(
-                        score_log, score_reqs, self.engine(model_path).choice_probs, _encode, chunk,
-                        f"[iter {i}] judge score",
-                    )
-                    judgments = [
-                        judge.apply_score(j, scores[j.id]["probs"], responses_by_id[j.response_id].text)
-                        for j in judgments
-                    ]
-                    score_log.unlink(missing_ok=True)
-                n = write_jsonl_atomic(store.path("judgments.jsonl"), judgments)
-            store.mark_done("judge", key_judge, n, t.seconds, generated_tokens=tokens)
-            log_path.unlink(missing_ok=True)
-        judgments = read_jsonl(store.path("judgments.jsonl"), Judgment)
-
-        # 4. meta-judge
-        train_judge = cfg.judge_trained(i)
-        metas: list[MetaJudgment] = []
-        key_meta = settings_hash(key_judge, cfg.meta_judge, train_judge)
-        if train_judge:
-            if not store.stage_done("meta_judge", key_meta):
-                with Timer() as t:
-                    battles = meta_judge.plan_battles(prompts, judgments, seed, i)
-                    reqs = meta_judge.meta_requests(battles, by_id, responses_by_id, cfg.meta_judge, seed, i)
-                    log_path = store.work / f"meta_judge-{key_meta}.chunks.jsonl"
-                    outs = run_chunked(
-                        log_path, reqs, self.engine(model_path).generate, _encode, chunk, f"[iter {i}] meta-judge"
-                    )
-                    metas = [meta_judge.meta_from_output(b, GenerationOutput(**outs[b.id]), cfg.meta_judge) for b in battles]
-                    tokens = sum(sum(o["n_tokens"]) for o in outs.values())
-                    if cfg.meta_judge.scoring == "constrained":
-                        verdict_log = store.work / f"meta_verdict-{key_meta}.chunks.jsonl"
-                        battle_by_id = {b.id: b for b in battles}
-                        vreqs = meta_judge.verdict_requests(battle_by_id, metas, by_id, responses_by_id, cfg.meta_judge)
-                        verdicts = run_chunked(
-                            verdict_log, vreqs, self.engine(model_path).choice_probs, _encode, chunk,
-                            f"[iter {i}] meta-judge verdict",
-                        )
-                        metas = [meta_judge.apply_verdict(m, verdicts[m.id]["probs"]) for m in metas]
-                        verdict_log.unlink(missing_ok=True)
-                    n = write_jsonl_atomic(store.path("meta_judgments.jsonl"), metas)
-                store.mark_done("meta_judge", key_meta, n, t.seconds, generated_tokens=tokens)
-                log_path.unlink(missing_ok=True)
-            metas = read_jsonl(store.path("meta_judgments.jsonl"), MetaJudgment)
-
-        # 5. pairs
-        key_pairs = settings_hash(key_meta, dataclasses.asdict(cfg.iterations[i - 1]))
-        if not store.stage_done("pairs", key_pairs):
-            with Timer() as t:
-                actor_pairs, actor_skips = pairs.build_actor_pairs(prompts, responses, judgments, cfg.iterations[i - 1], seed, i)
-                judge_pairs: list[PreferencePair] = []
-                judge_skips: Counter = Counter()
-                weights = None
-                if train_judge:
-                    judge_pairs, judge_skips, weights = pairs.build_judge_pairs(
-                        by_id, responses_by_id, {j.id: j for j in judgments}, metas, cfg.iterations[i - 1],
-                        cfg.meta_judge, cfg.judge.template, seed, i,
-                    )
-                write_jsonl_atomic(store.path("actor_pairs.jsonl"), actor_pairs)
-                write_jsonl_atomic(store.path("judge_pairs.jsonl"), judge_pairs)
-            store.mark_done(
-                "pairs", key_pairs, len(actor_pairs) + len(judge_pairs), t.seconds,
-                actor_pairs=len(actor_pairs), judge_pairs=len(judge_pairs),
-                actor_skipped=dict(actor_skips), judge_skipped=dict(judge_skips),
-                positional_weights=list(weights) if weights else None,
-            )
-        actor_pairs = read_jsonl(store.path("actor_pairs.jsonl"), PreferencePair)
-        judge_pairs = read_jsonl(store.path("judge_pairs.jsonl"), PreferencePair)
-
-        # 6. train
-        # how training is launched and checkpointed does not change its result: not part of the hash
-        training_settings = dataclasses.replace(cfg.training, launcher=None, save_steps=0)
-        key_train = settings_hash(key_pairs, training_settings, model_path)
-        model_out = str(store.model_dir)
-        if not store.stage_done("train", key_train):
-            self.close_engine()
-            train_set = actor_pairs + judge_pairs
-            if not train_set:
-                self.echo(f"[iter {i}] no preference pairs: the model is carried over untrained")
-                store.mark_done("train", key_train, 0, 0.0, trained=False, model_out=model_path)
-            else:
-                self.echo(f"[iter {i}] DPO on {len(actor_pairs)} actor + {len(judge_pairs)} judge pairs")
-                with Timer() as t:
-                    metrics = self.train(model_path, train_set, store)
-                store.mark_done("train", key_train, len(train_set), t.seconds, trained=True,
-                                model_out=model_out, metrics=metrics)
-        model_out = store.manifest["stages"]["train"]["model_out"]
-        if (store.work).is_dir() and not any(store.work.iterdir()):
+        it = Iteration(index=i, cfg=cfg, store=store, prompts=list(prompts), model_in=model_path, runner=self)
+        chain: tuple[str, ...] = ()
+        for stage in self.stages:
+            key = settings_hash(*chain, *stage.settings(it))
+            chain = (key,)
+            if not stage.applies(it):
+                continue
+            if not store.stage_done(stage.name, key):
+                self.run_stage(stage, it, key)
+            stage.load(it)
+        if store.work.is_dir() and not any(store.work.iterdir()):
             shutil.rmtree(store.work, ignore_errors=True)
 
-        summary = iteration_summary(store, responses, judgments, metas, actor_pairs, judge_pairs, cfg.actor.k)
+        summary = iteration_summary(
+            store, it.responses, it.judgments, it.metas, it.actor_pairs, it.judge_pairs, cfg.actor.k
+        )
         store.manifest["summary"] = summary
-        store.manifest["model_out"] = model_out
+        store.manifest["model_out"] = it.model_out
         store.manifest["timings_s"] = {
             name: entry.get("seconds", 0.0) for name, entry in store.manifest["stages"].items()
         }
         store.save_manifest()
         self.echo(format_summary(i, summary, store.manifest["timings_s"]))
-        return summary, model_out
+        return summary, it.model_out
+
+    def run_stage(self, stage: Stage, it: Iteration, key: str) -> None:
+        """Run one stage, write its artifacts, mark it done; then drop its chunk logs (a kill before the
+        mark leaves them, and the rerun resumes from them)."""
+        store = it.store
+        passes = ChunkedPasses(
+            engine=lambda: self.engine(it.model_in),
+            log_path=lambda name: store.work / f"{name}-{key}.chunks.jsonl",
+            chunk_size=self.cfg.engine.chunk_size,
+            label=lambda name: f"[iter {it.index}] {PASS_LABELS.get(name, name)}",
+        )
+        with Timer() as t:
+            out = stage.run(it, passes)
+            written = sum(write_jsonl_atomic(store.path(name), records) for name, records in out.artifacts.items())
+        store.mark_done(stage.name, key, written if out.count is None else out.count, t.seconds, **out.extra)
+        passes.remove_logs()
 
     def train(self, model_path: str, train_set: list[PreferencePair], store: IterationStore) -> dict[str, Any]:
         if self.cfg.training.launcher:  # multi-GPU / multi-node: accelerate launch in a subprocess

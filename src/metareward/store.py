@@ -16,14 +16,15 @@ Two write disciplines, both safe against a kill at any instant:
 * **Atomic files** (artifacts, manifest, model folder): written to a temp name, fsynced, renamed.
   A file either exists whole or not at all.
 * **Chunk logs** (generation in progress): a stage's requests are cut into fixed chunks, in a fixed
-  order. Each finished chunk is appended to ``.work/<stage>.chunks.jsonl`` as one line and fsynced.
-  On resume a torn last line (the kill came mid-write) is cut off, finished chunks are skipped and
-  the rest are run again. Because chunks are fixed and each is seeded the same way, a resumed stage
+  order. Each finished chunk is appended to its pass's log (in the loop
+  ``.work/<pass>-<stage settings hash>.chunks.jsonl``) as one line and fsynced. On resume a torn last
+  line (the kill came mid-write) is cut off, finished chunks are skipped and the rest are run again. Because chunks are fixed and each is seeded the same way, a resumed stage
   produces the same records as one that was never interrupted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
 from metareward.errors import InputError
 
 Req = TypeVar("Req")
@@ -187,6 +189,56 @@ def run_chunked(
         for enc in log.done[c]:
             result[enc["id"]] = enc
     return result
+
+
+class ChunkedPasses:
+    """A stage's model passes (``stages.common.Passes``) through chunk logs, so a kill loses at most one
+    chunk of each pass and a rerun produces the same records.
+
+    Pass ``name`` runs through ``run_chunked`` with the log ``log_path(name)`` and the progress label
+    ``label(name)``; generation passes in chunks of ``chunk_size`` requests, choice passes of
+    ``choice_chunk_size`` (default: the same). The chunking must not change between a kill and its rerun
+    (a chunk counts as done only if it holds the same request ids), and an engine may seed a whole chunk
+    from one generator, so it is part of what fixes the records. ``engine()`` is called only when a chunk
+    must run: a stage whose chunks are all logged needs no model. ``generated_tokens`` sums the tokens of
+    every generation pass's outputs (logged ones included); ``remove_logs`` deletes the logs once the
+    stage's records are safely written.
+    """
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        log_path: Callable[[str], Path],
+        chunk_size: int,
+        label: Callable[[str], str] = str,
+        choice_chunk_size: int | None = None,
+    ):
+        self.engine = engine
+        self.log_path = log_path
+        self.chunk_size = chunk_size
+        self.choice_chunk_size = choice_chunk_size or chunk_size
+        self.label = label
+        self.generated_tokens = 0
+        self.logs: list[Path] = []
+
+    def generate(self, name: str, requests: Sequence[GenerationRequest]) -> dict[str, GenerationOutput]:
+        done = self._run(name, requests, lambda rs: self.engine().generate(rs), self.chunk_size)
+        outs = {rid: GenerationOutput(**enc) for rid, enc in done.items()}
+        self.generated_tokens += sum(sum(o.n_tokens) for o in outs.values())
+        return outs
+
+    def choices(self, name: str, requests: Sequence[ChoiceRequest]) -> dict[str, ChoiceOutput]:
+        done = self._run(name, requests, lambda rs: self.engine().choice_probs(rs), self.choice_chunk_size)
+        return {rid: ChoiceOutput(**enc) for rid, enc in done.items()}
+
+    def _run(self, name: str, requests: Sequence[Any], call: Callable, chunk_size: int) -> dict[str, dict[str, Any]]:
+        path = self.log_path(name)
+        self.logs.append(path)
+        return run_chunked(path, requests, call, dataclasses.asdict, chunk_size, self.label(name))
+
+    def remove_logs(self) -> None:
+        for path in self.logs:
+            path.unlink(missing_ok=True)
 
 
 class Timer:

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from metareward.config import ActorConfig
 from metareward.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 from metareward.records import Prompt, Response
-from metareward.stages.common import request_seed, user_turn
+from metareward.stages.common import Passes, request_seed, user_turn
+
+PASS = "actor"
 
 
 def actor_requests(prompts: Sequence[Prompt], cfg: ActorConfig, run_seed: int, iteration: int) -> list[GenerationRequest]:
@@ -28,6 +30,12 @@ def actor_requests(prompts: Sequence[Prompt], cfg: ActorConfig, run_seed: int, i
         )
         for p in prompts
     ]
+
+
+def run(prompts: Sequence[Prompt], cfg: ActorConfig, run_seed: int, iteration: int, passes: Passes) -> list[Response]:
+    """The actor stage: K samples per prompt (pass ``actor``), deduplicated; responses in prompt order."""
+    outs = passes.generate(PASS, actor_requests(prompts, cfg, run_seed, iteration))
+    return [r for p in prompts for r in responses_from_output(p, outs[p.id])]
 
 
 def responses_from_output(prompt: Prompt, out: GenerationOutput) -> list[Response]:

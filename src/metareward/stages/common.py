@@ -1,16 +1,33 @@
-"""Helpers shared by the stages: per-request seeds and the single user turn."""
+"""What the stages share: the single user turn, per-request seeds, and ``Passes``, how a stage runs the model.
+
+A stage function (``actor.run``, ``judge.run``, ``meta_judge.run``) builds its requests, hands them to
+``Passes`` and turns the outputs into records. ``Passes`` decides *how* requests run: the loop and EFT
+go through chunk logs (``metareward.store.ChunkedPasses``) so a kill loses at most one chunk of each
+pass; evaluation uses its own caches. Each pass has a name, unique across stages (``actor``, ``judge``,
+``judge_score``, ``meta_judge``, ``meta_verdict``), which callers use to name its log.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-from metareward.engines.base import Message
+from metareward.engines.base import ChoiceOutput, ChoiceRequest, GenerationOutput, GenerationRequest, Message
+from metareward.seeds import request_seed
+
+__all__ = ["Passes", "request_seed", "user_turn"]
 
 
-def request_seed(run_seed: int, iteration: int, stage: str, request_id: str) -> int:
-    """A stable 63-bit seed for one request: same run, iteration, stage and id give the same seed."""
-    key = f"{run_seed}|{iteration}|{stage}|{request_id}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+class Passes(Protocol):
+    """Runs a stage's model passes; each returns every request's output keyed by request id."""
+
+    def generate(self, name: str, requests: Sequence[GenerationRequest]) -> Mapping[str, GenerationOutput]:
+        """Sampled text for every request (pass ``name``)."""
+        ...
+
+    def choices(self, name: str, requests: Sequence[ChoiceRequest]) -> Mapping[str, ChoiceOutput]:
+        """The next-token distribution over each request's choices (pass ``name``; constrained scoring)."""
+        ...
 
 
 def user_turn(text: str) -> tuple[Message, ...]:

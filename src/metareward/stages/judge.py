@@ -22,10 +22,32 @@ from metareward.config import JudgeConfig
 from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
 from metareward.parsing import parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
-from metareward.stages.common import request_seed, user_turn
+from metareward.stages.common import Passes, request_seed, user_turn
 from metareward.templates import judge_prompt
 
 SCORE_CHOICES = ("0", "1", "2", "3", "4", "5")
+PASS = "judge"  # the sampled judgments
+SCORE_PASS = "judge_score"  # constrained mode: the score digit's distribution
+
+
+def run(
+    prompts: Mapping[str, Prompt],
+    responses: Sequence[Response],
+    cfg: JudgeConfig,
+    run_seed: int,
+    iteration: int,
+    passes: Passes,
+) -> list[Judgment]:
+    """The judge stage: N judgments of every response (pass ``judge``), scored from their text
+    (``free_text``) or from the next-token distribution after the cut judgment (``constrained``, pass
+    ``judge_score``). Judgments come in response order, then judgment index."""
+    outs = passes.generate(PASS, judge_requests(prompts, responses, cfg, run_seed, iteration))
+    judgments = [j for r in responses for j in judgments_from_output(r, outs[r.id], cfg)]
+    if cfg.scoring != "constrained":
+        return judgments
+    by_id = {r.id: r for r in responses}
+    probs = passes.choices(SCORE_PASS, score_requests(prompts, by_id, judgments, cfg))
+    return [apply_score(j, probs[j.id].probs, by_id[j.response_id].text) for j in judgments]
 
 
 def judge_requests(

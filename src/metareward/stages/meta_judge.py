@@ -22,10 +22,12 @@ from metareward.parsing import parse_verdict, truncate_before_verdict
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.selection.elo import battle_result
 from metareward.selection.judge_pairs import meta_judge_orderings, select_meta_response
-from metareward.stages.common import request_seed, user_turn
+from metareward.stages.common import Passes, request_seed, user_turn
 from metareward.templates import meta_judge_prompt
 
 VERDICT_CHOICES = ("A", "B")
+PASS = "meta_judge"  # the sampled meta-judgments
+VERDICT_PASS = "meta_verdict"  # constrained mode: the verdict letter's distribution
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,30 @@ def plan_battles(
             a, b = candidates[ia], candidates[ib]
             battles.append(Battle(id=meta_id(a, b), prompt_id=p.id, response_id=chosen, a=a, b=b))
     return battles
+
+
+def run(
+    prompts: Sequence[Prompt],
+    responses: Sequence[Response],
+    judgments: Sequence[Judgment],
+    cfg: MetaJudgeConfig,
+    run_seed: int,
+    iteration: int,
+    passes: Passes,
+) -> list[MetaJudgment]:
+    """The meta-judge stage: plan the battles (``plan_battles``), sample one meta-judgment of each
+    (pass ``meta_judge``) and read its verdict from the text (``free_text``) or from the next-token
+    distribution after the cut meta-judgment (``constrained``, pass ``meta_verdict``). In battle order."""
+    battles = plan_battles(prompts, judgments, run_seed, iteration)
+    by_prompt = {p.id: p for p in prompts}
+    by_response = {r.id: r for r in responses}
+    outs = passes.generate(PASS, meta_requests(battles, by_prompt, by_response, cfg, run_seed, iteration))
+    metas = [meta_from_output(b, outs[b.id], cfg) for b in battles]
+    if cfg.scoring != "constrained":
+        return metas
+    by_battle = {b.id: b for b in battles}
+    probs = passes.choices(VERDICT_PASS, verdict_requests(by_battle, metas, by_prompt, by_response, cfg))
+    return [apply_verdict(m, probs[m.id].probs) for m in metas]
 
 
 def _prompt_text(battle: Battle, prompts: Mapping[str, Prompt], responses: Mapping[str, Response], cfg) -> str:
