@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from metareward.drift import summary_alarms
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Response
 from metareward.store import IterationStore
 
@@ -67,6 +68,7 @@ def iteration_summary(
         "meta_first_position_win_rate": round(first / len(metas), 4) if metas else None,
         "meta_second_position_win_rate": round(second / len(metas), 4) if metas else None,
         "positional_weights": pairs_entry.get("positional_weights"),
+        "drift_alarms": summary_alarms(store.dir.parent, store.iteration),  # metareward.drift: thresholds in the text
     }
 
 
@@ -85,5 +87,6 @@ def format_summary(iteration: int, s: dict[str, Any], timings: dict[str, float])
         f"  meta-judgments {s['meta_judgments']}  first-position win rate {s['meta_first_position_win_rate']}"
         f"  weights {s['positional_weights']}",
         "  time  " + "  ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+        *(f"  DRIFT ALARM  {a}" for a in s.get("drift_alarms") or []),
     ]
     return "\n".join(lines)
