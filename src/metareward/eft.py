@@ -38,15 +38,14 @@ optional (no "/"); every error names the file, line and field.
 
 (``prompt`` is the user turn, ``completion`` the assistant turn, ``score`` the score the completion states),
 ``judgments.jsonl`` (every judgment, ``records.Judgment``), and ``report.json`` (counts; see ``build_eft``).
-Generation is resumable: judge outputs go through ``metareward.store.run_chunked`` logs in
-``out_dir/.work``; rerunning after a kill redoes only unfinished chunks, and a finished build is not
+Generation is resumable: the judge stage (``stages.judge.run``) runs through chunk logs in ``out_dir/.work``
+(``metareward.store.ChunkedPasses``); rerunning after a kill redoes only unfinished chunks, and a finished build is not
 recomputed. Changing the settings or the input on a half-built ``out_dir`` is an error.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -54,18 +53,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metareward.config import JudgeConfig, settings_hash
-from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
+from metareward.engines.base import Engine
 from metareward.errors import InputError
 from metareward.parsing import parse_score
 from metareward.ranked import RankedPrompt, load_ranked
 from metareward.records import Judgment, Prompt, Response, to_json
-from metareward.stages.judge import apply_score, judge_requests, judgments_from_output, score_requests
-from metareward.store import atomic_write_json, atomic_write_text, run_chunked
+from metareward.seeds import named_rng
+from metareward.stages import judge
+from metareward.store import ChunkedPasses, atomic_write_json, atomic_write_text
 from metareward.templates import judge_prompt
 
 ScoringMode = Literal["free_text", "constrained"]
 EXAMPLE_RANKED = Path(__file__).resolve().parent / "data" / "eft_example.jsonl"
 """A tiny hand-written ranked file (order known by construction), to show the schema and run offline."""
+_LOGS = {judge.PASS: "judge.chunks.jsonl", judge.SCORE_PASS: "score.chunks.jsonl"}  # chunk logs under .work
+_LABELS = {judge.PASS: "eft judge", judge.SCORE_PASS: "eft score"}
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def downsample(examples: list[EFTExample], ratio: float | None, seed: int) -> tu
     if c1 <= limit:
         return examples, info
     idx = [i for i, e in enumerate(examples) if e.score == top]
-    keep = set(random.Random(f"eft-downsample:{seed}").sample(idx, limit))
+    keep = set(named_rng("eft-downsample", seed).sample(idx, limit))
     info = {"score": top, "before": c1, "after": limit}
     return [e for i, e in enumerate(examples) if e.score != top or i in keep], info
 
@@ -148,7 +150,7 @@ def downsample(examples: list[EFTExample], ratio: float | None, seed: int) -> tu
 def split_prompts(prompt_ids: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
     """The prompt ids that go to eval: round(eval_fraction * n) of them, chosen at random (seeded)."""
     ids = list(prompt_ids)
-    random.Random(f"eft-split:{seed}").shuffle(ids)
+    named_rng("eft-split", seed).shuffle(ids)
     return set(ids[: round(eval_fraction * len(ids))])
 
 
@@ -198,24 +200,9 @@ def build_eft(
             made.append(engine if isinstance(engine, Engine) else engine())
         return made[0]
 
+    passes = ChunkedPasses(get_engine, lambda name: work / _LOGS[name], settings.chunk_size, lambda name: _LABELS[name])
     try:
-        requests = judge_requests(prompts, list(responses.values()), jcfg, settings.seed, 0)
-        gen = run_chunked(
-            work / "judge.chunks.jsonl", requests, lambda reqs: get_engine().generate(reqs),
-            _encode_generation, settings.chunk_size, "eft judge",
-        )
-        judgments: list[Judgment] = []
-        for rid, resp in responses.items():
-            o = gen[rid]
-            out = GenerationOutput(id=rid, texts=o["texts"], n_tokens=o["n_tokens"], finished=o["finished"])
-            judgments += judgments_from_output(resp, out, jcfg)
-        if settings.scoring == "constrained":
-            reqs = score_requests(prompts, responses, judgments, jcfg)
-            probs = run_chunked(
-                work / "score.chunks.jsonl", reqs, lambda rs: get_engine().choice_probs(rs),
-                _encode_choice, settings.chunk_size, "eft score",
-            )
-            judgments = [apply_score(j, probs[j.id]["probs"], responses[j.response_id].text) for j in judgments]
+        judgments = judge.run(prompts, list(responses.values()), jcfg, settings.seed, 0, passes)
     finally:
         if made and made[0] is not engine:
             made[0].close()
@@ -272,14 +259,6 @@ def build_eft(
     atomic_write_text(out_dir / "eval.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in evals))
     atomic_write_json(out_dir / "report.json", report)
     return report
-
-
-def _encode_generation(o: GenerationOutput) -> dict[str, Any]:
-    return {"id": o.id, "texts": o.texts, "n_tokens": o.n_tokens, "finished": o.finished}
-
-
-def _encode_choice(o: ChoiceOutput) -> dict[str, Any]:
-    return {"id": o.id, "probs": o.probs}
 
 
 __all__ = ["EFTExample", "EFTSettings", "RankedPrompt", "agrees", "build_eft", "downsample", "load_ranked",

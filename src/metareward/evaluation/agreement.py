@@ -17,11 +17,16 @@ from typing import Any
 
 from metareward.config import JudgeConfig
 from metareward.engines.base import Engine
-from metareward.evaluation.generation import choices_cached, generate_cached, settings_key
+from metareward.evaluation.generation import settings_key
 from metareward.evaluation.stats import PairCounts, mean_defined, pair_counts, spearman
 from metareward.ranked import RankedPrompt
 from metareward.records import Judgment, Prompt, Response
-from metareward.stages.judge import apply_score, judge_requests, judgments_from_output, score_requests
+from metareward.stages import judge
+from metareward.store import ChunkedPasses
+
+# the passes' chunk logs (``agreement.<key>.<name>.jsonl`` under the eval work folder) and progress labels
+_LOG_NAMES = {judge.PASS: "judge", judge.SCORE_PASS: "score"}
+_LABELS = {judge.PASS: "judge agreement", judge.SCORE_PASS: "judge scores"}
 
 
 @dataclass
@@ -72,25 +77,21 @@ def judge_ranked_set(
     seed: int = 0,
     model_key: str | None = None,
 ) -> list[Judgment]:
-    """N judgments of every response, scored as in training (resumable under ``work``).
+    """N judgments of every response, scored as in training by ``stages.judge.run`` (resumable under
+    ``work``, in chunks of 16 generation and 32 choice requests).
 
     ``model_key`` (the model's path) names the work logs; it defaults to ``label``.
     """
     prompts, responses = as_records(ranked)
     key = settings_key(model_key or label, cfg, seed, [(p.id, p.prompt, [r.text for r in p.responses]) for p in ranked])
-    reqs = judge_requests(prompts, responses, cfg, run_seed=seed, iteration=0)
-    outs = generate_cached(engine, reqs, work / f"agreement.{key}.judge.jsonl", f"judge agreement [{label}]")
-    by_id = {r.id: r for r in responses}
-    judgments = [j for r in responses for j in judgments_from_output(r, outs[r.id], cfg)]
-    if cfg.scoring == "constrained":
-        probs = choices_cached(
-            engine,
-            score_requests(prompts, by_id, judgments, cfg),
-            work / f"agreement.{key}.score.jsonl",
-            f"judge scores [{label}]",
-        )
-        judgments = [apply_score(j, probs[j.id].probs, by_id[j.response_id].text) for j in judgments]
-    return judgments
+    passes = ChunkedPasses(
+        lambda: engine,
+        lambda name: work / f"agreement.{key}.{_LOG_NAMES[name]}.jsonl",
+        chunk_size=16,
+        label=lambda name: f"{_LABELS[name]} [{label}]",
+        choice_chunk_size=32,
+    )
+    return judge.run(prompts, responses, cfg, seed, 0, passes)
 
 
 def agreement(ranked: Sequence[RankedPrompt], judgments: Sequence[Judgment]) -> AgreementResult:
