@@ -41,6 +41,7 @@ __all__ = [
     "ScoredResponse",
     "Skip",
     "select_actor_pair",
+    "tier_bounds",
 ]
 
 TOL = 1e-9
@@ -83,6 +84,12 @@ def _pick(candidates: list[int], rng: random.Random) -> int:
     return candidates[0] if len(candidates) == 1 else rng.choice(candidates)
 
 
+def tier_bounds(s_max: float, s_min: float, rho: float) -> tuple[float, float]:
+    """(lowest score of the top tier, highest score of the bottom tier) for the scores' S_max, S_min and ρ
+    (compare with ``TOL`` as ``select_actor_pair`` does; the run report shows them per prompt)."""
+    return (1.0 - rho) * s_max + rho * s_min, (1.0 - rho) * s_min + rho * s_max
+
+
 def select_actor_pair(
     responses: Sequence[ScoredResponse],
     rho: float,
@@ -109,8 +116,7 @@ def select_actor_pair(
     if s_max - s_min <= TOL:
         return Skip(SKIP_ALL_SCORES_EQUAL)
 
-    top_low = (1.0 - rho) * s_max + rho * s_min
-    bottom_high = (1.0 - rho) * s_min + rho * s_max
+    top_low, bottom_high = tier_bounds(s_max, s_min, rho)
     top = [i for i, r in enumerate(responses) if r.score >= top_low - TOL]
     bottom = [i for i, r in enumerate(responses) if r.score <= bottom_high + TOL]
 
