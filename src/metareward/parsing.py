@@ -1,41 +1,45 @@
 """Parsing judge scores and meta-judge verdicts out of generated text.
 
-Pure string functions, no model and no I/O. They implement the parsing rules of the spec
-(/work/shared/paper_spec.md):
+Pure string functions, no model and no I/O. The grammar they implement is written out in
+``docs/judging.md``; in short:
 
-* §2.2 -- a judgment ends in ``Score: <total points>``; the score is read with a regular expression,
-  the **last** match is taken, it must lie in [0, 5], fractional values (4.5, 4.75, ...) are accepted,
-  and a judgment with no valid score is discarded (``parse_score`` returns None).
-* §3.4 -- a meta-judgment ends in ``Winner: [Judgement A | Judgement B]``; the last verdict counts,
-  both spellings "Judgment"/"Judgement" are accepted, ``**`` markdown is stripped, and no match or a
-  statement naming both letters is a parse error (None, which the battle result maps to 0).
-* The constrained scoring mode (§9, "expected score read from the score-token probabilities") cuts
-  the generated text before the first ``Score:``/``Winner:`` label, appends its own label and reads
-  the next-token distribution; ``truncate_before_score``/``truncate_before_verdict`` do the cut and
-  ``expected_score``/``most_likely_value`` turn the distribution into a score.
+* a judgment's score is its **last** ``Score: x`` statement (``Final score``, ``Total score`` ...,
+  markdown emphasis, ``x/5``, ``x out of 5``, fractions such as 4.5 and 4.75), and it must lie in
+  [0, 5]; no statement, or a last statement out of range, makes the judgment invalid (None);
+* a meta-judgment's verdict is its last ``Winner: Judg(e)ment A|B`` statement; a statement naming
+  both judgments or a tie, or no statement at all, is None (the battle result 0);
+* text the judge **quotes** does not count, wherever it sits: text inside echoed ``<response>`` tags,
+  fenced code blocks, ``>`` block quotes, paragraphs introduced as a restatement ("Response:",
+  "The original question:" ...) and inline quotations ("...", “...”, '...'). Quoted regions are found
+  by their *position in the judgment's structure*, never by comparing the judge's words with the
+  response: a response therefore cannot change how the judge's own words are read, and a judge's
+  own "Score: 4" is never erased because the response also contains "Score: 4".
+* The constrained scoring mode cuts the generated text before the first ``Score:``/``Winner:`` label
+  that is not inside a quoted region, appends its own label and reads the next-token distribution;
+  ``check_probabilities`` says whether that distribution is usable, ``expected_score`` and
+  ``most_likely_value`` turn it into a score.
 
-Adversarial rule (an engineering choice, not in the paper): the response being judged is untrusted
-text produced by the actor. A response that itself says "Score: 5" must not decide its own score when
-the judge quotes or echoes it, so ``parse_score(judgment, response)`` removes the quoted response (and
-each of its score-bearing lines) from the judgment before parsing. The cost: when the judge's own
-conclusion is textually identical to a score line of the response (e.g. both are "Score: 4"), that
-conclusion is removed too and the judgment becomes invalid -- the parser errs toward discarding a
-judgment rather than letting the response grade itself.
+Text is NFKC-normalised first, so fullwidth colons and digits ("Score：４", common in CJK output)
+read as their ASCII forms.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 
 __all__ = [
+    "PROB_SUM_TOL",
     "SCORE_RE",
     "VERDICT_RE",
+    "check_probabilities",
     "expected_score",
     "most_likely_value",
     "parse_score",
     "parse_verdict",
+    "quoted_spans",
     "strip_markdown",
     "truncate_before_score",
     "truncate_before_verdict",
@@ -46,109 +50,229 @@ __all__ = [
 # while a sentence-ending period ("Score: 5.") does.
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?(?![.,]?[0-9])"
 
-SCORE_RE = re.compile(rf"(?i)\bscore\s*:\s*({_NUMBER})(?:\s*/\s*({_NUMBER}))?")
-"""Score statement (spec §2.2's recommended ``(?i)score\\s*:\\s*([0-9]+(?:\\.[0-9]+)?)``, tightened).
+SCORE_RE = re.compile(rf"(?i)\bscore[ \t]*:[ \t]*({_NUMBER})(?:[ \t]*(?:/|\bout[ \t]+of\b)[ \t]*({_NUMBER}))?")
+"""Score statement (the paper's ``Score: <total points>``). Group 1 is the score, group 2 an optional
+denominator ("4/5", "4 out of 5") that must equal the top of the scale.
 
-Group 1 is the score. Differences from the spec's pattern, each deliberate:
-
-* ``\\b`` before "score", so "underscore: 5" is not a score statement;
-* a malformed number ("4.5.6", "3,5") is not a match, instead of matching its prefix "4.5" / "3";
-* an optional denominator (group 2): "Score: 4/5" is accepted because on the 5-point rubric it states
-  the same 4 points unambiguously; ``parse_score`` rejects the statement when the denominator is not the
-  top of the scale ("Score: 7/10" is another scale, so it is invalid rather than read as 7).
-
-Negative numbers never match ("Score: -1" has no digit after the colon), nor do words ("Score: ten").
+``\\b`` before "score", so "underscore: 5" is not a statement but "Final score: 4" is; a malformed
+number ("4.5.6", "3,5") is not a match; negative numbers and words ("Score: -1", "Score: ten") never
+match. Spaces around the colon may not cross a line break.
 """
 
-VERDICT_RE = re.compile(r"(?i)winner\s*:\s*\[?\s*judge?ment\s*([AB])\b")
-"""Meta-judge verdict (spec §3.4). Group 1 is the winning letter; "Judgment" and "Judgement" both match."""
+VERDICT_RE = re.compile(r"(?i)winner[ \t]*:[ \t]*\[?[ \t]*(?:the[ \t]+)?judge?ment[ \t]*([AB])\b")
+"""Meta-judge verdict. Group 1 is the winning letter; "Judgment" and "Judgement" both match."""
 
-# "Winner:" statement that names both letters (the template's "[Judgement A | Judgement B]" copied
-# verbatim) or declares a tie; it matches at the same position as VERDICT_RE would, so it is checked
-# first.
+# "Winner:" statement that names both judgments: the template's "[Judgement A | Judgement B]" copied,
+# "Judgment A or Judgment B", "Judgment A/B". The second name is either "Judg(e)ment X" after one of
+# | / or and & vs, or an UPPER-CASE bare letter after | / or -- never an English word such as "a"
+# ("Winner: Judgment A, a clear ..." names one judgment). Separators do not cross a line break.
 _AMBIGUOUS_VERDICT_RE = re.compile(
-    r"(?i)winner\s*:\s*\[?\s*judge?ment\s*[AB]\s*(?:\||/|,|&|\bor\b|\band\b)\s*\[?\s*(?:judge?ment\s*)?[AB]\b"
+    r"(?i)winner[ \t]*:[ \t]*\[?[ \t]*(?:the[ \t]+)?judge?ment[ \t]*[AB][ \t]*"
+    r"(?:(?:\||/|\bor\b|\band\b|&|\bvs\b\.?)[ \t]*\[?[ \t]*(?:the[ \t]+)?judge?ment[ \t]*[AB]\b"
+    r"|(?:\||/|\bor\b)[ \t]*(?-i:[AB])(?![\w]))"
 )
-_TIE_VERDICT_RE = re.compile(r"(?i)winner\s*:\s*\[?\s*(?:tie|draw|neither|none|both|equal)\b")
-_WINNER_LABEL_RE = re.compile(r"(?i)winner\s*:")
+_TIE_VERDICT_RE = re.compile(r"(?i)winner[ \t]*:[ \t]*\[?[ \t]*(?:tie|draw|neither|none|both|equal)\b")
+_WINNER_LABEL_RE = re.compile(r"(?i)\bwinner[ \t]*:")
 
-# Label at which the constrained modes cut the generation: "Score:" / "Winner:" with optional markdown
+# Labels at which the constrained modes cut the generation: "Score:" / "Winner:" with optional markdown
 # emphasis around the word ("**Score:**", "**Score**:", "`Score:`").
-_SCORE_LABEL_RE = re.compile(r"(?i)(?:[*`]+\s*)?\bscore\s*[*`]*\s*:")
-_VERDICT_LABEL_RE = re.compile(r"(?i)(?:[*`]+\s*)?\bwinner\s*[*`]*\s*:")
+_SCORE_LABEL_RE = re.compile(r"(?i)(?:[*_`]+[ \t]*)?\bscore[ \t]*[*_`]*[ \t]*:")
+_VERDICT_LABEL_RE = re.compile(r"(?i)(?:[*_`]+[ \t]*)?\bwinner[ \t]*[*_`]*[ \t]*:")
 
-_MARKDOWN_RE = re.compile(r"[*`]")
-_REMOVED = "\n[quoted response removed]\n"
+_MARKDOWN_RE = re.compile(r"[*_`]")
+
+# ------------------------------------------------------------------ quoted regions
+
+_TAG_OPEN_RE = re.compile(r"(?i)<response>")
+_TAG_CLOSE_RE = re.compile(r"(?i)</response>")
+_FENCE_RE = re.compile(r"^[ \t]*(```|~~~)")
+_BLOCKQUOTE_RE = re.compile(r"^[ \t]*>")
+# A restatement label at the start of a line: optional list/heading/emphasis marks, an optional
+# lead-in ("For reference,", "Here is"), an optional qualifier ("the original", "the assistant's"),
+# the restated thing, optional "was"/"reads"/"(verbatim)", then a colon. "Evaluation of the response:"
+# is the judge's own heading and does not match (the label must START with the restated thing).
+_LEAD_IN = r"(?:(?:for[ \t]+reference|to[ \t]+recap|recall|restating|restated|quoting|quoted)[ \t]*[,:]?[ \t]+)?"
+_HERE = r"(?:(?:here[ \t]+is|here's|here’s)[ \t]+)?"
+_QUALIFIER = (
+    r"(?:(?:the|original|restated|quoted|full|given|candidate|user'?s|user’s|assistant'?s|assistant’s"
+    r"|ai'?s|ai’s|model'?s|model’s|ai|assistant)[ \t]+)*"
+)
+_THING = r"(?:response|question|instruction|prompt|user)"
+_TAIL = r"(?:[ \t]+(?:was|is|reads|says|states|text|\(restated\)|\(quoted\)|\(verbatim\)|verbatim|as[ \t]+follows))*"
+_SECTION_RE = re.compile(
+    rf"(?i)^[ \t]*(?:[-+*>#]+[ \t]*|[0-9]+[.)][ \t]*)*[*_`]*[ \t]*{_LEAD_IN}{_HERE}{_QUALIFIER}{_THING}{_TAIL}"
+    r"[ \t]*[*_`]*[ \t]*:[ \t]*[*_`]*(.*)$"
+)
+# A line that starts a new labelled part of the judgment and so ends a restatement section: a markdown
+# heading ("## Evaluation") or a bold label ("**Evaluation:**", "**Evaluation**:", "- **Score:** 4").
+_NEW_PART_RE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+\S|(?:[-+][ \t]*)?(?:\*\*|__)[^*_\n]{1,40}?(?:\*\*|__)?[ \t]*:)")
+_QUOTE_OPENERS = "\"“„«「『'‘<"
+_DOUBLE_QUOTES_RE = re.compile(r'"[^"]*"|“[^”]*”|„[^“”]*[“”]|«[^»]*»|「[^」]*」|『[^』]*』')
+_SINGLE_QUOTES_RE = re.compile(r"(?<!\w)'(?=\S)[^'\n]*?(?<=\S)'(?!\w)|(?<!\w)‘[^’\n]*?’(?!\w)")
+_BARE_STATEMENT_RE = re.compile(
+    r"(?i)^[\s*_`]*(?:(?:final|total|overall)[ \t]+)?(?:score|winner)[ \t]*:[^\n]*$"
+)
+
+
+def _normalise(text: str) -> str:
+    """NFKC (fullwidth "：４" -> ":4") with line breaks unified to "\\n"."""
+    return unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _lines(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each line, end excluding the newline."""
+    out, start = [], 0
+    for line in text.split("\n"):
+        out.append((start, start + len(line)))
+        start += len(line) + 1
+    return out
+
+
+def _tag_spans(text: str) -> list[tuple[int, int]]:
+    """Echoed ``<response> ... </response>``: from each opening tag to the last closing tag after it
+    (the response itself may contain a closing tag), or to the end of the text when none follows."""
+    spans = []
+    closes = [m.end() for m in _TAG_CLOSE_RE.finditer(text)]
+    for m in _TAG_OPEN_RE.finditer(text):
+        after = [c for c in closes if c > m.end()]
+        spans.append((m.start(), after[-1] if after else len(text)))
+    return spans
+
+
+def _line_spans(text: str) -> list[tuple[int, int]]:
+    """Fenced code blocks (to the closing fence, or the end), ``>`` block-quote lines, and
+    restatement sections: a label line and the rest of its paragraph (a label alone on its line takes
+    the next paragraph too), ended early by a line that starts a new part (``_NEW_PART_RE``). A label
+    whose content opens with a quotation mark or a tag is no section: the marks delimit the quote."""
+    spans: list[tuple[int, int]] = []
+    lines = _lines(text)
+    fence_start: int | None = None
+    section_start: int | None = None
+    section_has_content = False
+    for start, end in lines:
+        line = text[start:end]
+        if fence_start is not None:
+            if _FENCE_RE.match(line):
+                spans.append((fence_start, end))
+                fence_start = None
+            continue
+        if _FENCE_RE.match(line):
+            fence_start = start
+            continue
+        blank = not line.strip()
+        if section_start is not None:
+            if (blank and section_has_content) or (not blank and _NEW_PART_RE.match(line)):
+                spans.append((section_start, start))
+                section_start = None
+            elif not blank:
+                section_has_content = True
+                continue
+        if _BLOCKQUOTE_RE.match(line):
+            spans.append((start, end))
+            continue
+        m = _SECTION_RE.match(line)
+        if m is not None:
+            content = _MARKDOWN_RE.sub("", m.group(1)).strip()
+            if content and content[0] in _QUOTE_OPENERS:
+                continue  # the quotation marks delimit the restatement (``_inline_quote_spans``)
+            section_start = start
+            section_has_content = bool(content)
+    if fence_start is not None:
+        spans.append((fence_start, len(text)))
+    if section_start is not None:
+        spans.append((section_start, len(text)))
+    return spans
+
+
+def _inline_quote_spans(text: str) -> list[tuple[int, int]]:
+    """Inline quotations: double quotes paired within a paragraph, single quotes within a line.
+
+    Not a quotation: a quote holding nothing but one score/verdict statement that fills its whole
+    line (``“Score: 4”`` alone on a line) -- that is the judge writing the template's format, which
+    shows the statement in quotation marks.
+    """
+    spans = []
+    pos = 0
+    for paragraph in re.split(r"(\n[ \t]*\n)", text):
+        if paragraph and not paragraph.strip(" \t\n"):
+            pos += len(paragraph)
+            continue
+        for pattern in (_DOUBLE_QUOTES_RE, _SINGLE_QUOTES_RE):
+            for m in pattern.finditer(paragraph):
+                a, b = pos + m.start(), pos + m.end()
+                line_start = text.rfind("\n", 0, a) + 1
+                line_end = text.find("\n", b)
+                line_end = len(text) if line_end == -1 else line_end
+                inner = text[a + 1 : b - 1]
+                outside = text[line_start:a] + text[b:line_end]
+                if _BARE_STATEMENT_RE.match(inner) and not _MARKDOWN_RE.sub("", outside).strip(" \t.!"):
+                    continue
+                spans.append((a, b))
+        pos += len(paragraph)
+    return spans
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def quoted_spans(text: str) -> list[tuple[int, int]]:
+    """Sorted, disjoint (start, end) spans of ``text`` that are quotations, not the writer's own
+    statements (``docs/judging.md``, "Quoted text"). ``text`` must already be normalised (NFKC)
+    for the offsets to mean what the parsers use them for."""
+    return _merge(_tag_spans(text) + _line_spans(text) + _inline_quote_spans(text))
+
+
+def _own_text(text: str) -> str:
+    """The normalised, markdown-stripped text with every quoted span replaced by a line break (so the
+    text on both sides can never join into a new statement)."""
+    text = _normalise(text)
+    pieces, last = [], 0
+    for a, b in quoted_spans(text):
+        pieces.append(text[last:a])
+        pieces.append("\n")
+        last = b
+    pieces.append(text[last:])
+    return strip_markdown("".join(pieces))
 
 
 def strip_markdown(text: str) -> str:
-    """Remove markdown emphasis/code characters (``*`` and backtick) so "**Score:** 3" reads "Score: 3".
-
-    Removing every ``*`` (not only ``**`` pairs) also handles "*Score:* 3"; none of the patterns
-    above needs a literal ``*`` or backtick.
-    """
+    """Remove markdown emphasis/code characters (``*``, ``_`` and backtick) so "**Score:** 3" and
+    "__Score: 3__" read "Score: 3". None of the statement patterns needs these characters."""
     return _MARKDOWN_RE.sub("", text)
 
 
-def _response_score_fragments(response: str) -> list[str]:
-    """The pieces of ``response`` that must not count as the judge's score, longest first.
-
-    Empty when the response contains no score statement: removing an innocent response from the
-    judgment is pointless and harmful (a response "4" would erase the judge's "Score: 4"). Otherwise:
-    the whole response, then each of its lines that contains a score statement (stripped of
-    surrounding whitespace). Score statements are detected on markdown-stripped text, but the
-    fragments are pieces of ``response`` as given. Longest first, so a longer fragment is removed
-    before any shorter one inside it.
-    """
-    if not SCORE_RE.search(strip_markdown(response)):
-        return []
-    fragments = {response.strip()}
-    fragments.update(line.strip() for line in response.splitlines() if SCORE_RE.search(strip_markdown(line)))
-    fragments.discard("")
-    return sorted(fragments, key=len, reverse=True)
-
-
-def _remove_response(judgment: str, response: str | None) -> str:
-    """``judgment`` with every verbatim occurrence of the response's score fragments removed.
-
-    Both texts are markdown-stripped first so a quote with different emphasis still matches. Each
-    occurrence is replaced by a separator line (not by nothing) so the text on both sides cannot join
-    into a new score statement ("Score:" + removed + "4").
-    """
-    judgment = strip_markdown(judgment)
-    if response is None:
-        return judgment
-    for fragment in _response_score_fragments(strip_markdown(response)):
-        judgment = judgment.replace(fragment, _REMOVED)
-    return judgment
+# ------------------------------------------------------------------ scores and verdicts
 
 
 def parse_score(
     judgment: str, response: str | None = None, low: float = 0.0, high: float = 5.0
 ) -> float | None:
-    """The score a judgment concludes with, or None when the judgment is invalid (spec §2.2).
+    """The score a judgment concludes with, or None when the judgment is invalid.
 
-    Rules, in order:
+    1. the text is NFKC-normalised, quoted regions are set aside (``quoted_spans``) and markdown
+       emphasis is stripped;
+    2. the **last** ``SCORE_RE`` match is the score; None if there is none;
+    3. None if that score is outside ``[low, high]`` or has a denominator other than ``high``
+       ("Score: 4/5" -> 4.0, "Score: 4/10" -> None).
 
-    1. markdown emphasis is stripped (``strip_markdown``);
-    2. if ``response`` (the judged response) is given and contains a score statement, every verbatim
-       occurrence of it in the judgment, and of each of its score-bearing lines, is removed, so a
-       response cannot grade itself by being quoted (see the module docstring);
-    3. the **last** ``SCORE_RE`` match is the score; None if there is none;
-    4. None if the score is outside ``[low, high]`` or the statement has a denominator other than
-       ``high`` ("Score: 4/5" -> 4.0, "Score: 4/10" -> None).
+    The last match decides even when it is invalid: "Score: 3 ... Score: 6" is None, not 3. A final
+    "Score: ten" or "Score: 4.5.6" is not a match at all, so an earlier valid statement then decides.
 
-    The last match decides even when it is invalid: "Score: 3 ... Score: 6" is None, not 3, because
-    the judge's final statement is out of range. A final "Score: ten" or "Score: 4.5.6" is not a match
-    at all, so an earlier valid statement would then decide.
-
-    Examples: "Score: 5." -> 5.0; "score:4.75" -> 4.75; "**Score:** 3" -> 3.0;
-    "Score: 3\\n\\nScore: 4" -> 4.0; "Score: 6" / "Score: -1" / "Score: ten" / "Score: 4.5.6" -> None.
+    ``response`` (the judged response) is accepted so callers can pass what they have, and is
+    deliberately not read: what counts is decided by position in the judgment alone, so no response
+    text can change the score the judge's own words state (``docs/judging.md``).
     """
+    del response  # position-based: the response's text never takes part (see the docstring)
     if low > high:
         raise ValueError(f"low ({low}) > high ({high})")
-    text = _remove_response(judgment, response)
-    matches = list(SCORE_RE.finditer(text))
+    matches = list(SCORE_RE.finditer(_own_text(judgment)))
     if not matches:
         return None
     last = matches[-1]
@@ -160,48 +284,17 @@ def parse_score(
     return value
 
 
-def _excluded_spans(text: str, response: str | None) -> list[tuple[int, int]]:
-    """Spans of ``text`` that are verbatim copies of the response's score fragments (raw text)."""
-    if response is None:
-        return []
-    spans = []
-    for fragment in _response_score_fragments(response):
-        start = text.find(fragment)
-        while start != -1:
-            spans.append((start, start + len(fragment)))
-            start = text.find(fragment, start + len(fragment))
-    return spans
-
-
-def truncate_before_score(judgment: str, response: str | None = None) -> str:
-    """The judgment up to (not including) its first "Score:" label, right-stripped.
-
-    The label is matched case-insensitively with optional markdown emphasis ("**Score:**",
-    "**Score**:"), whether or not a number follows. With no label the whole judgment is returned
-    (right-stripped). Used by the constrained scoring mode, which appends "\\nScore: " and reads the
-    digit probabilities.
-
-    With ``response`` given, a label inside a verbatim quote of the response (or of one of its
-    score-bearing lines) is skipped, so a quoted "Score: 5" does not cut the judge's reasoning short.
-    """
-    spans = _excluded_spans(judgment, response)
-    for m in _SCORE_LABEL_RE.finditer(judgment):
-        if not any(a <= m.start() < b for a, b in spans):
-            return judgment[: m.start()].rstrip()
-    return judgment.rstrip()
-
-
 def parse_verdict(text: str) -> str | None:
-    """The meta-judge's verdict: "A", "B", or None for a parse error or tie (spec §3.4).
+    """The meta-judge's verdict: "A", "B", or None for a parse error or tie.
 
-    After stripping markdown, every "Winner:" statement is classified as naming one letter
-    (``VERDICT_RE``), naming both ("Winner: [Judgement A | Judgement B]", "Judgment A or Judgment B")
-    or a tie ("Winner: Tie", "Neither", ...), or unrecognised ("Winner: it depends"). The last
-    recognised statement decides: one letter -> that letter; both letters or a tie -> None. With no
-    recognised statement -> None. Both spellings "Judgment"/"Judgement" and any case are accepted;
-    a bare letter ("Winner: B") is not, since the template always names the judgment.
+    Quoted regions are set aside as for scores. Every remaining "Winner:" statement is classified as
+    naming one judgment (``VERDICT_RE``), naming both ("Winner: [Judgement A | Judgement B]",
+    "Judgment A or Judgment B", "Judgment A/B") or a tie ("Winner: Tie", "Neither", ...), or
+    unrecognised ("Winner: it depends"). The last recognised statement decides: one letter -> that
+    letter; both or a tie -> None; no recognised statement -> None. A bare letter ("Winner: B") is not
+    a verdict, since the template always names the judgment.
     """
-    text = strip_markdown(text)
+    text = _own_text(text)
     decision: str | None = None
     for label in _WINNER_LABEL_RE.finditer(text):
         pos = label.start()
@@ -215,15 +308,68 @@ def parse_verdict(text: str) -> str | None:
     return decision
 
 
+def _truncate_before(text: str, label: re.Pattern[str]) -> str:
+    """``text`` (normalised) up to its first ``label`` outside a quoted region, right-stripped."""
+    text = _normalise(text)
+    spans = quoted_spans(text)
+    for m in label.finditer(text):
+        if not any(a <= m.start() < b for a, b in spans):
+            return text[: m.start()].rstrip()
+    return text.rstrip()
+
+
+def truncate_before_score(judgment: str, response: str | None = None) -> str:
+    """The judgment up to (not including) its first own "Score:" label, right-stripped.
+
+    The label is matched case-insensitively with optional markdown emphasis ("**Score:**",
+    "**Score**:"), whether or not a number follows; a label inside a quoted region (e.g. the judge
+    quoting the response's "Score: 5") does not cut. With no label the whole judgment is returned.
+    Used by the constrained scoring mode, which appends "\\nScore: " and reads the digit probabilities.
+    The text is returned NFKC-normalised. ``response`` is not read, as in ``parse_score``.
+    """
+    del response
+    return _truncate_before(judgment, _SCORE_LABEL_RE)
+
+
 def truncate_before_verdict(text: str) -> str:
-    """The meta-judgment up to (not including) its first "Winner:" label, right-stripped.
+    """The meta-judgment up to (not including) its first own "Winner:" label, right-stripped.
 
     Analogous to ``truncate_before_score``; used by the constrained verdict mode, which appends its
-    own "Winner: Judgement " and reads the probabilities of "A" and "B". Note the cut is at the FIRST
-    label, so a meta-judgment that echoes the format line early is cut there.
+    own "Winner: Judgement " and reads the probabilities of "A" and "B". The cut is at the FIRST
+    label outside a quoted region, so a meta-judgment that writes the format line early is cut there.
     """
-    m = _VERDICT_LABEL_RE.search(text)
-    return (text[: m.start()] if m else text).rstrip()
+    return _truncate_before(text, _VERDICT_LABEL_RE)
+
+
+# ------------------------------------------------------------------ next-token distributions
+
+PROB_SUM_TOL = 1e-3
+"""How far from 1 the sum of a choice distribution may be. Engines return the probabilities
+renormalised over the choices (``engines.base.ChoiceOutput``), so the sum is 1 up to float32 rounding
+(~1e-7); a larger deviation means the engine's output is not what the interface promises."""
+
+
+def check_probabilities(probs: Sequence[float], n_choices: int) -> str | None:
+    """Why ``probs`` is not a usable distribution over ``n_choices`` choices, or None when it is.
+
+    Usable: exactly ``n_choices`` numbers, each finite and in [0, 1], summing to 1 within
+    ``PROB_SUM_TOL``. The constrained modes make a judgment (or meta-judgment) invalid, with a
+    warning, when this returns a reason -- a NaN must never become a score or a verdict.
+    """
+    try:
+        values = [float(p) for p in probs]
+    except (TypeError, ValueError):
+        return f"probabilities are not numbers: {list(probs)!r}"
+    if len(values) != n_choices:
+        return f"{len(values)} probabilities for {n_choices} choices"
+    if any(not math.isfinite(p) for p in values):
+        return f"non-finite probability in {values}"
+    if any(p < 0 or p > 1 for p in values):
+        return f"probability outside [0, 1] in {values}"
+    total = math.fsum(values)
+    if abs(total - 1.0) > PROB_SUM_TOL:
+        return f"probabilities sum to {total:.6g}, not 1"
+    return None
 
 
 def _check_distribution(probs: Sequence[float], values: Sequence[float]) -> float:
@@ -243,8 +389,7 @@ def expected_score(probs: Sequence[float], values: Sequence[float]) -> float:
     """Σ p_k·v_k / Σ p_k: the expected score under the (renormalised) distribution.
 
     ``probs[k]`` is the probability of the token for ``values[k]`` (e.g. the digits "0".."5" after
-    "Score: "). The probabilities are renormalised over the given values because the model also puts
-    some mass on other tokens; the result is the score conditional on the judge emitting a valid one.
+    "Score: "). Raises ValueError for a NaN, negative or all-zero distribution.
     """
     total = _check_distribution(probs, values)
     return math.fsum(p * v for p, v in zip(probs, values)) / total
