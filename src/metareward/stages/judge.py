@@ -14,13 +14,15 @@ Two scoring modes (``JudgeConfig.scoring``):
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from metareward.config import JudgeConfig
 from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
-from metareward.parsing import parse_score, truncate_before_score
+from metareward.parsing import check_probabilities, parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages.common import Passes, request_seed, user_turn
 from metareward.templates import judge_prompt
@@ -108,7 +110,15 @@ def score_requests(
 
 
 def apply_score(judgment: Judgment, probs: Sequence[float], response_text: str | None = None) -> Judgment:
-    """Constrained mode: score = E[digit], text ends with the most likely digit."""
+    """Constrained mode: score = E[digit], text ends with the most likely digit.
+
+    Probabilities that are not a distribution over the six digits (NaN, infinite, negative, not
+    summing to 1: ``parsing.check_probabilities``) make the judgment invalid (score None, text and
+    probabilities not stored) with a warning, so no NaN ever reaches a record."""
+    problem = check_probabilities(probs, len(SCORE_CHOICES))
+    if problem is not None:
+        warnings.warn(f"judgment {judgment.id}: {problem}; the judgment is invalid", RuntimeWarning, stacklevel=2)
+        return dataclasses.replace(judgment, score=None, score_probs=None)
     p = np.asarray(probs, dtype=float)
     values = np.arange(len(SCORE_CHOICES), dtype=float)
     best = SCORE_CHOICES[int(p.argmax())]

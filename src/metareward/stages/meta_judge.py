@@ -12,13 +12,15 @@ meta-judge's score bias is then measurable). Verdicts:
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from metareward.config import MetaJudgeConfig
 from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
-from metareward.parsing import parse_verdict, truncate_before_verdict
+from metareward.parsing import check_probabilities, parse_verdict, truncate_before_verdict
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.selection.elo import battle_result
 from metareward.selection.judge_pairs import meta_judge_orderings, select_meta_response
@@ -160,6 +162,14 @@ def verdict_requests(
 
 
 def apply_verdict(meta: MetaJudgment, probs: Sequence[float]) -> MetaJudgment:
+    """Constrained mode: the more probable letter wins (equal: a tie). Probabilities that are not a
+    distribution over A/B (``parsing.check_probabilities``) make the meta-judgment invalid -- no
+    verdict, result 0 like a parse error, probabilities not stored -- with a warning."""
+    problem = check_probabilities(probs, len(VERDICT_CHOICES))
+    if problem is not None:
+        warnings.warn(f"meta-judgment {meta.id}: {problem}; the meta-judgment is invalid", RuntimeWarning,
+                      stacklevel=2)
+        return dataclasses.replace(meta, verdict=None, result=battle_result(None), verdict_probs=None)
     p_a, p_b = float(probs[0]), float(probs[1])
     verdict = "A" if p_a > p_b else "B" if p_b > p_a else None
     return MetaJudgment(
