@@ -3,7 +3,10 @@ and the judge requests of a tiny judge stage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -51,10 +54,59 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """End a server and every process under it: its whole process group when it leads one (started with
+    ``start_new_session=True``, as vLLM servers must be: its engine core outlives a killed main process),
+    and in any case every descendant found now. SIGTERM, then SIGKILL after ``grace`` seconds."""
+    import psutil
+
+    try:
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    group = proc.pid if _leads_group(proc.pid) else None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (_alive(family) or (group is not None and _group_alive(group))):
+            time.sleep(0.2)
+        if not _alive(family) and not (group is not None and _group_alive(group)):
+            break
+    proc.wait(timeout=30)
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _alive(pids: list[int]) -> bool:
+    import psutil
+
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def _group_alive(pgid: int) -> bool:
+    import psutil
+
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 class FaultProxy:

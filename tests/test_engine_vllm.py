@@ -105,6 +105,7 @@ def test_openai_engine_against_vllm_serve(tmp_path, hf_scores):
          "--port", str(port),
          "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"],
         env=vllm_env(), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stop() ends the engine core with the server
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, timeout=900)

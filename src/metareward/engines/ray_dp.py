@@ -2,13 +2,15 @@
 
 Each replica is one engine (a ``VLLMEngine`` on one GPU or on a tensor-parallel group of GPUs, or any
 other ``Engine``) living in its own Ray actor, which Ray places on a node with the resources it asks for
-(``num_gpus = tensor_parallel_size`` for vLLM). For every ``generate`` / ``choice_probs`` call:
+(``num_gpus = tensor_parallel_size`` for vLLM), spreading the replicas over the nodes (Ray's ``SPREAD``
+strategy: losing a node loses as few replicas as possible). For every ``generate`` / ``choice_probs`` call:
 
 * the requests are cut into one contiguous shard per replica, balanced by cost (a request with ``n``
   samples counts ``n``), and the shards run concurrently;
 * when a shard fails (its actor died: node lost, out of memory, killed; or the engine raised), the
-  replica is replaced by a fresh actor and the shard is rerun on it, up to ``max_attempts`` times per
-  shard; then the error is raised, and the loop's chunk log keeps the chunks finished before;
+  replica is replaced by a fresh actor (wherever the cluster has room) and the shard is rerun on it, up
+  to ``max_attempts`` times per shard; then the error is raised, and the loop's chunk log keeps the
+  chunks finished before;
 * the outputs are merged back into request order.
 
 Results equal a single engine's when the engine's outputs depend only on each request (vLLM samples with
@@ -17,13 +19,13 @@ a per-request seed; the ``hf`` engine does when each batch holds one request) â€
 Ray: ``ray_address`` unset starts a local Ray on this machine (stopped again on ``close``); ``"auto"`` or
 ``"ray://head:10001"`` joins an existing cluster (started with ``ray start --head`` / ``ray start
 --address=head:6379`` on each node, metareward and vLLM installed on every node, the model folder on
-shared storage or at the same path on every node).
+shared storage or at the same path on every node). ``tests/test_ray_multinode.py`` runs this path on a
+two-node cluster on one machine and removes a node mid-stage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -90,25 +92,19 @@ class RayDataParallelEngine(Engine):
                 ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
         self.factory = factory
         self.max_attempts = max_attempts
-        self._actor_cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0)(_Replica)
+        self._actor_cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0,
+                                     scheduling_strategy="SPREAD")(_Replica)
         self.actors = [self._new_actor() for _ in range(replicas)]
         self.replaced = 0  # replicas replaced after a failure (diagnostics and tests)
 
     @classmethod
-    def from_config(cls, cfg: EngineConfig, model_path: str) -> RayDataParallelEngine:
-        """``data_parallel_size`` vLLM replicas, each on ``tensor_parallel_size`` GPUs."""
-        from metareward.engines.vllm import VLLMEngine
-
-        # Inside a Ray actor vLLM would otherwise pick its Ray executor for tensor parallelism and ask the
-        # cluster for more GPUs; "mp" keeps each replica's TP workers on the GPUs Ray gave its actor.
-        factory = functools.partial(
-            VLLMEngine, model_path, tensor_parallel_size=cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype, threads=cfg.threads,
-            distributed_executor_backend="mp",
-        )
+    def from_config(cls, cfg: EngineConfig, factory: Callable[[], Engine]) -> RayDataParallelEngine:
+        """``cfg.data_parallel_size`` replicas of ``factory()``, each asking Ray for ``cfg.tensor_parallel_size``
+        GPUs (none when ``cfg.device`` is ``cpu``) and ``cfg.threads`` CPUs, on the cluster at
+        ``cfg.ray_address`` (None: a local Ray). ``engines.vllm.make_vllm_engine`` passes a vLLM factory."""
         gpus = cfg.tensor_parallel_size if cfg.device != "cpu" else 0
         return cls(factory, cfg.data_parallel_size, num_gpus=gpus, num_cpus=max(cfg.threads, 1),
-                   address=getattr(cfg, "ray_address", None))
+                   address=cfg.ray_address)
 
     def _new_actor(self) -> Any:
         return self._actor_cls.remote(self.factory)

@@ -13,7 +13,8 @@ add ``--no-enable-chunked-prefill``, see the README). It runs in its own process
 
 Readiness: ``GET <base_url>/models`` answers 200. Start-up fails with an ``EngineStartError`` that quotes
 the log's last lines when the process exits first or ``start_timeout`` seconds pass (the process group
-is then killed). ``stop`` sends SIGTERM to the group, waits up to ``stop_grace`` seconds, then SIGKILL.
+is then killed). ``stop`` sends SIGTERM to the group, waits up to ``stop_grace`` seconds for every process
+of the group (not only the main one) to exit, then SIGKILLs the group.
 
 Assumptions: the server takes the model path as the name it serves (``vllm serve PATH`` does; else set
 ``engine.served_model``); nothing else listens on ``base_url``'s port (checked before starting).
@@ -21,6 +22,7 @@ Assumptions: the server takes the model path as the name it serves (``vllm serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -122,17 +124,45 @@ class ManagedServer:
         )
 
     def stop(self) -> None:
+        """SIGTERM the server's process group, wait up to ``stop_grace`` seconds for *every* member to exit
+        (vLLM's engine core exits after its parent), then SIGKILL whatever of the group is left."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
+        pgid = proc.pid  # started with start_new_session: the server leads its group
+        if not _group_alive(pgid) and proc.poll() is not None:
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            time.sleep(0.1)
+        if proc.poll() is None or _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies, exited but not yet reaped, do not count)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=self.stop_grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state, ppid, pgrp
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 __all__ = ["EngineStartError", "ManagedServer"]

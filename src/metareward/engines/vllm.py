@@ -19,8 +19,12 @@ of exactly those tokens under vLLM's default ``raw_logprobs`` mode (the model's 
 temperature), then renormalised over the choices. vLLM versions without ``logprob_token_ids`` fall back
 to ``logprobs=20`` (a choice outside the top 20 then gets probability 0).
 
-Memory: ``close()`` shuts the engine-core process down, drops the ``LLM``, destroys vLLM's distributed
-state and empties the CUDA cache, so DPO gets the whole GPU. The run loop closes the engine before
+Memory: the engine the loop gets (``make_vllm_engine``) runs ``VLLMEngine`` in a child process
+(``engines.isolated.ChildProcessEngine``), so closing it returns all of its memory by process exit,
+whatever vLLM's in-process cleanup leaves behind; the close then checks that no process of the engine is
+left (and on CUDA that the device's free memory is back) and raises ``EngineNotReleased`` naming the pids
+if not. ``VLLMEngine.close()`` itself still shuts the engine core down, destroys vLLM's distributed state
+and empties the CUDA cache (for in-process use: benchmarks). The run loop closes the engine before
 training and builds a fresh one on the next iteration's weights. ``chunk_size`` bounds what vLLM sees at
 once: on a GPU set ``engine.chunk_size`` to a few thousand so its scheduler can fill the batch.
 
@@ -30,11 +34,14 @@ eager mode (no torch.compile warm-up, which alone takes minutes on a small CPU).
 Scripts that build this engine must be guarded by ``if __name__ == "__main__":`` because vLLM starts
 worker processes with ``spawn``.
 
-``engine.data_parallel_size`` > 1 runs that many replicas through Ray (``metareward.engines.ray_dp``).
+``engine.data_parallel_size`` > 1 runs that many replicas through Ray (``metareward.engines.ray_dp``), each
+replica's ``VLLMEngine`` in a child process of its Ray actor. ``ray_dp`` knows nothing of vLLM: this
+module builds the replicas' factory and hands it over (no import cycle).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -135,6 +142,13 @@ class VLLMEngine(Engine):
             threads=cfg.threads,
         )
 
+    def info(self) -> dict[str, Any]:
+        """What vLLM chose: dtype and device (for reports: ``scripts/gpu_check.py``)."""
+        from vllm.platforms import current_platform
+
+        dtype = self.llm.llm_engine.model_config.dtype
+        return {"dtype": str(dtype).replace("torch.", ""), "device": current_platform.device_type}
+
     def render(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of the chat-templated conversation, ending with the assistant turn's header."""
         out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
@@ -217,10 +231,29 @@ class VLLMEngine(Engine):
             torch.cuda.empty_cache()
 
 
+def vllm_factory(cfg: EngineConfig, model_path: str, **llm_kwargs: Any) -> functools.partial[VLLMEngine]:
+    """A picklable callable that builds the configured in-process ``VLLMEngine``."""
+    return functools.partial(
+        VLLMEngine, model_path, tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype, threads=cfg.threads, **llm_kwargs,
+    )
+
+
+def isolated_vllm_engine(cfg: EngineConfig, model_path: str, **llm_kwargs: Any) -> Engine:
+    """The configured ``VLLMEngine`` in a child process (see the module docstring, "Memory")."""
+    from metareward.engines.isolated import ChildProcessEngine
+
+    return ChildProcessEngine(vllm_factory(cfg, model_path, **llm_kwargs), name="vllm",
+                              check_cuda=cfg.device != "cpu")
+
+
 def make_vllm_engine(cfg: EngineConfig, model_path: str) -> Engine:
-    """The configured vLLM engine: one ``VLLMEngine``, or ``data_parallel_size`` of them through Ray."""
+    """The configured vLLM engine: one isolated ``VLLMEngine``, or ``data_parallel_size`` of them through Ray."""
     if cfg.data_parallel_size > 1:
         from metareward.engines.ray_dp import RayDataParallelEngine
 
-        return RayDataParallelEngine.from_config(cfg, model_path)
-    return VLLMEngine.from_config(cfg, model_path)
+        # Inside a Ray actor vLLM would otherwise pick its Ray executor for tensor parallelism and ask the
+        # cluster for more GPUs; "mp" keeps each replica's TP workers on the GPUs Ray gave its actor.
+        factory = functools.partial(isolated_vllm_engine, cfg, model_path, distributed_executor_backend="mp")
+        return RayDataParallelEngine.from_config(cfg, factory)
+    return isolated_vllm_engine(cfg, model_path)
