@@ -104,4 +104,80 @@ def load_ranked(path: str | Path) -> list[RankedPrompt]:
     return out
 
 
-__all__ = ["RankedPrompt", "RankedResponse", "load_ranked"]
+PAIR_KEYS = {"id", "prompt", "chosen", "rejected", "subset", "meta"}
+
+
+def _pair_objects(path: Path):
+    if path.suffix == ".json":  # a JSON array of pair objects (how some RewardBench exports come)
+        import json
+
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(rows, list):
+            raise InputError(f"{path}: expected a JSON array of objects")
+        for i, obj in enumerate(rows, start=1):
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: item {i}: expected an object")
+            yield f"{path}: item {i}", i, obj
+    else:
+        yield from iter_json_objects(path)
+
+
+def load_preference_pairs(path: str | Path) -> list[RankedPrompt]:
+    """RewardBench-style preference pairs as ranked prompts (chosen rank 0, rejected rank 1).
+
+    JSONL (or a ``.json`` array), one pair per object: ``prompt``, ``chosen``, ``rejected`` (non-empty
+    strings), optional ``subset`` (string; kept as ``meta["subset"]`` so agreement can be split by it),
+    optional ``id`` (string or integer, no ``/``; default ``p<line, 6 digits>``) and ``meta``. Errors name
+    the file, line (or item) and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: preference-pairs file not found")
+    out: list[RankedPrompt] = []
+    seen: dict[str, str] = {}
+    for where, lineno, obj in _pair_objects(path):
+        unknown = sorted(set(obj) - PAIR_KEYS)
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {unknown} (allowed: {sorted(PAIR_KEYS)})")
+        for fld in ("prompt", "chosen", "rejected"):
+            if not isinstance(obj.get(fld), str) or not obj[fld].strip():
+                raise InputError(f"{where}: field {fld!r} must be a non-empty string")
+        subset = obj.get("subset", "")
+        if not isinstance(subset, str):
+            raise InputError(f"{where}: field 'subset' must be a string, got {subset!r}")
+        raw_id = obj.get("id", f"p{lineno:06d}")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise InputError(f"{where}: field 'id' must be a string or an integer, got {raw_id!r}")
+        pid = str(raw_id)
+        if not pid or "/" in pid:
+            raise InputError(f"{where}: field 'id' must be non-empty and without '/', got {pid!r}")
+        if pid in seen:
+            raise InputError(f"{where}: duplicate id {pid!r} (first at {seen[pid]})")
+        seen[pid] = where
+        meta = {"subset": subset, "meta": obj.get("meta")}
+        responses = (RankedResponse(obj["chosen"], 0, "chosen"), RankedResponse(obj["rejected"], 1, "rejected"))
+        out.append(RankedPrompt(pid, obj["prompt"].strip(), responses, meta))
+    if not out:
+        raise InputError(f"{path}: no preference pairs found")
+    return out
+
+
+def is_preference_file(path: str | Path) -> bool:
+    """Whether the first object of ``path`` is a preference pair (has ``chosen``), not a ranked prompt."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: agreement-set file not found")
+    for _, _, obj in _pair_objects(path):
+        return "chosen" in obj
+    return False
+
+
+def load_agreement_set(path: str | Path) -> list[RankedPrompt]:
+    """A ranked-responses file or a RewardBench-style preference file, told apart by the first object."""
+    return load_preference_pairs(path) if is_preference_file(path) else load_ranked(path)
+
+
+__all__ = ["RankedPrompt", "RankedResponse", "load_agreement_set", "load_preference_pairs", "load_ranked"]

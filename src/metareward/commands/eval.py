@@ -1,4 +1,4 @@
-"""``metareward eval``: judge agreement, win rates (+ LC), verifiable instruction following, lengths.
+"""``metareward eval``: judge agreement, win rates (+ LC), instruction following, lengths, benchmark suites.
 
 Examples::
 
@@ -6,6 +6,13 @@ Examples::
     metareward eval --run-dir runs/tiny --parts winrate,length --limit 20
     metareward eval --models seed=smollm2-135m mine=path/to/model --parts agreement --scoring constrained
     metareward eval --run-dir runs/tiny --baseline reference:mtbench-gpt4 --judge path/to/strong-judge
+    metareward eval --run-dir runs/tiny --suite alpacaeval2,arena-hard-v2,ifeval --limit 16   # embedded judge: a proxy
+    metareward eval --run-dir runs/tiny --suite alpacaeval2 --limit 0 \
+        --judge gpt-4-1106-preview --judge-engine openai --judge-base-url https://api.openai.com/v1
+
+Suites (AlpacaEval 2, Arena-Hard v2.0, IFEval, MT-Bench win rate) are read from installed packages;
+judgments are cached in OUT/annotations.jsonl (reruns and new models reuse them); ``--limit N`` takes a
+fixed stratified sample, the same for every model. See docs/evaluation.md, "Benchmark suites".
 
 Results: ``OUT/eval.json`` (default ``RUN_DIR/eval`` or ``./eval``) and a table on stdout.
 """
@@ -20,10 +27,12 @@ from metareward.evaluation.runner import (
     PARTS,
     EvalOptions,
     Evaluator,
+    format_suites,
     format_table,
     parse_model_args,
     run_models,
 )
+from metareward.evaluation.suites import SUITES
 
 
 def register(subparsers) -> None:
@@ -36,21 +45,34 @@ def register(subparsers) -> None:
     p.add_argument("--run-dir", type=Path, help="a run directory: evaluates its seed and iteration models")
     p.add_argument("--models", nargs="+", default=None,
                    help="models to evaluate: labels of the run (seed, iter_2), LABEL=PATH, or names/paths")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--parts", default=None,
+                   help=f"comma-separated subset of {','.join(PARTS)} (default: all, or none with --suite)")
+    p.add_argument("--suite", default=None,
+                   help=f"benchmark suites, comma-separated: {','.join(SUITES)} (mtbench = the winrate part)")
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval, or ./eval)")
-    p.add_argument("--limit", type=int, default=8, help="prompts per prompt set; 0 = all (default 8)")
+    p.add_argument("--limit", type=int, default=8,
+                   help="prompts per prompt set / suite (a fixed stratified sample); 0 = all (default 8)")
     p.add_argument("--prompts", default="mtbench", help="win-rate/length prompt set: mtbench, ifbench or a file")
     p.add_argument("--agreement-set", default="known-order",
                    help="ranked responses JSONL for judge agreement, or 'known-order' (shipped)")
     p.add_argument("--agreement-limit", type=int, default=8, help="prompts of the ranked set; 0 = all")
     p.add_argument("--judge-n", type=int, default=3, help="judgments per response (agreement)")
     p.add_argument("--judge-max-tokens", type=int, default=256, help="judgment length cap (agreement)")
-    p.add_argument("--verdict-max-tokens", type=int, default=384, help="pairwise judgment length cap (win rate)")
+    p.add_argument("--verdict-max-tokens", type=int, default=384,
+                   help="pairwise judgment length cap (win rate, Arena-Hard)")
     p.add_argument("--scoring", choices=["free_text", "constrained"], default=None,
                    help="judge scoring for agreement (default: the run's judge.scoring, else free_text)")
     p.add_argument("--baseline", default="seed",
                    help="win-rate baseline: a model label, or reference:mtbench-gpt4 / reference:FILE")
-    p.add_argument("--judge", default=None, help="win-rate judge: a model label or name/path (default: baseline)")
+    p.add_argument("--judge", default=None,
+                   help="judge of win rates and suites: a model label or name/path (default: the win-rate "
+                        "baseline model; for suites the first model). Only the official judge on openai is "
+                        "not a proxy")
+    p.add_argument("--judge-engine", choices=["hf", "vllm", "openai"], default=None,
+                   help="engine of the judge (default: --engine's)")
+    p.add_argument("--judge-base-url", default=None, help="openai judge: the server's base URL")
+    p.add_argument("--judge-api-key-env", default=None,
+                   help="openai judge: NAME of the environment variable holding the API key")
     p.add_argument("--verdict-mode", choices=["free_text", "constrained"], default="free_text")
     p.add_argument("--max-tokens", type=int, default=512, help="answer length cap (tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="answer sampling temperature (0 = greedy)")
@@ -81,8 +103,23 @@ def run(args: argparse.Namespace) -> int:
             setattr(engine, "name" if name == "engine" else name, value)
     if args.limit < 0 or args.agreement_limit < 0 or args.judge_n < 1:
         raise InputError("--limit/--agreement-limit must be >= 0 and --judge-n >= 1")
+    from metareward.evaluation.suites.run import parse_suites
+
+    suites = parse_suites(args.suite) if args.suite else ()
+    if args.parts is not None:
+        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    else:
+        parts = (("winrate",) if "mtbench" in suites else ()) if suites else PARTS
+    if "mtbench" in suites and "winrate" not in parts:
+        parts = (*parts, "winrate")
+    if "mtbench" in suites and args.prompts != "mtbench":
+        raise InputError("--suite mtbench runs the win rate on MT-Bench: drop --prompts or the mtbench suite")
     opts = EvalOptions(
-        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
+        parts=parts,
+        suites=suites,
+        judge_engine=args.judge_engine,
+        judge_base_url=args.judge_base_url,
+        judge_api_key_env=args.judge_api_key_env,
         limit=args.limit,
         prompt_set=args.prompts,
         agreement_set=args.agreement_set,
@@ -103,5 +140,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or ((args.run_dir / "eval") if args.run_dir is not None else Path("eval"))
     report = Evaluator(models, opts, out).run()
     print(format_table(report))
+    if report.get("suites"):
+        print("\n" + format_suites(report))
     print(f"\nwritten: {out / 'eval.json'}")
     return 0

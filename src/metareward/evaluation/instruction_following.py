@@ -15,6 +15,10 @@ imported, and some checks need them at run time. Here the network is never touch
 * ``nltk.word_tokenize`` does what NLTK's does -- split sentences with Punkt, then Treebank-tokenize
   each -- but with an *untrained* ``PunktSentenceTokenizer`` (built into NLTK, no ``punkt_tab`` data
   file). It differs from the trained English model only on abbreviations ("Dr." ends a sentence);
+  IFEval's sentence counter (``nltk.data.load`` of the Punkt English model) gets the same splitter
+  when the model is not installed;
+* an empty response fails every checkable constraint of its prompt (``if_verifiable`` returns no
+  results for it, which would otherwise drop the prompt from the accuracies and inflate them);
 * constraints that cannot be checked without NLTK data that is not installed (``ratio:stop_words``
   needs ``corpora/stopwords``, ``words:start_verb`` needs the POS tagger) are reported as *skipped*
   and left out of both accuracies; with the data installed (``python -m nltk.downloader stopwords
@@ -62,9 +66,20 @@ def offline_nltk() -> Iterator[None]:
         sentences = [text] if preserve_line else splitter.tokenize(text)
         return [tok for sent in sentences for tok in word_tokenize(sent, language, preserve_line=True)]
 
+    data_load = nltk.data.load
+
+    def offline_load(resource_url: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return data_load(resource_url, *args, **kwargs)
+        except LookupError:
+            if "tokenizers/punkt" in resource_url:
+                return splitter  # IFEval's count_sentences: the untrained Punkt splitter
+            raise
+
     with (
         mock.patch.object(nltk, "download", lambda *a, **k: False),
         mock.patch.object(nltk, "word_tokenize", offline_word_tokenize),
+        mock.patch.object(nltk.data, "load", offline_load),
     ):
         yield
 
@@ -108,6 +123,9 @@ def check_response(row: dict[str, Any], response: str, benchmark: str = "ifbench
             prompt=row["prompt"],
             instruction_registry=registry(benchmark),
         )
+    if not results and not response.strip():
+        return {"key": row["key"], "results": [{"id": i, "strict": False, "loose": False} for i, _ in checkable],
+                "skipped": skipped}
     return {
         "key": row["key"],
         "results": [{"id": r.instruction_id, "strict": r.strict_pass, "loose": r.loose_pass} for r in results],

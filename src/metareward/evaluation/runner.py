@@ -10,6 +10,11 @@ Models are ``(label, path)`` pairs: with a run directory, ``seed`` (the run's ``
 * ``ifbench``   -- each model answers IFBench prompts, checked by code (``evaluation.instruction_following``);
 * ``length``    -- characters of each model's answers on the prompt set (and on IFBench when run).
 
+Benchmark suites (``--suite alpacaeval2,arena-hard-v2,ifeval,mtbench``; ``evaluation.suites``): each
+model answers the suites' (sampled) items here, then one judge (``--judge``, ``--judge-engine``) judges
+them through the annotation cache and the results go to ``eval.json["suites"]``. ``mtbench`` is the
+``winrate`` part above.
+
 Everything generated is kept under ``WORK`` (chunk logs, resumable) and the answers are written to
 ``OUT_DIR/outputs/<label>.<set>.jsonl``; the results go to ``OUT_DIR/eval.json`` atomically.
 Sizes default small (``limit``) so that a CPU run takes minutes, not hours.
@@ -17,6 +22,7 @@ Sizes default small (``limit``) so that a CPU run takes minutes, not hours.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -43,8 +49,9 @@ from metareward.evaluation.prompt_sets import (
     load_reference,
     mtbench_judge_template,
 )
+from metareward.evaluation.suites import run as suites_run
 from metareward.models import check_model_name, resolve_model
-from metareward.ranked import load_ranked
+from metareward.ranked import load_agreement_set
 from metareward.records import Prompt
 from metareward.stages.common import user_turn
 from metareward.store import atomic_write_json
@@ -72,6 +79,11 @@ class EvalOptions:
     bootstrap: int = 1000
     engine: EngineConfig = field(default_factory=EngineConfig)
     judge_template: str | None = None  # judge prompt for agreement (default: the paper's)
+    suites: tuple[str, ...] = ()  # benchmark suites (evaluation.suites)
+    judge_engine: str | None = None  # engine of the judge (default: the eval engine's)
+    judge_base_url: str | None = None  # openai judge: server URL (default: the engine config's)
+    judge_api_key_env: str | None = None  # openai judge: name of the variable holding the key
+    suite_bootstrap: int = 100  # Arena-Hard bootstrap rounds (upstream's 100)
 
 
 def run_models(run_dir: Path) -> tuple[list[tuple[str, str]], EngineConfig, JudgeConfig]:
@@ -144,6 +156,7 @@ class Evaluator:
         self.opts = opts
         self.out_dir = Path(out_dir)
         self.work = self.out_dir / "work"
+        self.custom_factory = engine_factory is not None
         self.engine_factory = engine_factory or (lambda path: make_engine(opts.engine, resolve_model(path)))
         self.log = log
         self.paths = dict(models)
@@ -154,8 +167,30 @@ class Evaluator:
         return _limit(load_prompt_set(self.opts.prompt_set), self.opts.limit)
 
     def ranked_set(self):
-        s = known_order_set() if self.opts.agreement_set == "known-order" else load_ranked(self.opts.agreement_set)
+        s = known_order_set() if self.opts.agreement_set == "known-order" else load_agreement_set(self.opts.agreement_set)
         return _limit(s, self.opts.agreement_limit)
+
+    def judge_spec(self, default: str) -> suites_run.JudgeSpec:
+        """The judge of win rates and suites: ``--judge`` (a label or a name/path) on ``--judge-engine``."""
+        o = self.opts
+        ref = o.judge or default
+        cfg = dataclasses.replace(o.engine)
+        if o.judge_engine:
+            cfg.name = o.judge_engine  # type: ignore[assignment]
+        if o.judge_base_url:
+            cfg.base_url = o.judge_base_url
+        if o.judge_api_key_env:
+            cfg.api_key_env = o.judge_api_key_env
+        if cfg.name == "openai" and o.judge_engine:
+            cfg.served_model = None  # the judge is asked by its own name, not the eval engine's served model
+        return suites_run.JudgeSpec(ref=ref, path=self.paths.get(ref, ref), engine=cfg)
+
+    def make_judge(self, spec: suites_run.JudgeSpec) -> Engine:
+        if self.custom_factory:  # tests: one factory for every engine
+            return self.engine_factory(spec.path)
+        if spec.engine.name == "openai":
+            return make_engine(spec.engine, spec.path, log_dir=self.work)
+        return make_engine(spec.engine, resolve_model(spec.path))
 
     def judge_cfg(self, base: JudgeConfig | None = None) -> JudgeConfig:
         b = base or JudgeConfig()
@@ -194,12 +229,17 @@ class Evaluator:
         prompts = self.prompt_set() if need_answers else []
         rows = _limit(ifbench_rows(), o.limit) if "ifbench" in o.parts else []
         ranked = self.ranked_set() if "agreement" in o.parts else []
+        suite_items = suites_run.load_items(o.suites, o.limit)
+        suite_sets = suite_items.prompt_sets()
+        suite_answers: dict[str, dict[str, dict[str, str]]] = {label: {} for label, _ in self.models}
         for label, path in self.models:
             self.log(f"[eval] {label}: loading {path}")
             engine = self.engine_factory(path)
             try:
                 if need_answers:
                     answers[label] = self.answers(engine, label, "prompts", prompts)
+                for set_name, set_prompts in suite_sets.items():
+                    suite_answers[label][set_name] = self.answers(engine, label, set_name, set_prompts)
                 if rows:
                     ifp = [Prompt(f"ifb{r['key']}", r["prompt"]) for r in rows]
                     ifa = self.answers(engine, label, "ifbench", ifp)
@@ -210,6 +250,9 @@ class Evaluator:
                     js = agreement_mod.judge_ranked_set(engine, ranked, self.judge_cfg(), self.work, label, o.seed,
                                                         model_key=path)
                     results[label]["agreement"] = agreement_mod.agreement(ranked, js).to_dict()
+                    by_subset = subset_agreement(ranked, js)
+                    if by_subset:
+                        results[label]["agreement"]["by_subset"] = by_subset
             finally:
                 engine.close()
         if "length" in o.parts:
@@ -218,15 +261,37 @@ class Evaluator:
         winrates = self.winrates(prompts, answers) if "winrate" in o.parts else {}
         for label, wr in winrates.items():
             results[label]["winrate"] = wr
-        report = {
+        report: dict[str, Any] = {
             "models": dict(self.models),
-            "options": {**asdict(o), "parts": list(o.parts)},
+            "options": {**asdict(o), "parts": list(o.parts), "suites": list(o.suites)},
             "prompt_set": {"name": o.prompt_set, "prompts": len(prompts)},
             "results": results,
         }
+        if suite_sets or "mtbench" in o.suites:
+            report["suites"] = self.suites(suite_items, suite_answers, winrates) if suite_sets else {}
+            if "mtbench" in o.suites:
+                report["suites"]["mtbench"] = {
+                    "n": len(prompts),
+                    "results": {label: {k: v for k, v in wr.items() if k != "per_prompt"}
+                                for label, wr in winrates.items()},
+                }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out_dir / "eval.json", _finite(report))
         return report
+
+    def suites(self, items: suites_run.SuiteItems, answers: dict[str, dict[str, dict[str, str]]],
+               winrates: dict[str, Any]) -> dict[str, Any]:
+        """Judge and summarise the suites (``evaluation.suites.run``) with one lazily built judge."""
+        spec = self.judge_spec(self.models[0][0])
+        self.log(f"[eval] suites {list(self.opts.suites)}: judge {spec.model} ({spec.engine.name})")
+        judge = suites_run.LazyJudge(lambda: self.make_judge(spec), self.log)
+        try:
+            return suites_run.judge_and_summarize(
+                items, answers, spec, judge, self.out_dir, self.opts.verdict_max_tokens,
+                seed=self.opts.seed, rounds=self.opts.suite_bootstrap, log=self.log,
+            )
+        finally:
+            judge.close()
 
     def winrates(self, prompts: Sequence[Prompt], answers: dict[str, dict[str, str]]) -> dict[str, Any]:
         o = self.opts
@@ -239,14 +304,14 @@ class Evaluator:
             if o.baseline not in answers:
                 raise InputError(f"--baseline {o.baseline!r} is not one of the evaluated models {list(answers)}")
             baseline_label, baseline = o.baseline, answers[o.baseline]
-        judge_ref = o.judge or (o.baseline if o.baseline in self.paths else self.models[0][0])
-        judge_path = self.paths.get(judge_ref, judge_ref)
+        spec = self.judge_spec(o.baseline if o.baseline in self.paths else self.models[0][0])
+        judge_ref = spec.ref
         template = mtbench_judge_template("pair-v2")
         others = [label for label in answers if label != baseline_label]
         if not others:
             return {}
         self.log(f"[eval] win rates vs {baseline_label}, judged by {judge_ref}")
-        judge = self.engine_factory(judge_path)
+        judge = self.make_judge(spec)
         out = {}
         try:
             for label in others:
@@ -258,6 +323,7 @@ class Evaluator:
                 out[label] = {
                     "baseline": baseline_label,
                     "judge": judge_ref,
+                    "judge_engine": spec.engine.name,
                     **winrate_mod.summarize(outcomes, n_resamples=o.bootstrap, seed=o.seed),
                     "per_prompt": [
                         {"id": x.prompt_id, "model_first": x.verdict_model_first,
@@ -268,6 +334,22 @@ class Evaluator:
         finally:
             judge.close()
         return out
+
+
+def subset_agreement(ranked: Sequence[Any], judgments: Sequence[Any]) -> dict[str, Any]:
+    """Judge accuracy per ``subset`` of a RewardBench-style preference set (empty for other sets)."""
+    groups: dict[str, list[Any]] = {}
+    for p in ranked:
+        if isinstance(p.meta, dict) and isinstance(p.meta.get("subset"), str):
+            groups.setdefault(p.meta["subset"] or "(none)", []).append(p)
+    out = {}
+    for subset, ps in sorted(groups.items()):
+        ids = {p.id for p in ps}
+        js = [j for j in judgments if j.response_id.rsplit("/", 1)[0] in ids]
+        r = agreement_mod.agreement(ps, js).to_dict()
+        out[subset] = {"pairs": r["pairs"], "accuracy": r["agreement"],
+                       "accuracy_without_ties": r["agreement_without_ties"], "judge_ties": r["judge_ties"]}
+    return out
 
 
 def _finite(x: Any) -> Any:
@@ -300,6 +382,47 @@ def format_table(report: dict[str, Any]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(cols))) for c in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_suites(report: dict[str, Any]) -> str:
+    """One line per suite and model: the headline numbers with intervals, sample size and judge."""
+    suites = report.get("suites") or {}
+    lines = []
+
+    def judge_note(block: dict[str, Any]) -> str:
+        if not block.get("judge"):
+            return "no judge"
+        return f"judge {block['judge']} ({block.get('judge_engine')}, {'official' if not block['proxy'] else 'proxy'})"
+
+    ae = suites.get("alpacaeval2")
+    for label, r in (ae or {}).get("results", {}).items():
+        lo, hi = r.get("lc_win_rate_minimal_ci95") or [None, None]
+        lines.append(
+            f"alpacaeval2    {label:<10} win rate {_num(r.get('win_rate'), 1)} +- {_num(r.get('standard_error'), 1)}"
+            f"  LC (minimal GLM) {_num(r.get('lc_win_rate_minimal'), 1)} [{_num(lo, 1)}, {_num(hi, 1)}]"
+            f"  n={ae['n']}/{ae['of']}  {judge_note(ae)}"
+        )
+    ah = suites.get("arena-hard-v2")
+    for label, r in (ah or {}).get("results", {}).items():
+        lo, hi = r.get("score_ci90") or [None, None]
+        slo, shi = r.get("style_controlled_ci90") or [None, None]
+        lines.append(
+            f"arena-hard-v2  {label:<10} score {_num(r.get('score'), 1)} [{_num(lo, 1)}, {_num(hi, 1)}]"
+            f"  style-controlled {_num(r.get('style_controlled'), 1)} [{_num(slo, 1)}, {_num(shi, 1)}]"
+            f"  n={r.get('questions_judged')}/{ah['n']} judged of {ah['of']}  {judge_note(ah)}"
+        )
+    ie = suites.get("ifeval")
+    for label, r in (ie or {}).get("results", {}).items():
+        lines.append(
+            f"ifeval         {label:<10} prompt strict {_pct(r.get('prompt_strict'))} loose {_pct(r.get('prompt_loose'))}"
+            f"  instruction strict {_pct(r.get('instruction_strict'))} loose {_pct(r.get('instruction_loose'))}"
+            f"  n={ie['n']}/{ie['of']}"
+        )
+    mt = suites.get("mtbench")
+    for label, r in (mt or {}).get("results", {}).items():
+        lines.append(f"mtbench        {label:<10} win rate {_wr(r, 'win_rate', 'win_rate_ci95')} vs {r.get('baseline')}"
+                     f"  n={r.get('prompts')}  judge {r.get('judge')} ({r.get('judge_engine')}, proxy)")
     return "\n".join(lines)
 
 
