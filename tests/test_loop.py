@@ -10,8 +10,9 @@ from fakes import Crash, FakeEngine
 
 from metareward.config import IterationConfig, RunConfig
 from metareward.errors import InputError
-from metareward.loop import Runner
-from metareward.records import Judgment, MetaJudgment, PreferencePair, Response, read_jsonl
+from metareward.loop import STAGES, Output, Runner, Stage
+from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
+from metareward.store import ChunkedPasses
 
 ARTIFACTS = ["prompts.jsonl", "responses.jsonl", "judgments.jsonl", "meta_judgments.jsonl",
              "actor_pairs.jsonl", "judge_pairs.jsonl", "manifest.json"]
@@ -91,18 +92,28 @@ def test_full_run_writes_every_artifact(tmp_path, scoring):
     assert len(p1) == len(p2) == 5 and not p1 & p2
 
 
-@pytest.mark.parametrize("crash_after", [2, 7, 30, 75, 130])
-def test_crash_anywhere_then_resume_gives_identical_records(tmp_path, crash_after):
-    ref_cfg = make_cfg(tmp_path / "ref")
+def make_scored_cfg(path: Path, scoring: str) -> RunConfig:
+    cfg = make_cfg(path)
+    cfg.judge.scoring = cfg.meta_judge.scoring = scoring
+    return cfg
+
+
+# The fake engine emits one output per request, so a crash point is a position in the run's passes.
+# With make_cfg, free_text crashes in the actor, judge, meta-judge (iteration 1), actor, meta-judge (2);
+# constrained in the judge's score pass, meta-judge, verdict pass (iteration 1), score pass, verdict pass (2).
+@pytest.mark.parametrize("scoring, crash_after", [("free_text", n) for n in (2, 7, 30, 75, 130)]
+                         + [("constrained", n) for n in (60, 130, 200, 300, 420)])
+def test_crash_anywhere_then_resume_gives_identical_records(tmp_path, scoring, crash_after):
+    ref_cfg = make_scored_cfg(tmp_path / "ref", scoring)
     run(ref_cfg, FakeEngine())
-    cfg = make_cfg(tmp_path / "crash")
+    cfg = make_scored_cfg(tmp_path / "crash", scoring)
     with pytest.raises(Crash):
         run(cfg, FakeEngine(fail_after=crash_after))
     second = FakeEngine()
     run(cfg, second)
     assert records(Path(cfg.run_dir)) == records(Path(ref_cfg.run_dir))
     total = FakeEngine()
-    run(make_cfg(tmp_path / "count"), total)
+    run(make_scored_cfg(tmp_path / "count", scoring), total)
     # the rerun redid at most the one chunk that was in flight (chunk_size = 3)
     redone = second.emitted - (total.emitted - crash_after)
     assert 0 <= redone < cfg.engine.chunk_size
@@ -208,3 +219,93 @@ def test_sft_step_zero_feeds_iteration_one(tmp_path, monkeypatch):
     cfg.sft = SFTConfig(data=str(tmp_path / "missing.jsonl"))
     with pytest.raises(InputError, match="sft.data: file not found"):
         run(cfg, FakeEngine())
+
+
+# Stage settings hashes of one iteration (make_cfg, five given prompts, model "seed-model"), computed by
+# the loop before it ran stages as Stage objects. A finished stage whose hash changes is refused on
+# resume, so these values are what keeps existing run directories resumable.
+PINNED_HASHES = {
+    "free_text": {"prompts": "a1fa0de09acced17", "actor": "cfdf522d51541025", "judge": "f086e3e90b856ad0",
+                  "meta_judge": "3832537a0de4aefc", "pairs": "48c5a40891aa8cd2", "train": "d0b763dc95b16e04"},
+    "constrained": {"prompts": "a1fa0de09acced17", "actor": "cfdf522d51541025", "judge": "ebdd6facdb9896a5",
+                    "meta_judge": "f604f96b4320a239", "pairs": "60c7e72c0c3b3fea", "train": "557f2abee4380aba"},
+}
+
+
+@pytest.mark.parametrize("scoring", ["free_text", "constrained"])
+def test_stage_settings_hashes_are_unchanged(tmp_path, scoring):
+    cfg = make_scored_cfg(tmp_path, scoring)
+    runner = FakeTrainRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None)
+    runner.run_iteration(1, [Prompt(f"q{k}", f"Question number {k}?") for k in range(5)], "seed-model")
+    stages = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())["stages"]
+    got = {name: entry["settings"] for name, entry in stages.items()}
+    assert got == PINNED_HASHES[scoring], "a stage's settings hash changed: existing run directories would refuse to resume"
+    assert [s.name for s in STAGES] == list(got)
+
+
+def test_an_added_stage_is_one_entry(tmp_path):
+    calls = []
+
+    def run_lengths(it, passes):
+        calls.append(it.index)
+        return Output(count=len(it.responses), extra={"chars": sum(len(r.text) for r in it.responses)})
+
+    lengths = Stage("lengths", lambda it: ("v1",), run_lengths, lambda it: None,
+                    applies=lambda it: it.index == 1)
+
+    class LengthsRunner(FakeTrainRunner):
+        stages = (*STAGES, lengths)
+
+    cfg = make_cfg(tmp_path)
+    LengthsRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None).run()
+    m1 = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())
+    responses = read_jsonl(Path(cfg.run_dir) / "iter_1" / "responses.jsonl", Response)
+    assert calls == [1] and m1["stages"]["lengths"]["count"] == len(responses)
+    assert m1["stages"]["lengths"]["chars"] == sum(len(r.text) for r in responses)
+    assert "lengths" in m1["timings_s"]
+    assert "lengths" not in json.loads((Path(cfg.run_dir) / "iter_2" / "manifest.json").read_text())["stages"]
+    # the stages before it keep their hashes: the same records as a run without it
+    plain = make_cfg(tmp_path / "plain")
+    run(plain, FakeEngine())
+    assert records(Path(cfg.run_dir)) == records(Path(plain.run_dir))
+    # done means done; changed settings are refused like any stage's
+    LengthsRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None).run()
+    assert calls == [1]
+    changed = Stage("lengths", lambda it: ("v2",), run_lengths, lambda it: None)
+
+    class ChangedRunner(FakeTrainRunner):
+        stages = (*STAGES, changed)
+
+    with pytest.raises(InputError, match="stage 'lengths' already ran with different settings"):
+        ChangedRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None).run()
+
+
+def test_chunked_passes_log_count_and_build_the_engine_only_when_needed(tmp_path):
+    from metareward.config import JudgeConfig
+    from metareward.stages import judge
+
+    built = []
+
+    def engine():
+        built.append(1)
+        return FakeEngine()
+
+    prompts = {"p": Prompt("p", "Q?")}
+    responses = [Response(f"p/r{k}", "p", k, f"answer {k}") for k in range(5)]
+    cfg = JudgeConfig(n=2, scoring="constrained")
+
+    def passes():
+        return ChunkedPasses(engine, lambda name: tmp_path / f"{name}.log", chunk_size=2, choice_chunk_size=4)
+
+    first = passes()
+    js = judge.run(prompts, responses, cfg, 0, 1, first)
+    assert len(built) >= 1 and [p.name for p in first.logs] == ["judge.log", "judge_score.log"]
+    assert first.generated_tokens == sum(j.n_tokens for j in js)
+    chunks = [json.loads(line)["chunk"] for line in (tmp_path / "judge_score.log").read_text().splitlines()]
+    assert chunks == [0, 1, 2]  # 10 choice requests in chunks of 4
+    built.clear()
+    again = passes()
+    assert judge.run(prompts, responses, cfg, 0, 1, again) == js
+    assert built == [] and again.generated_tokens == first.generated_tokens  # everything was logged
+    again.remove_logs()
+    assert not list(tmp_path.iterdir())

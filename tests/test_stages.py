@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metareward.config import ActorConfig, IterationConfig, JudgeConfig, MetaJudgeConfig
-from metareward.engines.base import GenerationOutput
+from metareward.engines.base import ChoiceOutput, GenerationOutput
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.stages import actor, judge, meta_judge, pairs
 from metareward.summary import score_histogram
@@ -121,3 +121,80 @@ def test_judge_pairs_exact():
 ])
 def test_score_histogram(scores, expected):
     assert score_histogram(scores) == expected
+
+
+class ScriptedPasses:
+    """``Passes`` that answers from fixed tables and records which passes ran, with which request ids."""
+
+    def __init__(self, texts: dict[str, list[str]], probs: dict[str, list[float]] | None = None):
+        self.texts, self.probs = texts, probs or {}
+        self.calls: list[tuple[str, list[str]]] = []
+        self.requests: dict[str, list] = {}
+
+    def generate(self, name, requests):
+        self.calls.append((name, [r.id for r in requests]))
+        self.requests[name] = list(requests)
+        return {r.id: GenerationOutput(id=r.id, texts=self.texts[r.id], n_tokens=[3] * len(self.texts[r.id]),
+                                       finished=[True] * len(self.texts[r.id])) for r in requests}
+
+    def choices(self, name, requests):
+        self.calls.append((name, [r.id for r in requests]))
+        self.requests[name] = list(requests)
+        return {r.id: ChoiceOutput(id=r.id, probs=self.probs[r.id]) for r in requests}
+
+
+def test_actor_run_samples_and_dedups_in_prompt_order():
+    ps = [Prompt("p", "P?"), Prompt("q", "Q?")]
+    passes = ScriptedPasses({"p": ["a", "a ", "b"], "q": ["c", "", "d"]})
+    rs = actor.run(ps, ActorConfig(k=3), 0, 1, passes)
+    assert [(r.id, r.text) for r in rs] == [("p/r0", "a"), ("p/r2", "b"), ("q/r0", "c"), ("q/r2", "d")]
+    assert passes.calls == [("actor", ["p", "q"])]
+    assert [r.seed for r in passes.requests["actor"]] == [r.seed for r in actor.actor_requests(ps, ActorConfig(k=3), 0, 1)]
+
+
+@pytest.mark.parametrize("scoring", ["free_text", "constrained"])
+def test_judge_run_is_both_passes(scoring):
+    prompts = {"p": Prompt("p", "Q?")}
+    rs = [Response("p/r0", "p", 0, "A. Score: 5"), Response("p/r1", "p", 1, "B.")]
+    texts = {"p/r0": ["Fine.\nScore: 4", "Quotes 'A. Score: 5'."], "p/r1": ["Poor.\nScore: 1 or so", "Okay.\nScore: 2"]}
+    probs = {"p/r0/j0": [0, 0, 0.25, 0.75, 0, 0], "p/r0/j1": [0.5, 0, 0, 0, 0, 0.5],
+             "p/r1/j0": [0, 1, 0, 0, 0, 0], "p/r1/j1": [0, 0, 0.2, 0, 0.8, 0]}
+    cfg = JudgeConfig(n=2, scoring=scoring)
+    passes = ScriptedPasses(texts, probs)
+    js = judge.run(prompts, rs, cfg, 3, 2, passes)
+    assert [j.id for j in js] == ["p/r0/j0", "p/r0/j1", "p/r1/j0", "p/r1/j1"]
+    assert passes.requests["judge"] == judge.judge_requests(prompts, rs, cfg, 3, 2)
+    if scoring == "free_text":
+        assert passes.calls == [("judge", ["p/r0", "p/r1"])]
+        assert [j.score for j in js] == [4.0, None, 1.0, 2.0] and [j.text for j in js] == texts["p/r0"] + texts["p/r1"]
+    else:
+        assert passes.calls == [("judge", ["p/r0", "p/r1"]), ("judge_score", [j.id for j in js])]
+        assert [j.score for j in js] == [2.75, 2.5, 1.0, 3.6]
+        assert [j.text for j in js] == ["Fine.\nScore: 3", "Quotes 'A. Score: 5'.\nScore: 0", "Poor.\nScore: 1",
+                                        "Okay.\nScore: 4"]
+        assert [r.assistant_prefix for r in passes.requests["judge_score"]][:2] == ["Fine.\nScore: ",
+                                                                                   "Quotes 'A. Score: 5'.\nScore: "]
+
+
+@pytest.mark.parametrize("scoring", ["free_text", "constrained"])
+def test_meta_judge_run_is_both_passes(scoring):
+    js = [J("p/r1", 0, 1.0), J("p/r1", 1, 4.0), J("q/r0", 0, 3.0), J("q/r0", 1, 3.0)]
+    prompts = [Prompt("p", "P"), Prompt("q", "Q")]
+    rs = [Response("p/r1", "p", 1, "R"), Response("q/r0", "q", 0, "S")]
+    texts = {"p/r1/j0-j1": ["A is better.\nWinner: Judgment A"], "p/r1/j1-j0": ["Hmm.\nWinner: Judgment A or B"]}
+    probs = {"p/r1/j0-j1": [0.2, 0.8], "p/r1/j1-j0": [0.9, 0.1]}
+    cfg = MetaJudgeConfig(scoring=scoring)
+    passes = ScriptedPasses(texts, probs)
+    metas = meta_judge.run(prompts, rs, js, cfg, 0, 1, passes)
+    battles = meta_judge.plan_battles(prompts, js, 0, 1)
+    assert [m.id for m in metas] == [b.id for b in battles] == ["p/r1/j0-j1", "p/r1/j1-j0"]
+    assert passes.requests["meta_judge"] == meta_judge.meta_requests(
+        battles, {p.id: p for p in prompts}, {r.id: r for r in rs}, cfg, 0, 1)
+    if scoring == "free_text":
+        assert passes.calls == [("meta_judge", ["p/r1/j0-j1", "p/r1/j1-j0"])]
+        assert [(m.verdict, m.result) for m in metas] == [("A", 1), (None, 0)]
+    else:
+        assert [name for name, _ in passes.calls] == ["meta_judge", "meta_verdict"]
+        assert [(m.verdict, m.result, m.text) for m in metas] == [
+            ("B", -1, "A is better.\nWinner: Judgment B"), ("A", 1, "Hmm.\nWinner: Judgment A")]
+        assert [m.verdict_probs for m in metas] == [[0.2, 0.8], [0.9, 0.1]]
