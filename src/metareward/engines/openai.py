@@ -49,7 +49,6 @@ iterations. With ``served_model`` unset the engine asks for the model by its pat
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -71,6 +70,7 @@ from metareward.engines.base import (
     GenerationRequest,
 )
 from metareward.errors import InputError
+from metareward.seeds import sample_seed
 
 log = logging.getLogger("metareward.engines.openai")
 
@@ -88,9 +88,8 @@ def fold_seed(seed: int) -> int:
 
 
 def sub_seed(seed: int, k: int) -> int:
-    """Seed of sample ``k`` when ``n`` samples are fanned out to single requests."""
-    digest = hashlib.sha256(f"{seed}|{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF
+    """Seed of sample ``k`` when ``n`` samples are fanned out to single requests (``seeds.sample_seed``)."""
+    return sample_seed(seed, k)
 
 
 def choice_context(tokenizer: Any, prefix: str, choices: Sequence[str]) -> tuple[list[int], list[int]]:
