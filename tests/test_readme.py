@@ -193,6 +193,30 @@ def test_every_cited_method_section_is_a_heading_of_docs_method():
     assert not missing, f"cited but not a heading of docs/method.md: {missing}"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_between_readme_and_docs_resolve():
+    """Every relative link of README.md and docs/*.md names an existing file, and its #anchor a heading."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and path.suffix == ".md":
+                slugs = {_slug(h) for h in re.findall(r"^#+ (.*)$", path.read_text(encoding="utf-8"), re.M)}
+                if anchor not in slugs:
+                    broken.append(f"{page.name}: {target}#{anchor}")
+    assert not broken, f"broken links: {broken}"
+
+
 def test_readme_links_exist():
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 220, "the README is a front door: keep it near 200 lines"
