@@ -13,9 +13,11 @@ from scipy.optimize import minimize
 
 from metareward.selection.elo import (
     DEFAULT_L2,
+    DEFAULT_L2_RELATIVE,
     battle_matrix,
     battle_result,
     bradley_terry,
+    evidence_l2,
     positional_weights,
 )
 
@@ -297,3 +299,21 @@ def test_bt_more_wins_never_lowers_own_score(B: np.ndarray) -> None:
     B2[0, 1] += 1.0
     after = bradley_terry(B2)
     assert after[0] - after[1] >= before[0] - before[1] - 1e-9
+
+
+def test_evidence_l2() -> None:
+    B = np.array([[7.0, 1.0, 0.5], [0.25, 0.0, 0.0], [2.0, 0.25, 9.0]])  # the diagonal is ignored
+    assert evidence_l2(B) == pytest.approx(1e-4 * 4.0, abs=1e-15)
+    assert evidence_l2(B, 0.01) == pytest.approx(0.04, abs=1e-15)
+    assert evidence_l2(np.zeros((0, 0))) == 0.0
+    with pytest.raises(ValueError):
+        evidence_l2(B, -1.0)
+    assert DEFAULT_L2_RELATIVE == 1e-4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([1e-3, 0.1, 7.0, 300.0]))
+def test_evidence_scaled_bt_is_invariant_to_the_scale_of_b(scale: float) -> None:
+    B = np.array([[0.0, 2.0, 0.5, 1.0], [0.5, 0.0, 1.0, 0.0], [0.0, 0.25, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    ref = bradley_terry(B, l2=evidence_l2(B))
+    np.testing.assert_allclose(bradley_terry(B * scale, l2=evidence_l2(B * scale)), ref, atol=1e-7)

@@ -95,7 +95,7 @@ class MetaJudgeConfig:
     max_tokens: int = 1024
     scoring: ScoringMode = "free_text"
     template: str | None = None  # path to a custom meta-judge prompt
-    bt_l2: float = 1e-3  # Bradley–Terry L2 regulariser: keeps never-winning judgments finite
+    bt_l2: float = 1e-4  # Bradley–Terry L2 weight per unit of evidence, λ = bt_l2·ΣB (docs/judging.md)
     require_different_scores: bool = True  # drop judge pairs whose two judgments give the same score
 
 

@@ -11,8 +11,10 @@ j^m in the first position ("Judgment A") and j^n in the second:
 * B[m][n] = ω1·1[r^{mn} = +1] + ω2·1[r^{nm} = −1]: the weighted number of times j^m beat j^n.
   Position-inconsistent verdict pairs still count, one weighted win for each side (spec §3.4);
 * ε = argmax Σ_{m,n} B[m][n]·log σ(ε_m − ε_n): weighted Bradley-Terry, solved here by Newton's method
-  with a small L2 penalty (spec §3.5) so a judgment that never wins (or never loses) keeps a finite
-  score instead of running off to ∓∞. Only argmax/argmin of ε are used downstream.
+  with a small L2 penalty (docs/method.md §3.5) so a judgment that never wins (or never loses) keeps a
+  finite score instead of running off to ∓∞. The penalty is scaled with the evidence, λ = c·ΣB
+  (``evidence_l2``), which makes the ranking independent of the matrix's overall scale. Only
+  argmax/argmin of ε are used downstream.
 """
 
 from __future__ import annotations
@@ -21,17 +23,42 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["DEFAULT_L2", "battle_matrix", "battle_result", "bradley_terry", "positional_weights"]
+__all__ = [
+    "DEFAULT_L2",
+    "DEFAULT_L2_RELATIVE",
+    "battle_matrix",
+    "battle_result",
+    "bradley_terry",
+    "evidence_l2",
+    "positional_weights",
+]
 
 DEFAULT_L2 = 1e-3
-"""Default L2 weight for ``bradley_terry``.
+"""Default absolute L2 weight of the ``bradley_terry`` solver when called directly.
 
-Small relative to the evidence: one response's battle matrix holds up to C(11,2)·2 = 110 weighted
-wins, ΣB ≈ 10-110 (each win weighs ω ≈ 0.5), so the penalty is ~1e-5 of the data term and barely moves
-the ranking of judgments that have both wins and losses (the spec suggests λ ≈ 1e-4·ΣB, the same order).
-It still bounds the score of a judgment that never wins: its ε settles where the pull of its losses,
-≈ ΣB_lost·e^{ε}, balances 2λ|ε|, i.e. about −5 to −8 here -- finite, and ranked last.
-"""
+The pair selection never uses it: it scales the penalty with the evidence (``evidence_l2``), because
+a battle matrix's total weight ΣB ranges from ~0.4 (a strong positional bias gives most wins a weight
+near 0) to ~110 (11 judgments, every ordering decisive), so a fixed weight would be 100-fold stronger,
+relative to the data, on one response than on another."""
+
+DEFAULT_L2_RELATIVE = 1e-4
+"""Default penalty per unit of evidence: λ = 1e-4·ΣB (``evidence_l2``; docs/judging.md, "Bradley-Terry
+penalty").
+
+Why scaling is right: with λ = c·ΣB the objective for αB is α times the objective for B, so the
+maximiser -- and hence argmax/argmin ε, the only things used downstream -- does not depend on the
+overall scale of the battle matrix, only on its proportions. The penalty then bounds the score of a
+judgment that never wins: its ε settles where ΣB_lost·e^{ε} ≈ 2λ|ε|, i.e. about −8 to −10 for
+c = 1e-4, finite and ranked last; for judgments that both win and lose it moves ε by O(c)."""
+
+
+def evidence_l2(B: np.ndarray, relative: float = DEFAULT_L2_RELATIVE) -> float:
+    """The L2 weight ``relative``·ΣB for battle matrix ``B`` (diagonal ignored). 0 for an empty
+    matrix (no evidence: every ε is 0 anyway). Raises ValueError for a negative ``relative``."""
+    if relative < 0 or not np.isfinite(relative):
+        raise ValueError(f"relative L2 weight must be finite and >= 0, got {relative}")
+    B = np.asarray(B, dtype=float)
+    return float(relative * (B.sum() - np.trace(B))) if B.size else 0.0
 
 
 def battle_result(verdict: str | None) -> int:
@@ -116,7 +143,8 @@ def bradley_terry(
     l2 = 0 gives the plain MLE, which exists only when every judgment both wins and loses within a
     connected comparison graph; otherwise the iterations run to ``max_iter`` with scores growing
     without bound, so keep l2 > 0 for real data (see ``DEFAULT_L2``). Raises ValueError for a
-    non-square, negative or non-finite B, or negative l2.
+    non-square, negative or non-finite B, or negative l2. The pair selection passes
+    ``l2 = evidence_l2(B)``.
     """
     B = np.asarray(B, dtype=float)
     if B.ndim != 2 or B.shape[0] != B.shape[1]:

@@ -18,18 +18,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metareward.selection.elo import DEFAULT_L2, bradley_terry
+from metareward.selection.elo import DEFAULT_L2_RELATIVE, bradley_terry, evidence_l2
 from metareward.selection.length_control import SKIP_CHOSEN_TOO_LONG, TOL, Skip
 
 __all__ = [
     "SKIP_CHOSEN_TOO_LONG",
     "SKIP_ELO_TIED",
     "SKIP_FEWER_THAN_TWO_JUDGMENTS",
+    "SKIP_FEWER_THAN_TWO_VALID",
+    "SKIP_IDENTICAL_JUDGMENTS",
+    "SKIP_NO_DECISIVE_VERDICT",
+    "SKIP_NO_META_JUDGMENTS",
+    "SKIP_POSITION_ONLY",
     "SKIP_SAME_SCORE",
+    "SKIP_ZERO_VARIANCE",
     "VARIANCE_TOL",
     "JudgeChoice",
     "Skip",
     "meta_judge_orderings",
+    "no_meta_response_reason",
     "select_judge_pair",
     "select_meta_response",
 ]
@@ -37,6 +44,13 @@ __all__ = [
 SKIP_ELO_TIED = "elo_tied"
 SKIP_SAME_SCORE = "same_score"
 SKIP_FEWER_THAN_TWO_JUDGMENTS = "fewer_than_two_judgments"
+# reasons a prompt yields no judge pair, counted by the pairs stage (docs/judging.md, "Skip reasons")
+SKIP_FEWER_THAN_TWO_VALID = "fewer_than_two_valid_judgments"  # before the meta-judge
+SKIP_ZERO_VARIANCE = "zero_variance"  # before the meta-judge: every response's valid scores agree
+SKIP_IDENTICAL_JUDGMENTS = "identical_judgments"  # before the meta-judge: nothing to compare
+SKIP_NO_META_JUDGMENTS = "no_meta_judgments"  # battles planned but none recorded
+SKIP_NO_DECISIVE_VERDICT = "no_decisive_verdict"  # every verdict a tie or a parse error
+SKIP_POSITION_ONLY = "position_only_verdicts"  # every decisive verdict named the same position
 
 VARIANCE_TOL = 1e-12
 """Variances within this of each other are tied, and a variance ≤ this counts as 0: the variance of
@@ -80,6 +94,15 @@ def select_meta_response(
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
+def no_meta_response_reason(scores_by_response: Mapping[str, Sequence[float | None]]) -> str:
+    """Why ``select_meta_response`` returned None for these scores: ``"fewer_than_two_valid_judgments"``
+    when no response has two valid (non-None, non-NaN) scores, else ``"zero_variance"``."""
+    for scores in scores_by_response.values():
+        if sum(1 for s in scores if s is not None and not math.isnan(s)) >= 2:
+            return SKIP_ZERO_VARIANCE
+    return SKIP_FEWER_THAN_TWO_VALID
+
+
 def meta_judge_orderings(texts: Sequence[str]) -> list[tuple[int, int]]:
     """The (first, second) orderings to send to the meta-judge (spec §3.2).
 
@@ -108,13 +131,13 @@ def select_judge_pair(
     rng: random.Random,
     max_chosen_length: int | None,
     require_different_scores: bool = True,
-    l2: float = DEFAULT_L2,
+    l2_relative: float = DEFAULT_L2_RELATIVE,
 ) -> JudgeChoice | Skip:
     """Choose the (chosen, rejected) judgments of the meta-judged response (spec §3.5-3.6).
 
     ``scores[m]``, ``lengths[m]`` (characters) and row/column m of the battle matrix ``B`` describe
     the m-th valid judgment (invalid judgments never get here, which is the spec's filter (a)).
-    ε = ``bradley_terry(B, l2)``; chosen = argmax ε, rejected = argmin ε, exact ties (within 1e-9)
+    ε = ``bradley_terry(B, evidence_l2(B, l2_relative))`` (penalty scaled with ΣB); chosen = argmax ε, rejected = argmin ε, exact ties (within 1e-9)
     broken by ``rng`` (consumed only on a tie). Skips, checked in this order:
 
     * fewer than two judgments -> ``"fewer_than_two_judgments"``;
@@ -131,7 +154,7 @@ def select_judge_pair(
         raise ValueError(f"battle matrix shape {B.shape} does not match {n} judgments")
     if n < 2:
         return Skip(SKIP_FEWER_THAN_TWO_JUDGMENTS)
-    eps = bradley_terry(B, l2=l2)
+    eps = bradley_terry(B, l2=evidence_l2(B, l2_relative))
     hi, lo = float(eps.max()), float(eps.min())
     if hi - lo <= TOL:
         return Skip(SKIP_ELO_TIED)

@@ -5,14 +5,17 @@
   rejected = longest of the bottom tier; optional limit on the chosen response's length.
 * Judge pairs (spec §3.4–3.6): positional weights ω1, ω2 from the *whole iteration's* first/second-
   position wins; per selected response, the battle matrix of its judgments and Bradley–Terry scores;
-  chosen = highest, rejected = lowest; dropped when their scores are equal (default) or the chosen
-  judgment is longer than the iteration's limit. The DPO prompt is the filled judge prompt.
+  chosen = highest, rejected = lowest; dropped when the scores their texts state are equal (default)
+  or the chosen judgment is longer than the iteration's limit. The DPO prompt is the filled judge
+  prompt.
 
-Every skipped prompt is counted by reason so the iteration summary can say why pairs are missing.
+Every prompt without a pair is counted by reason -- including the prompts dropped before the
+meta-judge -- so the iteration summary can say why pairs are missing (docs/judging.md).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -20,9 +23,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from metareward.config import IterationConfig, MetaJudgeConfig
+from metareward.parsing import parse_score
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response
 from metareward.selection.elo import battle_matrix, positional_weights
-from metareward.selection.judge_pairs import select_judge_pair
+from metareward.selection.judge_pairs import (
+    SKIP_ELO_TIED,
+    SKIP_IDENTICAL_JUDGMENTS,
+    SKIP_NO_DECISIVE_VERDICT,
+    SKIP_NO_META_JUDGMENTS,
+    SKIP_POSITION_ONLY,
+    meta_judge_orderings,
+    no_meta_response_reason,
+    select_judge_pair,
+    select_meta_response,
+)
 from metareward.selection.length_control import ScoredResponse, Skip, select_actor_pair
 from metareward.stages.common import request_seed
 from metareward.templates import judge_prompt
@@ -41,8 +55,8 @@ def build_actor_pairs(
         by_prompt.setdefault(r.prompt_id, []).append(r)
     scores: dict[str, list[float]] = {}
     for j in judgments:
-        if j.score is not None:
-            scores.setdefault(j.response_id, []).append(j.score)
+        if _valid_score(j):  # invalid (None) and non-finite scores never enter a mean
+            scores.setdefault(j.response_id, []).append(j.score)  # type: ignore[arg-type]
     pairs, skipped = [], Counter()
     for p in prompts:
         rs = {r.id: r for r in by_prompt.get(p.id, [])}
@@ -75,6 +89,45 @@ def build_actor_pairs(
     return pairs, skipped
 
 
+def _valid_score(j: Judgment) -> bool:
+    return j.score is not None and math.isfinite(j.score)
+
+
+def _stated_score(j: Judgment) -> float | None:
+    """The score the judgment's TEXT states -- what DPO trains on. In free-text mode it is ``j.score``;
+    in constrained mode ``j.score`` is the expected digit while the text ends with the most likely
+    one, and two texts can state the same score with different expected scores."""
+    stated = parse_score(j.text)
+    return stated if stated is not None else j.score
+
+
+def _pre_meta_skip_reason(prompt_id: str, judgments: Sequence[Judgment], run_seed: int, iteration: int) -> str:
+    """Why a prompt got no meta-judgments: the meta-judge stage's own selection (``select_meta_response``
+    with the same seed) replayed, so every prompt without a judge pair is counted by reason."""
+    valid = [j for j in sorted(judgments, key=lambda j: (j.response_id, j.index)) if _valid_score(j)]
+    scores: dict[str, list[float]] = {}
+    for j in valid:
+        scores.setdefault(j.response_id, []).append(j.score)  # type: ignore[arg-type]
+    rng = random.Random(request_seed(run_seed, iteration, "meta_select", prompt_id))
+    chosen = select_meta_response(scores, rng)
+    if chosen is None:
+        return no_meta_response_reason(scores)
+    if not meta_judge_orderings([j.text for j in valid if j.response_id == chosen]):
+        return SKIP_IDENTICAL_JUDGMENTS
+    return SKIP_NO_META_JUDGMENTS
+
+
+def _tied_reason(metas: Sequence[MetaJudgment]) -> str:
+    """Refine ``elo_tied``: no decisive verdict at all, or every decisive verdict for one position (the
+    meta-judge followed the position, and the positional weights cancel such wins)."""
+    decisive = {m.result for m in metas if m.result != 0}
+    if not decisive:
+        return SKIP_NO_DECISIVE_VERDICT
+    if len(decisive) == 1:
+        return SKIP_POSITION_ONLY
+    return SKIP_ELO_TIED
+
+
 def build_judge_pairs(
     prompts: Mapping[str, Prompt],
     responses: Mapping[str, Response],
@@ -86,11 +139,32 @@ def build_judge_pairs(
     run_seed: int,
     iteration: int,
 ) -> tuple[list[PreferencePair], Counter, tuple[float, float]]:
+    """Judge pairs from the iteration's meta-judgments, and the reason for every prompt without one.
+
+    Every prompt of ``prompts`` yields a pair or exactly one skip reason: the ones dropped before the
+    meta-judge (``fewer_than_two_valid_judgments``, ``zero_variance``, ``identical_judgments``) and the
+    ones dropped here (``no_decisive_verdict``, ``position_only_verdicts``, ``elo_tied``,
+    ``chosen_too_long``, ``same_score``). Battles involving a judgment without a finite score are
+    ignored, so no pair keeps an invalid or NaN score. The same-score rule compares the scores the two
+    judgment texts state (``_stated_score``), since the texts are what DPO trains on.
+    """
+    metas = [
+        m for m in metas
+        if m.judgment_a in judgments and m.judgment_b in judgments
+        and _valid_score(judgments[m.judgment_a]) and _valid_score(judgments[m.judgment_b])
+    ]
     w1, w2 = positional_weights(m.result for m in metas)
     by_response: dict[str, list[MetaJudgment]] = {}
     for m in metas:
         by_response.setdefault(m.response_id, []).append(m)
+    judgments_by_prompt: dict[str, list[Judgment]] = {}
+    for j in judgments.values():
+        judgments_by_prompt.setdefault(j.prompt_id, []).append(j)
     pairs, skipped = [], Counter()
+    meta_judged = {responses[r].prompt_id for r in by_response}
+    for prompt_id in sorted(prompts):
+        if prompt_id not in meta_judged:
+            skipped[_pre_meta_skip_reason(prompt_id, judgments_by_prompt.get(prompt_id, []), run_seed, iteration)] += 1
     for response_id in sorted(by_response):
         battles_here = by_response[response_id]
         ids = sorted({m.judgment_a for m in battles_here} | {m.judgment_b for m in battles_here},
@@ -98,19 +172,20 @@ def build_judge_pairs(
         index = {jid: k for k, jid in enumerate(ids)}
         B = battle_matrix(len(ids), ((index[m.judgment_a], index[m.judgment_b], m.result) for m in battles_here), w1, w2)
         js = [judgments[i] for i in ids]
+        stated = [_stated_score(j) for j in js]
         response = responses[response_id]
         rng = random.Random(request_seed(run_seed, iteration, "judge_pair", response_id))
         choice = select_judge_pair(
-            [j.score for j in js],  # type: ignore[misc]
+            stated,  # type: ignore[arg-type]
             [len(j.text) for j in js],
             B,
             rng,
             it.judge_max_chosen_length,
             require_different_scores=cfg.require_different_scores,
-            l2=cfg.bt_l2,
+            l2_relative=cfg.bt_l2,
         )
         if isinstance(choice, Skip):
-            skipped[choice.reason] += 1
+            skipped[_tied_reason(battles_here) if choice.reason == SKIP_ELO_TIED else choice.reason] += 1
             continue
         c, r = js[choice.chosen], js[choice.rejected]
         prompt = prompts[response.prompt_id]
@@ -126,7 +201,13 @@ def build_judge_pairs(
                 rejected_id=r.id,
                 chosen_score=c.score,
                 rejected_score=r.score,
-                meta={"response_id": response_id, "elo": [round(e, 4) for e in choice.elo], "w1": w1, "w2": w2},
+                meta={
+                    "response_id": response_id,
+                    "elo": [round(e, 4) for e in choice.elo],
+                    "w1": w1,
+                    "w2": w2,
+                    "stated_scores": [stated[choice.chosen], stated[choice.rejected]],
+                },
             )
         )
     return pairs, skipped, (w1, w2)
