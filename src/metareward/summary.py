@@ -2,8 +2,11 @@
 
 Counts and rates a user checks before trusting an iteration: how many responses survived dedup, how
 many judgments parsed, the score distribution (mean and a histogram with one bin per point), how many
-actor and judge pairs were built (and why prompts were skipped), chosen vs rejected lengths, and the
-meta-judge's first-position win rate (its positional bias, spec §5.6).
+actor and judge pairs were built (and why every other prompt yielded none, by reason), chosen vs
+rejected lengths, and the meta-judge's first-position win rate (its positional bias, docs/method.md
+§5.6). A meta-judge whose decisive verdicts all name one position is named as such
+(``meta_judge_position_only``): the positional weights then give those wins zero weight, so its
+verdicts cannot produce a judge pair (docs/judging.md, "Skip reasons").
 """
 
 from __future__ import annotations
@@ -35,6 +38,20 @@ def _lengths(pairs: Sequence[PreferencePair]) -> dict[str, float | None]:
     }
 
 
+def meta_position(metas: Sequence[MetaJudgment]) -> dict[str, Any]:
+    """The meta-judge's position statistics: win rates of each position, the share of decisive
+    verdicts won by the more frequent position, and whether ALL of them went to one position."""
+    first = sum(1 for m in metas if m.result == 1)
+    second = sum(1 for m in metas if m.result == -1)
+    decisive = first + second
+    return {
+        "meta_first_position_win_rate": round(first / len(metas), 4) if metas else None,
+        "meta_second_position_win_rate": round(second / len(metas), 4) if metas else None,
+        "meta_dominant_position_share": round(max(first, second) / decisive, 4) if decisive else None,
+        "meta_judge_position_only": decisive > 0 and min(first, second) == 0,
+    }
+
+
 def iteration_summary(
     store: IterationStore,
     responses: Sequence[Response],
@@ -47,8 +64,6 @@ def iteration_summary(
     stages = store.manifest["stages"]
     n_prompts = stages.get("prompts", {}).get("count", 0)
     scores = [j.score for j in judgments if j.score is not None]
-    first = sum(1 for m in metas if m.result == 1)
-    second = sum(1 for m in metas if m.result == -1)
     pairs_entry = stages.get("pairs", {})
     return {
         "prompts": n_prompts,
@@ -62,14 +77,24 @@ def iteration_summary(
         "judge_pairs": len(judge_pairs),
         "actor_skipped": pairs_entry.get("actor_skipped", {}),
         "judge_skipped": pairs_entry.get("judge_skipped", {}),
+        "judge_prompts_without_pair": sum(pairs_entry.get("judge_skipped", {}).values()),
         "actor_pair_lengths": _lengths(actor_pairs),
         "judge_pair_lengths": _lengths(judge_pairs),
         "meta_judgments": len(metas),
-        "meta_first_position_win_rate": round(first / len(metas), 4) if metas else None,
-        "meta_second_position_win_rate": round(second / len(metas), 4) if metas else None,
+        **meta_position(metas),
         "positional_weights": pairs_entry.get("positional_weights"),
         "drift_alarms": summary_alarms(store.dir.parent, store.iteration),  # metareward.drift: thresholds in the text
     }
+
+
+def _position_only_line(s: dict[str, Any]) -> list[str]:
+    if not s.get("meta_judge_position_only"):
+        return []
+    side = "first" if (s.get("meta_first_position_win_rate") or 0) > 0 else "second"
+    return [
+        f"  meta-judge is POSITION-ONLY: the {side} position won every decisive verdict, so the positional"
+        " weights cancel its wins and no judge pair can come from them"
+    ]
 
 
 def format_summary(iteration: int, s: dict[str, Any], timings: dict[str, float]) -> str:
@@ -86,6 +111,7 @@ def format_summary(iteration: int, s: dict[str, Any], timings: dict[str, float])
         f"    chosen vs rejected length  {jl['chosen_mean_chars']} vs {jl['rejected_mean_chars']} chars",
         f"  meta-judgments {s['meta_judgments']}  first-position win rate {s['meta_first_position_win_rate']}"
         f"  weights {s['positional_weights']}",
+        *_position_only_line(s),
         "  time  " + "  ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
         *(f"  DRIFT ALARM  {a}" for a in s.get("drift_alarms") or []),
     ]
