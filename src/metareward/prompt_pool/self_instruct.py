@@ -49,6 +49,7 @@ from metareward.errors import InputError
 from metareward.pool import load_prompt_pool
 from metareward.prompt_pool.filters import FILTER_NAMES, FilterSettings, PromptFilter
 from metareward.records import Prompt
+from metareward.seeds import named_rng
 from metareward.store import ChunkLog, atomic_write_json, atomic_write_text
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -246,7 +247,7 @@ def _run_round(
     sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
     requests = []
     for i in range(s.requests_per_round):
-        rng = random.Random(f"self-instruct:{s.seed}:{round_index}:{i}")
+        rng = named_rng("self-instruct", s.seed, round_index, i)
         demos = pick_demos(seeds, kept, s, rng)
         requests.append(
             GenerationRequest(
