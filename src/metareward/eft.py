@@ -1,6 +1,6 @@
 """Evaluation Fine-Tuning (EFT) data: LLM-as-a-Judge examples whose scores agree with human rankings.
 
-The paper's seed model is first fine-tuned on EFT (spec §1.1, §10), built by Self-Rewarding from Open
+The paper's seed model is first fine-tuned on EFT (docs/method.md §1.1, §10), built by Self-Rewarding from Open
 Assistant prompts that have several human-ranked responses:
 
 1. every (prompt, response) goes into the training judge prompt (``metareward.templates.judge_prompt``,
@@ -18,7 +18,7 @@ Assistant prompts that have several human-ranked responses:
 5. the over-represented score is down-sampled (the paper: "too many judgments came out at score 4, so the
    set was resampled to drop part of the most common score"): the most common score value keeps at most
    ``downsample_ratio`` times as many examples as the second most common, chosen at random (seeded);
-6. prompts are split into train and eval (``eval_fraction``, default 25% as in spec §10; seeded), so a
+6. prompts are split into train and eval (``eval_fraction``, default 25% as in docs/method.md §10; seeded), so a
    prompt's examples are all in one split.
 
 **Input**: an Open-Assistant-like ranked-responses JSONL, read by ``metareward.ranked.load_ranked``
@@ -72,7 +72,7 @@ _LABELS = {judge.PASS: "eft judge", judge.SCORE_PASS: "eft score"}
 
 @dataclass(frozen=True)
 class EFTSettings:
-    """How EFT data is built. Sampling defaults are the loop's judge defaults (spec §10)."""
+    """How EFT data is built. Sampling defaults are the loop's judge defaults (docs/method.md §10)."""
 
     n: int = 3  # judgments per response (Self-Rewarding judged each response 3 times in its loop)
     temperature: float = 0.8

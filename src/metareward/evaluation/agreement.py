@@ -1,4 +1,4 @@
-"""Judge agreement with a ranking (spec §5.5, paper Table 7): does the model judge like a human?
+"""Judge agreement with a ranking (docs/method.md §5.5, paper Table 7): does the model judge like a human?
 
 The model under test judges every response of a ranked set exactly as the training judge stage does
 (``metareward.stages.judge``: the paper's LLM-as-a-Judge prompt, N sampled judgments per response,

@@ -1,4 +1,4 @@
-"""Actor stage (spec §2.1): K sampled responses per prompt, exact duplicates removed.
+"""Actor stage (docs/method.md §2.1): K sampled responses per prompt, exact duplicates removed.
 
 Assumptions: the prompt is the only (user) turn; duplicates are exact matches after stripping
 whitespace, and the first copy is kept with its sample index, so ids stay stable (``p/r3`` is always the

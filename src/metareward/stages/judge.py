@@ -1,4 +1,4 @@
-"""Judge stage (spec §2.2–2.3): N judgments per response with the additive 5-point prompt.
+"""Judge stage (docs/method.md §2.2–2.3): N judgments per response with the additive 5-point prompt.
 
 Two scoring modes (``JudgeConfig.scoring``):
 

@@ -1,4 +1,4 @@
-"""Meta-judge stage (spec §3.1–3.4): compare pairs of one response's judgments, in both orders.
+"""Meta-judge stage (docs/method.md §3.1–3.4): compare pairs of one response's judgments, in both orders.
 
 Per prompt, the response whose valid judgment scores vary most is chosen (skip when the variance is 0);
 every pair of its valid, textually distinct judgments is shown to the meta-judge twice, once in each
