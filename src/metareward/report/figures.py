@@ -1,9 +1,4 @@
-"""One self-contained HTML page per run: loop diagnostics across iterations, and eval results.
-
-``write_report(run_dir)`` reads the run directory through ``evaluation.diagnostics`` (and
-``RUN_DIR/eval/eval.json`` when ``metareward eval`` has written one), draws every plot with matplotlib
-(Agg backend, no display needed) and embeds each as a base64 PNG, so the single file can be mailed,
-archived or opened offline. Sections:
+"""The run report's aggregate figures and tables, from ``evaluation.diagnostics`` and ``eval.json``.
 
 * judge score distribution per iteration (paper Fig. 5: Gaussian KDE; a histogram when the scores
   take fewer than two distinct values), with the mean and share of non-integer scores;
@@ -13,76 +8,29 @@ archived or opened offline. Sections:
   bias, and the position-flip rate, as a table and a plot;
 * eval results: win rate and LC win rate with 95% intervals, judge agreement, instruction following,
   answer lengths.
-
-Each figure is an ``<img data-figure="NAME">`` and each table a ``<table data-table="NAME">`` so tests
-(and scripts) can check that everything is there.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from metareward.errors import InputError  # noqa: E402
-from metareward.evaluation.diagnostics import IterationDiagnostics, diagnose_run, summary  # noqa: E402
-from metareward.store import atomic_write_text  # noqa: E402
+from metareward.evaluation.diagnostics import IterationDiagnostics, summary
+from metareward.report.html import figure as _figure
+from metareward.report.html import fmt as _fmt
+from metareward.report.html import nan as _nan
+from metareward.report.html import table as _table
 
 RUN_FIGURES = ("score-distribution", "rates", "lengths", "pair-lengths", "pair-counts", "meta-bias")
 RUN_TABLES = ("iterations", "meta-bias")
 EVAL_FIGURES = ("winrates", "eval-lengths")
 EVAL_TABLES = ("eval",)
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _figure(name: str, fig, caption: str) -> str:
-    return (
-        f'<figure><img data-figure="{name}" alt="{html.escape(name)}" '
-        f'src="data:image/png;base64,{_png(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-    )
-
-
-def _fmt(x: Any, kind: str = "num") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if kind == "pct":
-        return f"{100 * x:.1f}%"
-    if kind == "int":
-        return f"{int(x)}"
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
-    return html.escape(str(x))
-
-
-def _table(name: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table data-table="{name}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _nan(x: Any) -> float:
-    return float("nan") if x is None else float(x)
 
 
 # ---------------------------------------------------------------- run figures
@@ -301,84 +249,3 @@ def table_eval(ev: dict[str, Any]) -> str:
             _fmt(f.get("prompt_strict"), "pct"), _fmt(f.get("instruction_loose"), "pct"), _fmt(n.get("mean")),
         ])
     return _table("eval", header, rows)
-
-
-# ---------------------------------------------------------------- page
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;background:#fff;padding:0 1em}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.85em;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .5em;
-text-align:right}th{background:#f0f0f0}td:first-child{text-align:left}
-figure{margin:1em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%}
-.note{font-size:.85em;color:#555}
-"""
-
-
-def find_eval(run_dir: Path) -> Path | None:
-    for p in (run_dir / "eval" / "eval.json", run_dir / "eval.json"):
-        if p.is_file():
-            return p
-    return None
-
-
-def build_report(run_dir: str | Path, eval_path: str | Path | None = None) -> str:
-    """The report page as an HTML string (see module docstring)."""
-    run_dir = Path(run_dir)
-    diags = diagnose_run(run_dir)
-    model = ""
-    cfg = run_dir / "config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        model = str((yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", ""))
-    parts = [
-        f"<h1>metareward run report: {html.escape(run_dir.name)}</h1>",
-        f'<p class="note">Run directory <code>{html.escape(str(run_dir.resolve()))}</code>; seed model '
-        f"<code>{html.escape(model)}</code>; {len(diags)} iteration(s). Lengths are in characters.</p>",
-        "<h2>Iterations</h2>", table_iterations(diags),
-        "<h2>Judge scores</h2>", fig_scores(diags), fig_rates(diags),
-        "<h2>Lengths and pairs</h2>", fig_lengths(diags), fig_pair_lengths(diags), fig_pair_counts(diags),
-        "<h2>Meta-judge bias</h2>",
-        '<p class="note">Over decisive verdicts (A or B). Score bias: on pairs of judgments with different '
-        "scores, the share won by the higher-scoring judgment (paper Table 5 reports 63.04% at iteration 1 "
-        "and 97.68% at iteration 2). Flip rate: of the judgment pairs meta-judged in both orders with two "
-        "decisive verdicts, the share where the same position won both times.</p>",
-        table_meta_bias(diags), fig_meta_bias(diags),
-    ]
-    ev_path = Path(eval_path) if eval_path else find_eval(run_dir)
-    if ev_path is not None:
-        try:
-            ev = json.loads(ev_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{ev_path}: cannot read eval results ({e})") from None
-        if not isinstance(ev, dict) or not isinstance(ev.get("results"), dict):
-            raise InputError(f"{ev_path}: results: expected the eval.json written by metareward eval")
-        opts = ev.get("options", {})
-        parts += [
-            "<h2>Evaluation</h2>",
-            f'<p class="note">From <code>{html.escape(str(ev_path))}</code>: prompt set '
-            f"<code>{html.escape(str(opts.get('prompt_set', '?')))}</code> "
-            f"({ev.get('prompt_set', {}).get('prompts', '?')} prompts), baseline "
-            f"<code>{html.escape(str(opts.get('baseline', '?')))}</code>, judge "
-            f"<code>{html.escape(str(opts.get('judge') or opts.get('baseline', '?')))}</code>; agreement set "
-            f"<code>{html.escape(str(opts.get('agreement_set', '?')))}</code>.</p>",
-            table_eval(ev), fig_winrates(ev), fig_eval_lengths(ev),
-        ]
-    else:
-        parts.append('<h2>Evaluation</h2><p class="note">No eval.json found; run '
-                     "<code>metareward eval --run-dir RUN_DIR</code> first to add win rates here.</p>")
-    body = "\n".join(parts)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>metareward report: {html.escape(run_dir.name)}</title><style>{CSS}</style></head>"
-        f"<body>\n{body}\n</body></html>\n"
-    )
-
-
-def write_report(run_dir: str | Path, out: str | Path | None = None, eval_path: str | Path | None = None) -> Path:
-    """Write the report (default ``RUN_DIR/report.html``) atomically; returns its path."""
-    out = Path(out) if out else Path(run_dir) / "report.html"
-    atomic_write_text(out, build_report(run_dir, eval_path))
-    return out
