@@ -6,7 +6,8 @@
   later loads take a second and the folder can be trained, saved and served like any other model.
 * a local folder holding ``config.json``: used as is.
 * anything else of the form ``org/name``: a Hugging Face id, loaded through transformers' own cache
-  (and the hub, when the network allows it).
+  (and the hub, when the network allows it; ``check_model_name`` asks the hub whether it exists when
+  the id is not cached).
 
 Validation (``check_model_name``) is cheap and runs before any model is loaded, so a typo fails in
 milliseconds with a message that names the config field.
@@ -49,8 +50,47 @@ def embedded_gguf(name: str) -> Path:
     return path
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE set to a true value (huggingface_hub reads it once at import; read it here too)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hf_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _hub_problem(name: str) -> str | None:
+    """Why the hub cannot provide ``name`` (one short phrase), or None when it can. One metadata
+    request with a short timeout; nothing is downloaded."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(name, timeout=10)
+    except GatedRepoError:
+        return None  # exists; the download will ask for the token
+    except RepositoryNotFoundError:
+        return "the hub has no such model"
+    except Exception as exc:  # connection refused, DNS failure, timeout, HTTP error: name it briefly
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        return f"the hub is unreachable ({reason})"
+    return None
+
+
 def check_model_name(name: str, field: str = "model") -> None:
-    """Raise InputError (naming ``field``) unless ``name`` can plausibly be loaded. Loads nothing."""
+    """Raise InputError (naming ``field``) unless ``name`` resolves to a model. Loads no weights.
+
+    Tried in order: an embedded name (``EMBEDDED_MODELS``), a local folder holding config.json, the
+    local Hugging Face cache, the hub (one metadata request, skipped when HF_HUB_OFFLINE is set).
+    The error is one line naming everything that was tried, so a typo fails in ``run --check`` and
+    before a run directory is created, not with a hub traceback mid-run.
+    """
     if name in EMBEDDED_MODELS:
         embedded_gguf(name)
         return
@@ -59,16 +99,23 @@ def check_model_name(name: str, field: str = "model") -> None:
         if not (path / "config.json").is_file():
             raise InputError(f"{field}: {name!r} is a folder without config.json, not a model")
         return
+    tried = [f"no local folder {str(path)!r}", f"not an embedded model ({', '.join(sorted(EMBEDDED_MODELS))})"]
     if not _HF_ID.match(name):
         raise InputError(
-            f"{field}: unknown model {name!r}; expected one of {sorted(EMBEDDED_MODELS)}, "
-            "a local model folder, or a Hugging Face id like 'org/name'"
+            f"{field}: unknown model {name!r}: " + ", ".join(tried) + ", and not a Hugging Face id like 'org/name'"
         )
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
+    if _in_hf_cache(name):
+        return
+    from huggingface_hub import constants
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise InputError(f"{field}: {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+    tried.append(f"not in the Hugging Face cache ({constants.HF_HUB_CACHE})")
+    if _hub_offline():
+        problem = "the hub is offline (HF_HUB_OFFLINE is set)"
+    else:
+        problem = _hub_problem(name)
+        if problem is None:
+            return
+    raise InputError(f"{field}: cannot find model {name!r}: " + ", ".join(tried) + f", and {problem}")
 
 
 def resolve_model(name: str) -> str:
