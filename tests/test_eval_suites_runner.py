@@ -138,3 +138,22 @@ def test_cli_suites_end_to_end_on_the_embedded_model(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "loading the suite judge" not in again.stdout  # nothing re-judged
     assert (tmp_path / "annotations.jsonl").read_text().splitlines() == lines
+
+
+def test_judge_spec_openai_official_and_proxy(tmp_path):
+    from metareward.errors import InputError
+    from metareward.evaluation.suites.run import parse_suites
+
+    o = opts(judge="gpt-4-1106-preview", judge_engine="openai", judge_base_url="https://api.example/v1",
+             judge_api_key_env="MY_KEY")
+    spec = Evaluator(MODELS, o, tmp_path, log=lambda m: None).judge_spec("seed")
+    assert (spec.engine.name, spec.engine.base_url, spec.engine.api_key_env) == ("openai", "https://api.example/v1",
+                                                                                 "MY_KEY")
+    assert spec.model == "gpt-4-1106-preview" and spec.id == "openai:gpt-4-1106-preview@https://api.example/v1"
+    assert spec.describe(["gpt-4-1106-preview"])["proxy"] is False
+    assert spec.describe(["gpt-4.1"])["proxy"] is True
+    local = Evaluator(MODELS, opts(judge=None), tmp_path, log=lambda m: None).judge_spec("seed")
+    assert (local.path, local.engine.name, local.describe(["gpt-4-1106-preview"])["proxy"]) == ("m0", "hf", True)
+    assert parse_suites("alpacaeval2, ifeval") == ("alpacaeval2", "ifeval")
+    with pytest.raises(InputError, match="unknown suite"):
+        parse_suites("alpacaeval2,alpaca")
