@@ -222,19 +222,21 @@ def test_sft_step_zero_feeds_iteration_one(tmp_path, monkeypatch):
 
 
 # Stage settings hashes of one iteration (make_cfg, five given prompts, model "seed-model"), computed by
-# the loop before it ran stages as Stage objects. A finished stage whose hash changes is refused on
-# resume, so these values are what keeps existing run directories resumable.
+# the loop of commit 66e5b09, before it ran stages as Stage objects and before training.report_to existed.
+# A finished stage whose hash changes is refused on resume, so these values keep run directories resumable.
 PINNED_HASHES = {
     "free_text": {"prompts": "a1fa0de09acced17", "actor": "cfdf522d51541025", "judge": "f086e3e90b856ad0",
-                  "meta_judge": "3832537a0de4aefc", "pairs": "48c5a40891aa8cd2", "train": "d0b763dc95b16e04"},
+                  "meta_judge": "3832537a0de4aefc", "pairs": "48c5a40891aa8cd2", "train": "36542a1a3312a2ec"},
     "constrained": {"prompts": "a1fa0de09acced17", "actor": "cfdf522d51541025", "judge": "ebdd6facdb9896a5",
-                    "meta_judge": "f604f96b4320a239", "pairs": "60c7e72c0c3b3fea", "train": "557f2abee4380aba"},
+                    "meta_judge": "f604f96b4320a239", "pairs": "60c7e72c0c3b3fea", "train": "bebe84cb0f1f73ac"},
 }
 
 
 @pytest.mark.parametrize("scoring", ["free_text", "constrained"])
 def test_stage_settings_hashes_are_unchanged(tmp_path, scoring):
     cfg = make_scored_cfg(tmp_path, scoring)
+    cfg.meta_judge.bt_l2 = 1e-3  # the default then (a changed default rightly changes the hash)
+    cfg.training.report_to = ["tensorboard"]  # logging only: not hashed
     runner = FakeTrainRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None)
     runner.run_iteration(1, [Prompt(f"q{k}", f"Question number {k}?") for k in range(5)], "seed-model")
     stages = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())["stages"]

@@ -198,8 +198,11 @@ def _load_pairs(it: Iteration) -> None:
 
 
 def _train_settings(it: Iteration) -> tuple[Any, ...]:
-    # how training is launched and checkpointed does not change its result: not part of the hash
-    return dataclasses.replace(it.cfg.training, launcher=None, save_steps=0), it.model_in
+    # How training is launched, checkpointed and logged does not change the model: launcher and save_steps
+    # are hashed at fixed values, report_to not at all (it is newer than run directories that must resume).
+    settings = dataclasses.asdict(dataclasses.replace(it.cfg.training, launcher=None, save_steps=0))
+    settings.pop("report_to", None)
+    return settings, it.model_in
 
 
 def _run_train(it: Iteration, passes: ChunkedPasses) -> Output:
