@@ -21,7 +21,7 @@ from scipy.stats import chisquare
 from metareward.engines import hf as hf_module
 from metareward.engines.base import ChoiceRequest, GenerationRequest, SamplingParams
 from metareward.engines.decode_kernel import kernel_attention, load_decode_kernel
-from metareward.engines.hf import HFEngine, batch_seed, sample_next
+from metareward.engines.hf import CompileFallbackWarning, HFEngine, batch_seed, sample_next
 
 pytestmark = pytest.mark.slow
 
@@ -295,7 +295,7 @@ def test_compiled_decoding_attention_equals_eager(engine):
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=40)
     reqs = [GenerationRequest(id=str(i), messages=user(q), sampling=sampling, n=2, seed=i) for i, q in enumerate(QUESTIONS)]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a fallback to eager would warn: fail instead
+        warnings.simplefilter("error", CompileFallbackWarning)  # a fallback to eager would warn: fail instead
         ours = trace_steps(compiled, reqs)
     eager = trace_steps(engine, reqs)
     assert sorted(ours) == sorted(eager)
@@ -348,10 +348,10 @@ def test_compiled_or_eager_falls_back_when_compiling_fails(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     calls = []
     double = hf_module.compiled_or_eager(lambda x: calls.append(x) or 2 * x)
-    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+    with pytest.warns(CompileFallbackWarning, match="no C\\+\\+ compiler"):
         assert double(3) == 6
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", CompileFallbackWarning)
         assert double(4) == 8  # eager for good: no second warning
     assert calls == [3, 4]
 

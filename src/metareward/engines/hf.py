@@ -48,15 +48,16 @@ in that dtype with the softmax in float32 (transformers' eager recipe; a test sh
 as close to float32 as transformers' own bf16 forward); log-probabilities and sampling are float32.
 
 Assumptions: a decoder-only causal LM with full attention whose ``forward`` takes ``position_ids``,
-``past_key_values`` and ``logits_to_keep`` and whose attention goes through transformers'
-``AttentionInterface`` (Llama, Qwen2, Mistral, SmolLM ...), with a plain LM head (no logit scaling or
-soft-capping) and a chat template; each choice is a single token after the prefix (checked).
+a KV cache (``cache``, or ``past_key_values`` in older transformers) and ``logits_to_keep`` and whose
+attention goes through transformers' ``AttentionInterface`` (Llama, Qwen2, Mistral, SmolLM ...), with a
+plain LM head (no logit scaling or soft-capping) and a chat template; each choice is a single token after the prefix (checked).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import math
 import platform
 import warnings
@@ -514,6 +515,17 @@ AttentionInterface.register(ATTENTION, shared_prefix_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
 
 
+class CompileFallbackWarning(UserWarning):
+    """``torch.compile`` failed and the engine runs the function eagerly instead (``compiled_or_eager``)."""
+
+
+def cache_argument(forward) -> str:
+    """The keyword under which ``forward`` (a transformers model's or decoder's) takes its KV cache:
+    ``cache`` in the transformers releases that deprecate ``past_key_values`` (5.24 does, removal announced
+    for 5.40), ``past_key_values`` in older ones. Read from the signature, so no warning is ever raised."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def compiled_or_eager(fn):
     """``torch.compile(fn, dynamic=True)``, falling back to ``fn`` itself (with a warning, for good) if
     compiling fails, e.g. on a machine without the C++ compiler inductor needs on a CPU.
@@ -531,7 +543,8 @@ def compiled_or_eager(fn):
             try:
                 return compiled(*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
-                warnings.warn(f"torch.compile failed, decoding attention runs eagerly: {exc!s:.300}", stacklevel=2)
+                warnings.warn(f"torch.compile failed, decoding attention runs eagerly: {exc!s:.300}",
+                              CompileFallbackWarning, stacklevel=2)
                 state["fn"] = fn
         return fn(*args)
 
@@ -659,6 +672,8 @@ class HFEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
         self.model.to(self.device).eval()
+        self._model_cache_arg = cache_argument(self.model.forward)
+        self._decoder_cache_arg = cache_argument(self.model.get_decoder().forward)
         self.stop_ids = self._stop_ids()
         self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
         self._decode_attention = compiled_or_eager(_rows_attention) if compile else _rows_attention
@@ -744,7 +759,8 @@ class HFEngine(Engine):
     def _forward(self, cache: SharedPrefixCache, **inputs) -> torch.Tensor:
         """Last-position float32 logits of ``model(**inputs)`` with the engine's attention."""
         with self._engine_attention():
-            out = self.model(past_key_values=cache, shared_cache=cache, use_cache=True, logits_to_keep=1, **inputs)
+            out = self.model(**{self._model_cache_arg: cache}, shared_cache=cache, use_cache=True, logits_to_keep=1,
+                             **inputs)
         return out.logits[:, -1, :].float()
 
     def _logit_buffers(self, rows: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -783,8 +799,8 @@ class HFEngine(Engine):
         else:
             with self._engine_attention():
                 hidden = self.model.get_decoder()(
-                    input_ids=nxt[:, None], position_ids=pos[:, None], past_key_values=cache, use_cache=True,
-                    shared_cache=cache,
+                    input_ids=nxt[:, None], position_ids=pos[:, None], **{self._decoder_cache_arg: cache},
+                    use_cache=True, shared_cache=cache,
                 ).last_hidden_state[:, -1]
         weight = self.model.get_output_embeddings().weight.t()
         f32, low, _ = buffers
@@ -814,7 +830,8 @@ class HFEngine(Engine):
                                   self._decode_kernel)
         with self._engine_attention():
             hidden = self.model.get_decoder()(
-                input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, shared_cache=cache
+                input_ids=ids, position_ids=pos, **{self._decoder_cache_arg: cache}, use_cache=True,
+                shared_cache=cache,
             ).last_hidden_state
         rows = torch.arange(len(prompts), device=self.device)
         logits = self.model.get_output_embeddings()(hidden[rows, last]).float()
