@@ -108,3 +108,97 @@ def test_native_dpo_logs_every_step_and_reports(tmp_path, monkeypatch):
     logged = [x for kind, x in seen if kind == "log"]
     assert [x["step"] for x in logged] == [1, 2, 3, 4]
     assert logged[2]["loss"] == rows[2]["loss"] and "epoch" not in logged[2]
+
+
+# ---------------------------------------------------------------- the TRL trainers (tiny random model)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 1-layer random Llama with the embedded model's tokenizer (chat template), saved as a plain folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from metareward.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def our_warnings(caught) -> list[str]:
+    """Deprecation/Future warnings attributed to metareward's own code (third-party internals excluded)."""
+    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if issubclass(w.category, (DeprecationWarning, FutureWarning)) and "/metareward/" in w.filename]
+
+
+def test_trl_dpo_writes_the_step_log_without_deprecated_calls(tmp_path, tiny_model_dir):
+    import warnings
+
+    from metareward.config import TrainingConfig
+    from metareward.records import PreferencePair
+    from metareward.training.dpo import train_dpo
+
+    pairs = [PreferencePair(f"actor/p{i}", "actor", f"p{i}", f"Say {i}.", f"{i}", f"no {i} " * (i + 1), "c", "r")
+             for i in range(4)]
+    cfg = TrainingConfig(batch_size=2, gradient_accumulation=1, max_length=64, warmup_ratio=0.0, precision="float32",
+                         learning_rate=1e-3, save_steps=1)
+    out = tmp_path / "iter_1" / "model"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train_dpo(tiny_model_dir, pairs, out, cfg, tmp_path / "iter_1" / ".work" / "dpo")
+    assert our_warnings(caught) == []
+    rows = lines(tmp_path / "iter_1" / "train_log.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and metrics["steps"] == 2
+    for r in rows:
+        assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "learning_rate", "grad_norm", "tokens_per_s", "epoch", "elapsed_s"} <= set(r)
+        assert r["tokens_per_s"] > 0
+    assert rows[0]["loss"] == pytest.approx(metrics["first"]["loss"])
+    assert rows[0]["learning_rate"] == pytest.approx(1e-3)  # cosine at step 1 of 2 with no warmup
+    assert (out / "config.json").is_file()
+
+
+def test_trl_callback_resumes_after_the_checkpoint_step(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from metareward.training.common import train_log_callback
+
+    path = tmp_path / "train_log.jsonl"
+    TrainLog(path).append({"step": 1, "loss": 0.7})
+    TrainLog(path, resume_step=1).append({"step": 2, "loss": 0.6})  # step 2 logged, then killed before its checkpoint
+    cb = train_log_callback(path)
+    state = TrainerState(global_step=1)  # resumed from checkpoint-1
+    cb.on_train_begin(None, state, TrainerControl())
+    assert [r["step"] for r in lines(path)] == [1]
+    state.global_step, state.epoch = 2, 1.0
+    cb.on_log(None, state, TrainerControl(), logs={"loss": 0.55, "num_tokens": 100.0, "grad_norm": 1.5})
+    cb.on_log(None, state, TrainerControl(), logs={"train_loss": 0.6})  # the end-of-training summary: not a step
+    rows = lines(path)
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["loss"] == 0.55 and rows[1]["grad_norm"] == 1.5
+    assert rows[1]["tokens_per_s"] > 0
+
+
+def test_sft_writes_the_step_log(tmp_path, tiny_model_dir):
+    import warnings
+
+    from metareward.training.sft import SFTConfig, run_sft
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Rate answer {i}.", "completion": f"Fine.\nScore: {i % 6}"}) + "\n"
+                            for i in range(4)))
+    cfg = SFTConfig(data=str(data), max_steps=2, batch_size=2, gradient_accumulation=1, max_length=128,
+                    precision="float32", warmup_ratio=0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_sft(tiny_model_dir, str(data), str(tmp_path / "iter_0" / "model"), cfg)
+    assert our_warnings(caught) == []
+    rows = lines(tmp_path / "iter_0" / "train_log.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and metrics["steps"] == 2
+    assert rows[-1]["loss"] == pytest.approx(metrics["last_loss"])
+    assert {"learning_rate", "grad_norm", "mean_token_accuracy", "tokens_per_s"} <= set(rows[0])
