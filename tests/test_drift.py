@@ -107,3 +107,21 @@ def test_agreement_from_eval_and_summary_alarms(tmp_path):
         "judge pairs collapsed: the meta-judge ran but 0 judge pairs were built (iteration 1 had 1) "
         "(threshold: fewer than 1); the judge is not trained this iteration",
     ]
+
+
+def test_end_of_iteration_summary_prints_the_alarms(tmp_path):
+    from metareward.records import Judgment, MetaJudgment, Response, read_jsonl
+    from metareward.store import IterationStore
+    from metareward.summary import format_summary, iteration_summary
+
+    run = hand_made_run(tmp_path)
+    it = run / "iter_1"
+    (it / "judge_pairs.jsonl").write_text("")  # the meta-judge ran, no judge pair came out
+    store = IterationStore(run, 1)
+    s = iteration_summary(store, read_jsonl(it / "responses.jsonl", Response), read_jsonl(it / "judgments.jsonl", Judgment),
+                          read_jsonl(it / "meta_judgments.jsonl", MetaJudgment), [], [], k=2)
+    assert s["drift_alarms"] == ["judge pairs collapsed: the meta-judge ran but 0 judge pairs were built "
+                                 "(threshold: fewer than 1); the judge is not trained this iteration"]
+    text = format_summary(1, s, {"actor": 1.0})
+    assert text.splitlines()[-1] == ("  DRIFT ALARM  judge pairs collapsed: the meta-judge ran but 0 judge pairs were "
+                                     "built (threshold: fewer than 1); the judge is not trained this iteration")

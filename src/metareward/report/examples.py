@@ -111,6 +111,7 @@ class IterationRecords:
     responses: dict[str, list[Response]]  # by prompt id, in sample order
     judgments: dict[str, list[Judgment]]  # by response id, in index order
     metas: list[MetaJudgment]
+    metas_by_prompt: dict[str, list[MetaJudgment]]
     actor_pairs: dict[str, PreferencePair]  # by prompt id
     judge_pairs: dict[str, PreferencePair]
     has_meta: bool
@@ -130,12 +131,17 @@ class IterationRecords:
             judgments[j.response_id].append(j)
         for js in judgments.values():
             js.sort(key=lambda j: j.index)
+        metas = read("meta_judgments.jsonl", MetaJudgment)
+        metas_by_prompt: dict[str, list[MetaJudgment]] = defaultdict(list)
+        for m in metas:
+            metas_by_prompt[m.prompt_id].append(m)
         return cls(
             iteration=iteration,
             prompts={p.id: p for p in read("prompts.jsonl", Prompt)},
             responses={k: sorted(v, key=lambda r: r.index) for k, v in responses.items()},
             judgments=dict(judgments),
-            metas=read("meta_judgments.jsonl", MetaJudgment),
+            metas=metas,
+            metas_by_prompt=dict(metas_by_prompt),
             actor_pairs={p.prompt_id: p for p in read("actor_pairs.jsonl", PreferencePair)},
             judge_pairs={p.prompt_id: p for p in read("judge_pairs.jsonl", PreferencePair)},
             has_meta=(folder / "meta_judgments.jsonl").is_file(),
@@ -182,7 +188,7 @@ def actor_section(rec: IterationRecords, pid: str, cfg: RunSettings) -> str:
             tags.append(_tag("chosen", "chosen"))
         if pair and pair.rejected_id == r.id:
             tags.append(_tag("rejected", "rejected"))
-        if any(m.response_id == r.id for m in rec.metas):
+        if any(m.response_id == r.id for m in rec.metas_by_prompt.get(pid, [])):
             tags.append(_tag("meta-judged", "meta"))
         js = rec.judgments.get(r.id, [])
         rows.append([html.escape(r.id), fmt(len(r.text), "int"), " ".join(_score(j.score) for j in js) or "–",
@@ -226,7 +232,7 @@ def _no_meta_reason(rec: IterationRecords, cfg: RunSettings) -> str:
 
 
 def meta_section(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tuple[float, float]) -> str:
-    metas = [m for m in rec.metas if m.prompt_id == pid]
+    metas = rec.metas_by_prompt.get(pid, [])
     if not metas:
         return f"<p>Judge pair: none — {html.escape(_no_meta_reason(rec, cfg))}.</p>"
     rid = metas[0].response_id
