@@ -18,6 +18,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import to_hex
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from metareward.drift import agreement_from_eval, check_drift, stats_from_diagnostics
@@ -114,6 +115,7 @@ def fig_lengths(runs: Sequence[Run]) -> str:
                               (axes[2], "Pairs: actor (solid), judge (dashed)", "count")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -133,6 +135,7 @@ def fig_bias(runs: Sequence[Run]) -> str:
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         else:
