@@ -13,7 +13,7 @@ Measures, in this order and in this one process (vLLM in a child process, see be
    judgments with the real judge prompt, ~500 tokens) and the meta-judge stage (pairs of judgments with
    the real meta-judge prompt), for each column:
    * ``hf``: our engine (``HFEngine``, dtype auto: bf16 on CPUs with native bf16; decoding's attention
-     through the C++ kernel, ``engines/decode_kernel.py``);
+     through the C++ kernel, ``engines/hf/kernels.py``);
    * ``hf-matmul``: ``hf`` with ``decode_kernel=False`` (decoding's attention as batched matmuls, what
      the engine falls back to without a C++ compiler);
    * ``hf-compile`` (not in the default columns): ``hf`` with ``compile=True`` (the fused decoder's

@@ -1,4 +1,4 @@
-"""The decoding-step attention kernel (``engines/decode_kernel.py``, ``csrc/decode_attention.cpp``).
+"""The decoding-step attention kernel (``engines/hf/kernels.py``, ``csrc/decode_attention.cpp``).
 
 Checked against float64 attention computed from the same bf16 keys and values: for each supported
 head size and several query-heads-per-KV-head, prompt lengths on and off the kernel's key blocks,
@@ -18,12 +18,16 @@ import warnings
 import pytest
 import torch
 
-from metareward.engines import decode_kernel
-from metareward.engines.decode_kernel import KEY_BLOCK, kernel_attention, load_decode_kernel
-from metareward.engines.hf import SharedPrefixCache, _right_padded_lengths, _rows_attention
+from metareward.engines.hf import kernels as decode_kernel
+from metareward.engines.hf.attention import rows_attention
+from metareward.engines.hf.cache import SharedPrefixCache, right_padded_lengths
+from metareward.engines.hf.kernels import KEY_BLOCK, kernel_attention, load_decode_kernel
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler: the engine falls back to batched matmuls")
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                       reason="no C++ compiler: the engine falls back to batched matmuls"),
+]
 
 BF16 = torch.bfloat16
 
@@ -83,7 +87,7 @@ def matmul_path(query, pk, pv, valid, sk, sv, owner, written, scaling):
     cache = SharedPrefixCache(1)
     cache.prompt_valid = valid
     cache._set_owner(owner)
-    return _rows_attention(query, pk.transpose(-1, -2).contiguous(), pv, sk.transpose(-1, -2).contiguous(), sv,
+    return rows_attention(query, pk.transpose(-1, -2).contiguous(), pv, sk.transpose(-1, -2).contiguous(), sv,
                            cache.table, cache.row_slot, valid, None, written, scaling)
 
 
@@ -166,10 +170,10 @@ def test_kernel_rejects_what_it_cannot_run(kernel):
                          5, 0.125)
 
 
-def test_right_padded_lengths():
+def testright_padded_lengths():
     valid = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
-    assert _right_padded_lengths(valid).tolist() == [2, 4, 1]
-    assert _right_padded_lengths(torch.tensor([[0, 1, 1, 0]], dtype=torch.bool)) is None  # left padding
+    assert right_padded_lengths(valid).tolist() == [2, 4, 1]
+    assert right_padded_lengths(torch.tensor([[0, 1, 1, 0]], dtype=torch.bool)) is None  # left padding
 
 
 def test_cache_decodes_through_kernel_and_matches_matmul_path(kernel):
@@ -209,7 +213,8 @@ def test_failed_build_warns_and_returns_none(monkeypatch):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert load_decode_kernel() is None
-        assert any("no compiler here" in str(w.message) for w in caught)
+        assert any("no compiler here" in str(w.message) and w.category is decode_kernel.KernelBuildWarning
+                   for w in caught)
     finally:
         decode_kernel.load_decode_kernel.cache_clear()
 
@@ -226,7 +231,7 @@ def _bf16_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def test_rms_norm_kernel_within_one_bf16_step_of_transformers(kernel):
-    from metareward.engines.fused_decoder import rms_norm
+    from metareward.engines.hf.fused_decoder import rms_norm
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(37, 576, generator=gen) * 3).to(BF16)
@@ -249,7 +254,7 @@ def test_silu_mul_kernel_within_two_bf16_steps_of_torch(kernel):
 def test_rotary_into_cache_equals_the_torch_path_exactly(kernel):
     """Rotary embeddings and the query's scaling with transformers' roundings, bit for bit, and the key
     and value written at the position, nothing else touched."""
-    from metareward.engines.fused_decoder import apply_rotary
+    from metareward.engines.hf.fused_decoder import apply_rotary
 
     gen = torch.Generator().manual_seed(2)
     rows, heads, kv_heads, dim, width, position = 5, 9, 3, 64, 32, 7

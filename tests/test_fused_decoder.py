@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_trace import record_steps
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -21,12 +22,16 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from metareward.engines import hf as hf_module
 from metareward.engines.base import GenerationRequest, SamplingParams
-from metareward.engines.fused_decoder import FusedDecoder, unsupported_reason
 from metareward.engines.hf import HFEngine
+from metareward.engines.hf import cache as cache_module
+from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
 
 QUESTIONS = ["What is 2+2?", "Write a haiku about autumn leaves.", "Name three primes and say why they are prime."]
+# The C++ layer kernels and the embedded model's tokenizer: not part of `make test-fast`.
+pytestmark = pytest.mark.kernel
+
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=512)
 
@@ -59,12 +64,9 @@ def tiny(kind: str, tokenizer, dtype=torch.float32):
 
 
 def trace(engine: HFEngine, reqs) -> list:
-    engine.trace = []
-    try:
-        texts = [o.texts for o in engine.generate(reqs)]
-        return [texts, *engine.trace]
-    finally:
-        engine.trace = None
+    """[texts, then per decoding step (live rows, their tokens, their log-softmax)] (one batch)."""
+    outputs, (steps,) = record_steps(engine, reqs)
+    return [[o.texts for o in outputs], *steps]
 
 
 def requests(max_tokens: int = 12):
@@ -93,8 +95,8 @@ def engines(model, tokenizer):
 def test_fused_step_equals_transformers_forward(kind, dtype, tokenizer, monkeypatch):
     """Bit-identical log-probabilities and texts, with row buffers growing every 2 positions and
     finished rows dropped as soon as they finish."""
-    monkeypatch.setattr(hf_module, "SUFFIX_BLOCK", 2)
-    monkeypatch.setattr(hf_module, "COMPACT_AT", 1e-9)
+    monkeypatch.setattr(cache_module, "SUFFIX_BLOCK", 2)
+    monkeypatch.setattr(engine_module, "COMPACT_AT", 1e-9)
     fused, plain = engines(tiny(kind, tokenizer, dtype), tokenizer)
     assert_same_traces(trace(fused, requests()), trace(plain, requests()))
 
@@ -142,7 +144,7 @@ def test_fused_step_equals_transformers_forward_on_the_embedded_model(tokenizer)
     reqs = requests(40)
     ours = trace(fused, reqs)
     assert_same_traces(ours, trace(plain, reqs))
-    assert max(len(rows) for rows, _, _ in ours[1:]) == 6 and len(ours) - 1 > hf_module.SUFFIX_BLOCK
+    assert max(len(rows) for rows, _, _ in ours[1:]) == 6 and len(ours) - 1 > cache_module.SUFFIX_BLOCK
 
 
 def kernel_shaped_engine(tokenizer) -> tuple[HFEngine, LlamaForCausalLM]:
@@ -169,7 +171,7 @@ def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
         runs = []
         for _ in range(2):
             _, cache, mask, last = engine._prefill(prompts, 40)
-            cache.pool = hf_module.RowBufferPool()  # each run its own row buffers (not the engine's)
+            cache.pool = cache_module.RowBufferPool()  # each run its own row buffers (not the engine's)
             cache.start_rows(owner, mask)
             runs.append((cache, last[owner]))
         assert decoder.kernels_apply(runs[0][0])
@@ -205,7 +207,7 @@ def test_rows_leaving_by_the_slot_map_equal_rows_copied_out(tokenizer):
         runs = []
         for lazy in (True, False):
             _, cache, mask, last = engine._prefill(prompts, 40)
-            cache.pool = hf_module.RowBufferPool()  # each run its own row buffers (not the engine's)
+            cache.pool = cache_module.RowBufferPool()  # each run its own row buffers (not the engine's)
             cache.start_rows(owner, mask)
             runs.append([cache, last[owner], lazy])
         assert decoder.kernels_apply(runs[0][0])

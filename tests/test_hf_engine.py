@@ -16,12 +16,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hf_trace import record_steps
 from scipy.stats import chisquare
 
-from metareward.engines import hf as hf_module
 from metareward.engines.base import ChoiceRequest, GenerationRequest, SamplingParams
-from metareward.engines.decode_kernel import kernel_attention, load_decode_kernel
-from metareward.engines.hf import CompileFallbackWarning, HFEngine, batch_seed, sample_next
+from metareward.engines.hf import CompileFallbackWarning, HFEngine
+from metareward.engines.hf import attention as attention_module
+from metareward.engines.hf import cache as cache_module
+from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf import sampling as sampling_module
+from metareward.engines.hf.kernels import kernel_attention, load_decode_kernel
+from metareward.engines.hf.sampling import batch_seed, sample_next
 
 pytestmark = pytest.mark.slow
 
@@ -75,19 +80,15 @@ def test_shared_prefix_uses_each_samples_true_distribution(engine, monkeypatch, 
     """Every step's log-softmax equals an independent unpadded forward of prompt + sampled tokens,
     however long finished rows are carried in the batch before they are dropped. Row buffers grow every
     2 positions here, so growth, the masked unwritten tail and row selection all happen mid-sample."""
-    monkeypatch.setattr(hf_module, "COMPACT_AT", compact_at)
-    monkeypatch.setattr(hf_module, "SUFFIX_BLOCK", 2)
+    monkeypatch.setattr(engine_module, "COMPACT_AT", compact_at)
+    monkeypatch.setattr(cache_module, "SUFFIX_BLOCK", 2)
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=6)
     reqs = [
         GenerationRequest(id="long", messages=user(QUESTIONS[2]), sampling=sampling, n=4, seed=3),
         GenerationRequest(id="short", messages=user(QUESTIONS[0]), sampling=SamplingParams(1.0, 1.0, 3), n=3, seed=4),
     ]
-    engine.trace = []
-    try:
-        outs = {o.id: o for o in engine.generate(reqs)}
-        trace = engine.trace
-    finally:
-        engine.trace = None
+    outputs, (trace,) = record_steps(engine, reqs)
+    outs = {o.id: o for o in outputs}
     prompts = {r.id: engine.render(r.messages) for r in reqs}
     # rows are ordered by prompt length (bucketing): short's 3 samples, then long's 4
     row_prompt = ["short"] * 3 + ["long"] * 4
@@ -152,8 +153,8 @@ def test_sampler_matches_transformers_warpers(engine, monkeypatch, path):
         probs = ranked
     support = probs.nonzero().flatten()
     assert 3 < len(support) < 2000
-    tiers = {"second-tier": (3, len(support) + 1), "full-sort": (3,)}.get(path, hf_module.NUCLEUS_TIERS)
-    monkeypatch.setattr(hf_module, "NUCLEUS_TIERS", tiers)
+    tiers = {"second-tier": (3, len(support) + 1), "full-sort": (3,)}.get(path, sampling_module.NUCLEUS_TIERS)
+    monkeypatch.setattr(sampling_module, "NUCLEUS_TIERS", tiers)
     gen = torch.Generator().manual_seed(11)
     counts = torch.zeros_like(probs)
     for _ in range(8):
@@ -238,15 +239,10 @@ def test_bf16_stays_close_to_float32(engine):
 
 
 def trace_steps(engine: HFEngine, reqs) -> dict[int, list[tuple[int, torch.Tensor]]]:
-    """Generate with the engine's trace on: per batch row, its (sampled token, log-softmax) per step
-    (the requests must fit in one batch: row ids restart in each)."""
+    """Generate, recording each step (``hf_trace.record_steps``): per batch row, its (sampled token,
+    log-softmax) per step (the requests must fit in one batch: row ids restart in each)."""
     assert sum(r.n for r in reqs) <= engine.batch_size
-    engine.trace = []
-    try:
-        list(engine.generate(reqs))
-        trace = engine.trace
-    finally:
-        engine.trace = None
+    _, (trace,) = record_steps(engine, reqs)
     steps: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for rows, sampled, logprobs in trace:
         for b, (row, tok) in enumerate(zip(rows, sampled)):
@@ -267,7 +263,7 @@ def test_bf16_engine_as_faithful_as_transformers_bf16(engine, decode_kernel, mon
     calls = []
     kernel_step = bf16.fused.kernel_step
     monkeypatch.setattr(bf16.fused, "kernel_step", lambda *a: calls.append(1) or kernel_step(*a))
-    monkeypatch.setattr(hf_module, "kernel_attention", lambda *a: calls.append(1) or kernel_attention(*a))
+    monkeypatch.setattr(cache_module, "kernel_attention", lambda *a: calls.append(1) or kernel_attention(*a))
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=40)
     reqs = [GenerationRequest(id=str(i), messages=user(q), sampling=sampling, n=2, seed=i) for i, q in enumerate(QUESTIONS)]
     steps = trace_steps(bf16, reqs)
@@ -303,7 +299,7 @@ def test_compiled_decoding_attention_equals_eager(engine):
         assert [t for t, _ in ours[row]] == [t for t, _ in eager[row]]
         diff = (torch.stack([lp for _, lp in ours[row]]) - torch.stack([lp for _, lp in eager[row]])).abs().max()
         assert diff < 1e-3, (row, diff)
-    assert max(len(v) for v in eager.values()) > hf_module.SUFFIX_BLOCK
+    assert max(len(v) for v in eager.values()) > cache_module.SUFFIX_BLOCK
 
 
 def test_stale_row_buffers_change_nothing(engine):
@@ -347,7 +343,7 @@ def test_compiled_or_eager_falls_back_when_compiling_fails(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     calls = []
-    double = hf_module.compiled_or_eager(lambda x: calls.append(x) or 2 * x)
+    double = attention_module.compiled_or_eager(lambda x: calls.append(x) or 2 * x)
     with pytest.warns(CompileFallbackWarning, match="no C\\+\\+ compiler"):
         assert double(3) == 6
     with warnings.catch_warnings():
@@ -359,7 +355,7 @@ def test_compiled_or_eager_falls_back_when_compiling_fails(monkeypatch):
 def test_keep_freed_memory_takes_effect_on_linux():
     import platform
 
-    from metareward.engines.hf import keep_freed_memory
+    from metareward.engines.hf.device import keep_freed_memory
 
     assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert keep_freed_memory() is keep_freed_memory()  # once per process

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metareward.engines.hf import top_k
+from metareward.engines.hf.sampling import top_k
 
 
 @settings(max_examples=200, deadline=None)

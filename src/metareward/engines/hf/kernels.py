@@ -40,6 +40,10 @@ HEADERS = [Path(__file__).parent / "csrc" / name for name in ("bf16.h", "row_slo
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
+class KernelBuildWarning(UserWarning):
+    """The C++ extension could not be built; the hf engine decodes through torch operations instead."""
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (x86 ``flags`` / Arm ``Features`` of /proc/cpuinfo; empty elsewhere)."""
@@ -72,7 +76,7 @@ def load_decode_kernel(portable: bool = False):
     except Exception as exc:  # noqa: BLE001 - any build failure: the engine falls back to batched matmuls
         warnings.warn(
             f"the decoding attention kernel could not be built ({exc!s:.300}); the hf engine decodes "
-            "through batched matmuls instead (slower on a CPU)", stacklevel=2,
+            "through batched matmuls instead (slower on a CPU)", KernelBuildWarning, stacklevel=2,
         )
         return None
 
@@ -92,7 +96,7 @@ def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, p
     h // groups) against prompt ``owner[b]``'s first ``prompt_len`` keys (``prompt_keys_t`` [P, kv, d, Lp],
     values [P, kv, Lp, d]) and row b's first ``written`` continuation keys, in row ``slots[b]`` of the row
     buffers (``row_keys_t`` [S, kv, d, W], values [S, kv, W, d]; ``slots`` None: row b's own, S = B).
-    Returns [B, 1, heads, d] in bf16, as ``_rows_attention`` does.
+    Returns [B, 1, heads, d] in bf16, as ``rows_attention`` does.
 
     The queries are scaled in bf16 before the kernel sees them, as the batched-matmul path does."""
     rows, heads, _, dim = query.shape

@@ -16,7 +16,7 @@ order with
 
 Same operations, same dtypes: a test shows its logits equal the transformers path's bit for bit.
 
-In bf16 on a CPU, where the engine's C++ extension is built (``decode_kernel.py``), ``kernel_step``
+In bf16 on a CPU, where the engine's C++ extension is built (``kernels.py``), ``kernel_step``
 goes further: per layer, four matrix products in torch and four passes in C++ (RMSNorm; rotary, query
 scaling and the cache write; the attention kernel; SiLU-gating), with the residual adds folded into the
 output and down products. Its roundings are transformers' except in the last bits of a float32 sum, a
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from metareward.engines.decode_kernel import kernel_supports
+from metareward.engines.hf.kernels import kernel_supports
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
@@ -137,7 +137,7 @@ class FusedDecoder:
         self._attention_output_and_mlp = wrap(attention_output_and_mlp)
         self._signature: tuple | None = None
         self.layers: list[LayerWeights] = []
-        # the C++ decoding extension (decode_kernel.py) or None; kernel_step runs where it applies
+        # the C++ decoding extension (kernels.py) or None; kernel_step runs where it applies
         self.kernels = kernels
         self._kernel_shape = False  # set by refresh: the model is one kernel_step can run
         self.refresh()

@@ -1,0 +1,427 @@
+"""The transformers engine: CPU or one GPU, the default, runs the embedded model offline.
+
+It drives the model's ``forward`` itself instead of calling ``generate``, because the stages' workloads
+have a shape ``generate`` wastes compute on: the judge asks for N samples of one ~500-token prompt, and
+``num_return_sequences`` prefills that prompt N times. What it does with a stage's requests:
+
+* applies the model's chat template (``add_generation_prompt``) to each request's messages;
+* sorts requests by prompt length and cuts them into batches of about ``batch_size`` sequences
+  (a request with ``n`` samples counts ``n``), so padding stays small (*bucketing*);
+* prefills each batch's prompts ONCE (right padded: causal SDPA needs no mask; logits only at each
+  prompt's last token), then samples the ``n`` continuations of each prompt against that one copy of
+  its keys/values (*prefix sharing*, ``SharedPrefixCache`` + ``shared_prefix_attention``: the prompt is
+  neither recomputed nor copied, and is read once per decoding step for all its samples);
+* each sample's own keys/values go to buffers that grow a block of positions at a time and live in
+  memory the engine keeps across batches (``RowBufferPool``: on a CPU, first-touch page faults on
+  fresh memory cost more than the attention itself);
+* samples each row with its own temperature and top-p (exactly the transformers warpers: temperature,
+  then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
+* finishes a sequence as soon as it emits a stop token (the tokenizer's eos, e.g. ``<|im_end|>``,
+  plus the generation config's eos ids) or reaches its ``max_tokens``; finished rows leave the batch
+  at once on the C++ kernels' path (through the cache's row-slot map, no copy), elsewhere in bulk,
+  once they are a quarter of it (each removal copies every layer's continuation cache);
+* keeps the per-step [batch, vocab] logits in reused buffers and samples in place (on a CPU, a fresh
+  50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
+* runs decoding steps' attention through a C++ kernel for bf16 on a CPU (``kernels.py``: one
+  pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors), the
+  fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``), and, for bf16
+  and float32 models on a CPU, the sampler through another, straight from the LM head's output
+  (``csrc/sample.cpp``: the same distribution as ``sample_next``, each row read twice instead of ~8
+  float32 passes);
+* on a CPU, has glibc keep freed memory for reuse (``keep_freed_memory``: a prefill's megabyte-sized
+  temporaries otherwise page-fault afresh every time);
+* runs decoding steps straight from the weights, projections fused, for Llama-architecture models
+  (``FusedDecoder``: same operations as transformers' forward, without its module stack; other models
+  decode through transformers' forward with the same cache and attention);
+* with ``compile=True``, runs the torch decoding path's attention (and the fused decoder's two halves
+  of a layer) through ``torch.compile`` (``compiled_or_eager``), where the C++ kernels do not run;
+* seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
+  same texts (the run loop's resume relies on this).
+
+``choice_probs`` prefills each distinct prompt once, runs each request's ``assistant_prefix`` tokens
+against it (shared, as above; suffixes left-padded and masked) and reads the softmax of the last
+position's logits at each choice's token, renormalised over the choices.
+
+Precision: ``dtype="auto"`` is bf16 on a CUDA device that supports it and on a CPU with native bf16
+instructions (AVX512-BF16 or AMX), float32 otherwise. Keys/values are kept and attention's matmuls run
+in that dtype with the softmax in float32 (transformers' eager recipe; a test shows the bf16 engine is
+as close to float32 as transformers' own bf16 forward); log-probabilities and sampling are float32.
+
+Assumptions: a decoder-only causal LM with full attention whose ``forward`` takes ``position_ids``,
+a KV cache (``cache``, or ``past_key_values`` in older transformers) and ``logits_to_keep`` and whose
+attention goes through transformers' ``AttentionInterface`` (Llama, Qwen2, Mistral, SmolLM ...), with a
+plain LM head (no logit scaling or soft-capping) and a chat template; each choice is a single token after the prefix (checked).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from metareward.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    Engine,
+    GenerationOutput,
+    GenerationRequest,
+)
+from metareward.engines.hf.attention import ATTENTION, compiled_or_eager, register_attention, rows_attention
+from metareward.engines.hf.cache import RowBufferPool, SharedPrefixCache
+from metareward.engines.hf.device import keep_freed_memory, pick_device, pick_dtype
+from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
+from metareward.engines.hf.kernels import load_decode_kernel
+from metareward.engines.hf.sampling import batch_seed, sample_next
+
+COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
+
+
+def cache_argument(forward) -> str:
+    """The keyword under which ``forward`` (a transformers model's or decoder's) takes its KV cache:
+    ``cache`` in the transformers releases that deprecate ``past_key_values`` (5.24 does, removal announced
+    for 5.40), ``past_key_values`` in older ones. Read from the signature, so no warning is ever raised."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+class HFEngine(Engine):
+    """A transformers causal LM on one device, with its own decoding loop. See the module docstring."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 32,
+        threads: int = 0,
+        model=None,
+        tokenizer=None,
+        compile: bool = False,
+        fused_decoder: bool = True,
+        decode_kernel: bool = True,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.dtype = pick_dtype(dtype, self.device) if model is None else next(model.parameters()).dtype
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        register_attention()  # the model runs it only inside _engine_attention
+        self._model_cache_arg = cache_argument(self.model.forward)
+        self._decoder_cache_arg = cache_argument(self.model.get_decoder().forward)
+        self.stop_ids = self._stop_ids()
+        self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
+        self._decode_attention = compiled_or_eager(rows_attention) if compile else rows_attention
+        # the C++ extension (kernels.py), built on first use, on a CPU for bf16 (attention, layer
+        # kernels, sampler) and float32 (its sampler only); None: batched matmuls and torch's sampler
+        self._decode_kernel = None
+        if decode_kernel and self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32):
+            self._decode_kernel = load_decode_kernel()
+        # the C++ sampler reads the LM head's own output (bf16: no float32 copy); else sample_next in torch
+        self._sample_kernel = self._decode_kernel is not None and (
+            self.model.get_output_embeddings().weight.dtype in (torch.bfloat16, torch.float32))
+        # decoding steps straight from fused weights where the architecture allows (fused_decoder.py)
+        self.fused = None
+        if fused_decoder and unsupported_reason(self.model) is None:
+            self.fused = FusedDecoder(self.model, compiled_or_eager if compile else None, kernels=self._decode_kernel)
+        self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
+
+    def _stop_ids(self) -> list[int]:
+        ids = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif gen_eos:
+            ids.update(gen_eos)
+        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
+                ids.add(tid)
+        return sorted(ids)
+
+    # ------------------------------------------------------------------ helpers
+
+    def render(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of the chat-templated conversation, ending with the assistant turn's header."""
+        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        if isinstance(out, dict) or hasattr(out, "keys"):
+            out = out["input_ids"]
+        return list(out)
+
+    def _pad_left(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if s:
+                ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+                mask[i, width - len(s) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _batches(self, sizes: Sequence[int], costs: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into batches of about ``batch_size`` sequences, shortest prompts first."""
+        order = sorted(range(len(sizes)), key=lambda i: costs[i])
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        seqs = 0
+        for i in order:
+            if cur and seqs + sizes[i] > self.batch_size:
+                batches.append(cur)
+                cur, seqs = [], 0
+            cur.append(i)
+            seqs += sizes[i]
+        if cur:
+            batches.append(cur)
+        return batches
+
+    @contextmanager
+    def _engine_attention(self):
+        """Run the model with ``shared_prefix_attention``; its own attention setting is restored after,
+        so a model shared with training is left as it was."""
+        config = self.model.config
+        saved = config._attn_implementation
+        config._attn_implementation = ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = saved
+
+    def _forward(self, cache: SharedPrefixCache, **inputs) -> torch.Tensor:
+        """Last-position float32 logits of ``model(**inputs)`` with the engine's attention."""
+        with self._engine_attention():
+            out = self.model(**{self._model_cache_arg: cache}, shared_cache=cache, use_cache=True, logits_to_keep=1,
+                             **inputs)
+        return out.logits[:, -1, :].float()
+
+    def _logit_buffers(self, rows: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """[rows, vocab] buffers of the decoding steps, in memory the engine reuses across batches: the
+        LM head's float32 output (what ``sample_next`` reads and overwrites), its output in the head's
+        own dtype for a lower-precision model (else None), and ``sample_next``'s float32 probabilities.
+        The C++ sampler reads the head's own output: no float32 copy of a bf16 one, no probabilities
+        (those None)."""
+        weight = self.model.get_output_embeddings().weight
+        shape = (rows, weight.shape[0])
+        low = None if weight.dtype == torch.float32 else self.row_buffers.view(("logits", "low", 0), shape, weight)
+        f32 = probs = None
+        if low is None or not self._sample_kernel:
+            f32 = self.row_buffers.view(("logits", "float32", 0), shape, weight.new_empty(0, dtype=torch.float32))
+        if not self._sample_kernel:
+            probs = self.row_buffers.view(("logits", "probs", 0), shape, f32)
+        return f32, low, probs
+
+    def _sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                generator: torch.Generator, scratch: torch.Tensor | None) -> torch.Tensor:
+        """Each row's next token: the C++ sampler on the head's own logits (one float64 uniform per row
+        drawn from ``generator``), else ``sample_next`` in place on float32 logits."""
+        if self._sample_kernel:
+            uniforms = torch.rand(len(logits), generator=generator, dtype=torch.float64, device=logits.device)
+            return self._decode_kernel.sample_next(logits, temperature, top_p, uniforms)
+        return sample_next(logits, temperature, top_p, generator, inplace=True, scratch=scratch)
+
+    def _decode(self, cache: SharedPrefixCache, nxt: torch.Tensor, pos: torch.Tensor,
+                buffers: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+        """One decoding step: logits [B, V] of each row's next token, written into ``buffers`` (the
+        plain LM head as a matmul, as in ``_prefill``): in the head's dtype for the C++ sampler, else
+        float32. The decoder runs as ``FusedDecoder`` where the model allows, else through transformers'
+        forward."""
+        if self.fused is not None:
+            hidden = self.fused.step(cache, nxt, pos)
+        else:
+            with self._engine_attention():
+                hidden = self.model.get_decoder()(
+                    input_ids=nxt[:, None], position_ids=pos[:, None], **{self._decoder_cache_arg: cache},
+                    use_cache=True, shared_cache=cache,
+                ).last_hidden_state[:, -1]
+        weight = self.model.get_output_embeddings().weight.t()
+        f32, low, _ = buffers
+        b = hidden.shape[0]
+        if low is None:
+            return torch.mm(hidden, weight, out=f32[:b])
+        logits = torch.mm(hidden, weight, out=low[:b])
+        return logits if f32 is None else f32[:b].copy_(logits)
+
+    def _prefill(self, prompts: Sequence[list[int]], extra: int):
+        """Run the prompts once, RIGHT-padded (causal attention needs no mask then: SDPA skips the upper
+        triangle). Returns (each prompt's last-token logits fp32, cache, padding mask, last positions).
+
+        ``extra``: the most continuation positions a row will need (row buffers are reserved for it).
+        Logits come from the decoder's hidden state at each prompt's own last token through the output
+        embedding (assumes a plain LM head: no logit scaling or soft-capping, as in Llama/Qwen/Mistral)."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            mask[i, : len(p)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = torch.arange(width, device=self.device).expand(len(prompts), width)
+        last = mask.sum(1) - 1
+        cache = SharedPrefixCache(self.model.config.num_hidden_layers, extra, self.row_buffers, self._decode_attention,
+                                  self._decode_kernel)
+        with self._engine_attention():
+            hidden = self.model.get_decoder()(
+                input_ids=ids, position_ids=pos, **{self._decoder_cache_arg: cache}, use_cache=True,
+                shared_cache=cache,
+            ).last_hidden_state
+        rows = torch.arange(len(prompts), device=self.device)
+        logits = self.model.get_output_embeddings()(hidden[rows, last]).float()
+        return logits, cache, mask, last
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationOutput]:
+        prompts = [self.render(r.messages) for r in requests]
+        for batch in self._batches([r.n for r in requests], [len(p) for p in prompts]):
+            yield from self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
+
+    def _generate_batch(
+        self, reqs: Sequence[GenerationRequest], prompts: Sequence[list[int]]
+    ) -> Iterator[GenerationOutput]:
+        dev = self.device
+        generator = torch.Generator(device=dev).manual_seed(batch_seed([r.seed for r in reqs]))
+        max_new = max(r.sampling.max_tokens for r in reqs)
+        if self.fused is not None:
+            self.fused.refresh()  # the model may have been trained since the last batch
+        logits, cache, mask, last_pos = self._prefill(prompts, max_new)
+
+        # One row per sample: row j continues prompt owner[j] (the prompt's keys are never copied).
+        owner = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor([r.n for r in reqs])).to(dev)
+        cache.start_rows(owner, mask)
+        lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
+        logits, last_pos = logits[owner], last_pos[owner]
+        if self._sample_kernel:  # in the head's dtype, as the decoding steps hand logits over (exact)
+            logits = logits.to(self.model.get_output_embeddings().weight.dtype)
+        temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], dtype=torch.float32, device=dev)
+        top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], dtype=torch.float32, device=dev)
+        budget = torch.tensor([reqs[o].sampling.max_tokens for o in owner.tolist()], device=dev)
+
+        rows = len(owner)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        finished = [False] * rows
+        alive = torch.arange(rows, device=dev)  # original row index of each batch row
+        live = torch.ones(rows, dtype=torch.bool, device=dev)  # batch rows still generating
+        buffers = self._logit_buffers(rows)
+        step = 0
+        while True:
+            nxt = self._sample(logits, temperature, top_p, generator, buffers[2])
+            step += 1
+            stop = torch.isin(nxt, self._stop_tensor)
+            done = (stop | (budget <= step)) & live
+            idx = live.nonzero().flatten()
+            for r, t, s in zip(alive[idx].tolist(), nxt[idx].tolist(), stop[idx].tolist()):
+                tokens[r].append(t)
+                finished[r] = s
+            live &= ~done
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+            # Finished rows leave the batch. On the C++ kernels' path at once, through the cache's slot
+            # map (no copy); elsewhere dropping a row costs a copy of every layer's continuation cache, so
+            # a finished row is carried (its tokens ignored) until COMPACT_AT of the batch has finished.
+            dropped = len(live) - n_live
+            if dropped and (lazy or dropped >= COMPACT_AT * len(live)):
+                keep = live.nonzero().flatten()
+                cache.select_rows(keep, lazy=lazy)
+                alive, nxt, last_pos, live = alive[keep], nxt[keep], last_pos[keep], live[keep]
+                temperature, top_p, budget = temperature[keep], top_p[keep], budget[keep]
+            last_pos = last_pos + 1
+            cache.add_suffix(torch.ones((len(nxt), 1), dtype=torch.bool, device=dev))
+            logits = self._decode(cache, nxt, last_pos, buffers)
+
+        start = 0
+        for r in reqs:
+            texts, counts, fin = [], [], []
+            for j in range(start, start + r.n):
+                toks = tokens[j][:-1] if finished[j] else tokens[j]
+                texts.append(self.tokenizer.decode(toks, skip_special_tokens=True).strip())
+                counts.append(len(tokens[j]))
+                fin.append(finished[j])
+            start += r.n
+            yield GenerationOutput(id=r.id, texts=texts, n_tokens=counts, finished=fin)
+
+    def cut_at_stop(self, seq: list[int]) -> tuple[list[int], bool]:
+        """Generated tokens up to (not including) the first stop token, and whether one was hit."""
+        for j, t in enumerate(seq):
+            if t in self.stop_ids:
+                return seq[:j], True
+        return seq, False
+
+    # ------------------------------------------------------------------ choice probabilities
+
+    def choice_context(self, prefix: str, choices: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Context tokens and one token per choice, tokenized the way the text would naturally be.
+
+        ``prefix + choice`` is encoded whole for every choice; the context is their common leading
+        tokens and each choice must add exactly one token. This absorbs a trailing space of the
+        prefix into the choice token where the tokenizer merges them (``"Judgment " + "A"`` is
+        ``"ĠJudgment" "ĠA"`` in BPE, not ``"ĠJudgment" "Ġ" "A"``), so the model is asked the question
+        in the form it has seen in training.
+        """
+        encoded = [self.tokenizer.encode(prefix + c, add_special_tokens=False) for c in choices]
+        common = 0
+        shortest = min(len(e) for e in encoded)
+        while common < shortest and all(e[common] == encoded[0][common] for e in encoded):
+            common += 1
+        bad = [c for c, e in zip(choices, encoded) if len(e) != common + 1]
+        if bad or common == 0 and prefix:
+            raise ValueError(f"choices {list(choices)} are not single tokens after {prefix[-20:]!r}")
+        return encoded[0][:common], [e[common] for e in encoded]
+
+    @torch.inference_mode()
+    def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
+        """Requests sharing a prompt (e.g. the N judgments of one response) prefill it once."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        contexts, tokens = [], []
+        for i, r in enumerate(requests):
+            context, choice_ids = self.choice_context(r.assistant_prefix, r.choices)
+            contexts.append(context)
+            tokens.append(choice_ids)
+            groups.setdefault(tuple(self.render(r.messages)), []).append(i)
+        keys = list(groups)
+        sizes = [len(groups[k]) for k in keys]
+        costs = [len(k) for k in keys]
+        for batch in self._batches(sizes, costs):
+            prompts = [list(keys[g]) for g in batch]
+            members = [groups[keys[g]] for g in batch]
+            suffix_len = max(len(contexts[i]) for m in members for i in m)
+            logits, cache, mask, _ = self._prefill(prompts, suffix_len)
+            owner = torch.tensor([b for b, m in enumerate(members) for _ in m], device=self.device)
+            flat = [i for m in members for i in m]
+            last = logits[owner]
+            if suffix_len:
+                cache.start_rows(owner, mask)
+                suf_ids, suf_mask = self._pad_left([contexts[i] for i in flat])
+                cache.add_suffix(suf_mask)
+                # suffix j of a row is at position len(prompt) + (real suffix tokens before j)
+                pos = (mask[owner].sum(1, keepdim=True) + suf_mask.cumsum(-1) - 1).clamp(min=0)
+                out = self._forward(cache, input_ids=suf_ids, position_ids=pos)
+                has_suffix = torch.tensor([bool(contexts[i]) for i in flat], device=self.device)
+                last = torch.where(has_suffix[:, None], out, last)
+            logprobs = torch.log_softmax(last, dim=-1)
+            for row, i in enumerate(flat):
+                p = logprobs[row, tokens[i]].exp()
+                p = p / p.sum()
+                yield ChoiceOutput(id=requests[i].id, probs=[float(x) for x in p])
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        self.fused = None
+        self.row_buffers.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,60 @@
+"""Test helper: what the hf engine's decoding loop did at every step, observed from outside the loop.
+
+The engine has no trace of its own on its hot path. ``record_steps`` wraps three seams for the length
+of one ``generate`` call: ``HFEngine._generate_batch`` (a batch starts: its rows are 0..R-1),
+``HFEngine._sample`` (one decoding step: the log-softmax of the logits it is handed, and the tokens it
+returns) and ``SharedPrefixCache.select_rows`` (rows leave the batch: which original rows the batch
+rows are from now on). A row is live at step ``s`` of its batch while ``s`` is below its token count
+(``GenerationOutput.n_tokens``; the stop token is counted), so a finished row still carried in the
+batch is left out, as the loop leaves out its tokens.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import torch
+
+from metareward.engines.hf.cache import SharedPrefixCache
+
+
+def record_steps(engine, reqs) -> tuple[list, list[list[tuple[list[int], list[int], torch.Tensor]]]]:
+    """Run ``engine.generate(reqs)``; return (its outputs, per batch a list of steps). A step is
+    (live original rows of the batch, their sampled tokens, their log-softmax [rows, vocab] float32),
+    rows numbered from 0 in each batch, in the engine's batch-row order."""
+    batches: list[dict] = []
+    generate_batch, sample, select_rows = engine._generate_batch, engine._sample, SharedPrefixCache.select_rows
+
+    def on_batch(batch_reqs, prompts):
+        state = {"alive": None, "raw": [], "outputs": []}
+        batches.append(state)
+        for out in generate_batch(batch_reqs, prompts):
+            state["outputs"].append(out)
+            yield out
+
+    def on_sample(logits, *args):
+        state = batches[-1]
+        if state["alive"] is None:
+            state["alive"] = list(range(len(logits)))
+        logprobs = torch.log_softmax(logits.float(), -1)  # before the sampler may overwrite the logits
+        tokens = sample(logits, *args)
+        state["raw"].append((list(state["alive"]), tokens.tolist(), logprobs))
+        return tokens
+
+    def on_select(cache, rows, lazy=False):
+        state = batches[-1]
+        state["alive"] = [state["alive"][i] for i in rows.tolist()]
+        return select_rows(cache, rows, lazy)
+
+    with mock.patch.object(engine, "_generate_batch", on_batch), mock.patch.object(engine, "_sample", on_sample), \
+            mock.patch.object(SharedPrefixCache, "select_rows", on_select):
+        outputs = list(engine.generate(reqs))
+    steps = []
+    for state in batches:
+        counts = [c for out in state["outputs"] for c in out.n_tokens]  # batch-row order
+        batch_steps = []
+        for s, (alive, tokens, logprobs) in enumerate(state["raw"]):
+            live = [b for b, row in enumerate(alive) if s < counts[row]]
+            batch_steps.append(([alive[b] for b in live], [tokens[b] for b in live], logprobs[live]))
+        steps.append(batch_steps)
+    return outputs, steps
