@@ -85,7 +85,7 @@ _MARKDOWN_RE = re.compile(r"[*_`]")
 
 _TAG_OPEN_RE = re.compile(r"(?i)<response>")
 _TAG_CLOSE_RE = re.compile(r"(?i)</response>")
-_FENCE_RE = re.compile(r"^[ \t]*(```|~~~)")
+_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
 _BLOCKQUOTE_RE = re.compile(r"^[ \t]*>")
 # A restatement label at the start of a line: optional list/heading/emphasis marks, an optional
 # lead-in ("For reference,", "Here is"), an optional qualifier ("the original", "the assistant's"),
@@ -130,12 +130,17 @@ def _lines(text: str) -> list[tuple[int, int]]:
 
 def _tag_spans(text: str) -> list[tuple[int, int]]:
     """Echoed ``<response> ... </response>``: from each opening tag to the last closing tag after it
-    (the response itself may contain a closing tag), or to the end of the text when none follows."""
+    (the response itself may contain a closing tag); with no closing tag after it, to the end of the
+    opening tag's paragraph."""
     spans = []
     closes = [m.end() for m in _TAG_CLOSE_RE.finditer(text)]
     for m in _TAG_OPEN_RE.finditer(text):
         after = [c for c in closes if c > m.end()]
-        spans.append((m.start(), after[-1] if after else len(text)))
+        if after:
+            spans.append((m.start(), after[-1]))
+        else:
+            blank = re.search(r"\n[ \t]*\n", text[m.end():])
+            spans.append((m.start(), m.end() + blank.start() if blank else len(text)))
     return spans
 
 
@@ -149,15 +154,18 @@ def _line_spans(text: str) -> list[tuple[int, int]]:
     fence_start: int | None = None
     section_start: int | None = None
     section_has_content = False
+    fence = ""
     for start, end in lines:
         line = text[start:end]
         if fence_start is not None:
-            if _FENCE_RE.match(line):
+            m = _FENCE_RE.match(line)
+            if m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
                 spans.append((fence_start, end))
                 fence_start = None
             continue
-        if _FENCE_RE.match(line):
-            fence_start = start
+        m = _FENCE_RE.match(line)
+        if m is not None:
+            fence_start, fence = start, m.group(1)
             continue
         blank = not line.strip()
         if section_start is not None:
@@ -173,7 +181,7 @@ def _line_spans(text: str) -> list[tuple[int, int]]:
         m = _SECTION_RE.match(line)
         if m is not None:
             content = _MARKDOWN_RE.sub("", m.group(1)).strip()
-            if content and content[0] in _QUOTE_OPENERS:
+            if content and content[0] in _QUOTE_OPENERS and _closed_quote_at_start(_paragraph_from(text, start + m.start(1))):
                 continue  # the quotation marks delimit the restatement (``_inline_quote_spans``)
             section_start = start
             section_has_content = bool(content)
@@ -182,6 +190,19 @@ def _line_spans(text: str) -> list[tuple[int, int]]:
     if section_start is not None:
         spans.append((section_start, len(text)))
     return spans
+
+
+def _paragraph_from(text: str, pos: int) -> str:
+    """``text`` from ``pos`` to the end of that paragraph, leading markdown and spaces removed."""
+    blank = re.search(r"\n[ \t]*\n", text[pos:])
+    return text[pos : pos + blank.start() if blank else len(text)].lstrip(" \t*_`")
+
+
+def _closed_quote_at_start(content: str) -> bool:
+    """Whether ``content`` opens with a quotation (or tag) that is closed within it."""
+    if content.lower().startswith("<response>"):
+        return "</response>" in content.lower()
+    return bool(_DOUBLE_QUOTES_RE.match(content) or _SINGLE_QUOTES_RE.match(content))
 
 
 def _inline_quote_spans(text: str) -> list[tuple[int, int]]:
@@ -222,11 +243,30 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def _mask(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with every character of ``spans`` except line breaks replaced by NUL: offsets and line
+    structure stay, while the masked text can no longer open a quote, a fence or a section."""
+    chars = list(text)
+    for a, b in spans:
+        for i in range(a, b):
+            if chars[i] != "\n":
+                chars[i] = "\0"
+    return "".join(chars)
+
+
 def quoted_spans(text: str) -> list[tuple[int, int]]:
     """Sorted, disjoint (start, end) spans of ``text`` that are quotations, not the writer's own
     statements (``docs/judging.md``, "Quoted text"). ``text`` must already be normalised (NFKC)
-    for the offsets to mean what the parsers use them for."""
-    return _merge(_tag_spans(text) + _line_spans(text) + _inline_quote_spans(text))
+    for the offsets to mean what the parsers use them for.
+
+    Found in three passes, each on the text with the previous passes' spans masked, so that quoted
+    material (a response with a stray ``"``, a fence or a tag) cannot open a quote that runs into the
+    judge's own text: echoed ``<response>`` tags, then line structures (fences, block quotes,
+    restatement sections), then inline quotations.
+    """
+    spans = _merge(_tag_spans(text))
+    spans = _merge(spans + _line_spans(_mask(text, spans)))
+    return _merge(spans + _inline_quote_spans(_mask(text, spans)))
 
 
 def _own_text(text: str) -> str:
