@@ -34,7 +34,7 @@ body fields. Supported by vLLM (``vllm serve``) and SGLang; llama.cpp's server c
 assistant message by itself and returns ``top_logprobs``. Hosted OpenAI models and TGI do not continue an
 assistant message: the engine then raises ``InputError`` telling the user to use ``free_text`` scoring.
 The prefix is split the way the model's tokenizer splits ``prefix + choice`` (the same rule as the
-``hf`` engine: see ``choice_context``), so the server is asked for exactly the token the ``hf`` engine
+``hf`` engine: see ``tokens.choice_context``), so the server is asked for exactly the token the ``hf`` engine
 reads; a choice absent from the top 20 gets probability 0 (it is below the 20th token's probability).
 Without a local tokenizer both splits are tried (space kept in the prefix, then space moved into the
 choice token).
@@ -69,6 +69,7 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
+from metareward.engines.tokens import choice_context
 from metareward.errors import InputError
 from metareward.seeds import sample_seed
 
@@ -90,20 +91,6 @@ def fold_seed(seed: int) -> int:
 def sub_seed(seed: int, k: int) -> int:
     """Seed of sample ``k`` when ``n`` samples are fanned out to single requests (``seeds.sample_seed``)."""
     return sample_seed(seed, k)
-
-
-def choice_context(tokenizer: Any, prefix: str, choices: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Context tokens and one token per choice, as the ``hf`` engine splits them (``HFEngine.choice_context``):
-    ``prefix + choice`` is encoded whole for each choice; the context is the tokens they share and each
-    choice must add exactly one token."""
-    encoded = [tokenizer.encode(prefix + c, add_special_tokens=False) for c in choices]
-    common = 0
-    shortest = min(len(e) for e in encoded)
-    while common < shortest and all(e[common] == encoded[0][common] for e in encoded):
-        common += 1
-    if any(len(e) != common + 1 for e in encoded) or (common == 0 and prefix):
-        raise ValueError(f"choices {list(choices)} are not single tokens after {prefix[-20:]!r}")
-    return encoded[0][:common], [e[common] for e in encoded]
 
 
 def _status(exc: BaseException) -> int | None:

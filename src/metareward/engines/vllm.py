@@ -13,7 +13,7 @@ What it does with a stage's requests:
   long prefixes that are then computed once.
 
 ``choice_probs``: the prompt is ``template(messages)`` plus the assistant prefix's context tokens (split
-as the ``hf`` engine splits ``prefix + choice``, see ``openai.choice_context``); one token is decoded with
+as the ``hf`` engine splits ``prefix + choice``, see ``tokens.choice_context``); one token is decoded with
 ``SamplingParams(max_tokens=1, logprob_token_ids=<the choice tokens>)``, which returns the log-probability
 of exactly those tokens under vLLM's default ``raw_logprobs`` mode (the model's log-softmax, before any
 temperature), then renormalised over the choices. vLLM versions without ``logprob_token_ids`` fall back
@@ -56,33 +56,10 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
-from metareward.engines.openai import choice_context
+from metareward.engines.tokens import choice_context, stop_token_ids
 
 log = logging.getLogger("metareward.engines.vllm")
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 FALLBACK_TOP_LOGPROBS = 20
-
-
-def stop_token_ids(tokenizer: Any, model_path: str) -> list[int]:
-    """The ``hf`` engine's stop set: tokenizer eos, generation-config eos ids, known end-of-turn tokens."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    try:
-        from transformers import GenerationConfig
-
-        gen_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:
-        gen_eos = None
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(gen_eos)
-    for tok in END_OF_TURN:
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-            ids.add(tid)
-    return sorted(ids)
 
 
 class VLLMEngine(Engine):

@@ -74,6 +74,7 @@ from metareward.engines.hf.device import keep_freed_memory, pick_device, pick_dt
 from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
 from metareward.engines.hf.kernels import load_decode_kernel
 from metareward.engines.hf.sampling import batch_seed, sample_next
+from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_ids
 
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
 
@@ -121,7 +122,7 @@ class HFEngine(Engine):
         register_attention()  # the model runs it only inside _engine_attention
         self._model_cache_arg = cache_argument(self.model.forward)
         self._decoder_cache_arg = cache_argument(self.model.get_decoder().forward)
-        self.stop_ids = self._stop_ids()
+        self.stop_ids = stop_token_ids(self.tokenizer, generation_eos=getattr(self.model.generation_config, "eos_token_id", None))
         self.row_buffers = RowBufferPool()  # decoding's per-row keys/values, reused by every batch
         self._decode_attention = compiled_or_eager(rows_attention) if compile else rows_attention
         # the C++ extension (kernels.py), built on first use, on a CPU for bf16 (attention, layer
@@ -137,21 +138,6 @@ class HFEngine(Engine):
         if fused_decoder and unsupported_reason(self.model) is None:
             self.fused = FusedDecoder(self.model, compiled_or_eager if compile else None, kernels=self._decode_kernel)
         self._stop_tensor = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
-
-    def _stop_ids(self) -> list[int]:
-        ids = set()
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(gen_eos, int):
-            ids.add(gen_eos)
-        elif gen_eos:
-            ids.update(gen_eos)
-        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
-                ids.add(tid)
-        return sorted(ids)
 
     # ------------------------------------------------------------------ helpers
 
@@ -357,31 +343,13 @@ class HFEngine(Engine):
 
     def cut_at_stop(self, seq: list[int]) -> tuple[list[int], bool]:
         """Generated tokens up to (not including) the first stop token, and whether one was hit."""
-        for j, t in enumerate(seq):
-            if t in self.stop_ids:
-                return seq[:j], True
-        return seq, False
+        return cut_at_stop(seq, self.stop_ids)
 
     # ------------------------------------------------------------------ choice probabilities
 
     def choice_context(self, prefix: str, choices: Sequence[str]) -> tuple[list[int], list[int]]:
-        """Context tokens and one token per choice, tokenized the way the text would naturally be.
-
-        ``prefix + choice`` is encoded whole for every choice; the context is their common leading
-        tokens and each choice must add exactly one token. This absorbs a trailing space of the
-        prefix into the choice token where the tokenizer merges them (``"Judgment " + "A"`` is
-        ``"ĠJudgment" "ĠA"`` in BPE, not ``"ĠJudgment" "Ġ" "A"``), so the model is asked the question
-        in the form it has seen in training.
-        """
-        encoded = [self.tokenizer.encode(prefix + c, add_special_tokens=False) for c in choices]
-        common = 0
-        shortest = min(len(e) for e in encoded)
-        while common < shortest and all(e[common] == encoded[0][common] for e in encoded):
-            common += 1
-        bad = [c for c, e in zip(choices, encoded) if len(e) != common + 1]
-        if bad or common == 0 and prefix:
-            raise ValueError(f"choices {list(choices)} are not single tokens after {prefix[-20:]!r}")
-        return encoded[0][:common], [e[common] for e in encoded]
+        """Context tokens and one token per choice (``tokens.choice_context``)."""
+        return choice_context(self.tokenizer, prefix, choices)
 
     @torch.inference_mode()
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:

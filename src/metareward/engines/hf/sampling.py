@@ -1,25 +1,21 @@
 """The hf engine's torch sampler: temperature, then top-p (transformers' warpers, exactly), per row.
 
 ``sample_next`` is what the engine uses where the C++ sampler (``csrc/sample.cpp``) does not run; both
-draw from the same distribution. ``batch_seed`` derives a batch's generator seed from its requests'
-seeds, so the same requests always give the same texts (the run loop's resume relies on it).
+draw from the same distribution. A batch's generator is seeded with ``seeds.batch_seed`` of its
+requests' seeds (re-exported here), so the same requests always give the same texts (the run loop's
+resume relies on it).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-
 import torch
+
+from metareward.seeds import batch_seed
 
 NUCLEUS_TIERS = (16, 64, 1024)  # top-p searches these top-k widths in turn, then sorts the whole vocabulary
 TOPK_BLOCK = 64  # top_k's block of columns (one max per block narrows the search)
 
-
-def batch_seed(seeds: Sequence[int]) -> int:
-    digest = hashlib.sha256(",".join(map(str, seeds)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
+__all__ = ["NUCLEUS_TIERS", "TOPK_BLOCK", "batch_seed", "sample_next", "top_k"]
 
 
 def _draw_from_nucleus(probs: torch.Tensor, ids: torch.Tensor, top_p: torch.Tensor, generator) -> torch.Tensor:
