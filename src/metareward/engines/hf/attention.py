@@ -54,7 +54,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     ``repeat_kv``), scores against the row's own continuation (causal, padding masked) per row, and the
     two softmax parts merged.
     As in transformers' eager attention, the matmuls run in the model's dtype and the softmax in float32
-    (PyTorch's CPU bf16 SDPA is ~10x slower than this for one query token). Returns ``[B, q, heads, d]``
+    (PyTorch's CPU bf16 SDPA is slower for one query token: ``docs/performance.md``). Returns ``[B, q, heads, d]``
     in the query's dtype.
     """
     cache: SharedPrefixCache | None = kwargs.get("shared_cache")
@@ -132,11 +132,9 @@ def compiled_or_eager(fn):
     """``torch.compile(fn, dynamic=True)``, falling back to ``fn`` itself (with a warning, for good) if
     compiling fails, e.g. on a machine without the C++ compiler inductor needs on a CPU.
 
-    For decoding's attention: inductor fuses its ~30 small elementwise operations per layer into a
-    few loops, at the price of compiling once per process (~10-20 s; a couple of recompiles as shapes
-    first vary). Measured on 2 CPU cores: a 256-row SmolLM2 decoding step ~10% faster, whole benchmark
-    stages between 10% slower and 14% faster across two runs (within the machine's noise), so it is
-    off by default."""
+    For decoding's attention: inductor fuses its small elementwise operations per layer into a few
+    loops, at the price of compiling once per process (and a couple of recompiles as shapes first vary).
+    Off by default (``engine.compile``); measurements in ``docs/performance.md``, "Engine internals (hf)"."""
     compiled = torch.compile(fn, dynamic=True)
     state = {"fn": compiled}
 

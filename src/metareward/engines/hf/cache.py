@@ -31,9 +31,9 @@ class RowBufferPool:
     """Flat tensors, kept by the engine across batches, that hold every layer's row buffers (and the
     decoding steps' [rows, vocab] logit buffers, slots ``("logits", ...)``).
 
-    Why: on a CPU, touching freshly allocated memory costs a page fault per 4 KiB page (measured here:
-    ~0.8 GB/s, so one growth of a 256-row batch's continuation buffers took 300-450 ms, ~12 ms per
-    decoding step amortised). Reused memory costs nothing. Each (layer, key/value, side) slot keeps the
+    Why: on a CPU, touching freshly allocated memory costs a page fault per 4 KiB page, which for a
+    large batch's buffer growth costs more than the attention itself (figures: ``docs/performance.md``,
+    "Engine internals (hf)"). Reused memory costs nothing. Each (layer, key/value, side) slot keeps the
     largest tensor asked of it; ``view`` hands out a contiguous prefix of it. Two sides per buffer,
     because growing or selecting rows copies the live buffer into the other side."""
 
@@ -73,7 +73,7 @@ class _SharedPrefixLayer(DynamicLayer):
     The row buffers live in the cache's ``RowBufferPool``, grow by ``SUFFIX_BLOCK`` positions when full
     and are read whole by attention (``W`` columns, the unwritten ones zero and masked): a slice of a
     wider buffer is not one contiguous matrix per row, and the CPU's bf16 batched matmul copies such an
-    operand on every call (measured: 3-8x slower than the matmul)."""
+    operand on every call (slower than the matmul itself: ``docs/performance.md``)."""
 
     def __init__(self, owner: SharedPrefixCache, index: int):
         super().__init__()

@@ -36,9 +36,9 @@ def keep_freed_memory() -> bool:
     and to keep freed heap memory instead of returning it to the OS. True if it took effect.
 
     Why: by default glibc hands a tensor of more than ~128 KiB-32 MiB fresh pages from the OS and
-    returns them when it is freed, so the next one page-faults again (~0.8 GB/s here). A prefill's
-    temporaries are megabytes each: measured on this 2-core machine, a 64-prompt actor prefill took a
-    median ~2.2 s by default and ~1.75 s with this (its element-wise operations ~10x faster). The cost:
+    returns them when it is freed, so the next one page-faults again. A prefill's temporaries are
+    megabytes each, so its element-wise operations run mostly into page faults (the prefill times with
+    and without this are in ``docs/performance.md``, "Engine internals (hf)"). The cost:
     the process keeps its peak heap mapped (what it freed is reused by later batches and by training
     in the same process). Tensors the engine reuses itself (``RowBufferPool``) never reach malloc."""
     import ctypes

@@ -8,14 +8,14 @@ The attention and cache-write kernels address each row's continuation through a 
 
 Why a kernel: a decoding step's attention is, per layer, 2 x rows x kv_heads tiny matrix products
 (one query token against a few hundred keys) plus ~20 element-wise passes over the scores. On a CPU the
-per-product overhead of batched matmuls dominates: measured on SmolLM2-135M at 256 rows, ~50-65 ms of
-a ~166 ms step went to attention whose arithmetic is ~2 GFLOP. The kernel runs each (row, KV head) as
+per-product overhead of batched matmuls dominates: attention takes a large share of a step for little
+arithmetic (figures: ``docs/performance.md``, "Engine internals (hf)"). The kernel runs each (row, KV head) as
 one task (scores, float32 softmax, probabilities times values) over the prompt's keys and the row's
 own, with no intermediate tensors; see the C++ file for its numerics.
 
-Build: ``torch.utils.cpp_extension.load`` compiles both files once per machine (~30-60 s, g++ with OpenMP, tuned
+Build: ``torch.utils.cpp_extension.load`` compiles the sources once per machine (g++ with OpenMP, tuned
 for the host CPU with ``-march=native``) into torch's extension cache; later processes load the cached
-library in well under a second. The build directory's name carries a hash of the source, the compiler
+library. The build directory's name carries a hash of the source, the compiler
 flags and the CPU's feature flags, so a cache shared between machines never hands one CPU another's
 code. Where the build fails (no compiler, no OpenMP), ``load_decode_kernel`` warns once and returns
 None, and the engine decodes through batched matmuls instead (the same numerics up to rounding).

@@ -32,7 +32,7 @@ def top_k(x: torch.Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[torch.Tenso
     where that is cheaper. The k largest entries of a row lie in the k blocks of ``block`` columns with
     the largest maxima (k entries are >= the k-th largest block maximum, so the row's k-th largest entry
     is too), so one vectorised max per block and two small top-k's over those blocks replace a top-k over
-    the whole row (on a CPU, ~5x cheaper for 16 of 49k). Columns past the last whole block are always
+    the whole row (cheaper on a CPU for a small k of a large vocabulary). Columns past the last whole block are always
     candidates. Among equal values it may return other columns than ``topk``."""
     rows, width = x.shape
     n_blocks = width // block
@@ -60,8 +60,7 @@ def sample_next(
     nucleus is searched in tiers (``NUCLEUS_TIERS``): the top 16 tokens of every row first (``top_k``),
     the top 64, then the top 1024 for the rows whose nucleus is wider, a full sort for the rare rest; a
     row is drawn from the first tier that holds its whole nucleus, so the result is exact whichever tier
-    serves it. (Actor text from SmolLM2 at T=0.8, top_p=0.95: ~79% of nuclei fit in 16 tokens, ~94%
-    in 64, ~99.98% in 1024.)
+    serves it. (How often each tier serves a row: ``docs/performance.md``, "Engine internals (hf)".)
 
     ``inplace=True`` lets it overwrite ``logits`` (the decoding loop's own buffer) with logits /
     temperature; ``scratch`` is a reused float32 buffer of at least [B, V] for the probabilities. On a
