@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metareward.config import RunConfig, load_config, parse_override
+from metareward.config import EngineConfig, RunConfig, load_config, parse_override, settings_hash
 from metareward.errors import InputError
 
 
@@ -52,6 +52,9 @@ def test_defaults_are_the_papers():
          "c.yaml: iterations[0].actor_max_chosen_length: must be > 0 or null"),
         ("model: x\n", "c.yaml: prompts: a prompts file is required"),
         ("prompts: [unclosed\n", "c.yaml:2: invalid YAML"),
+        ("prompts: p.txt\nengine:\n  batch_size: 0\n", "c.yaml: engine.batch_size: must be >= 1, got 0"),
+        ("prompts: p.txt\nengine:\n  name: tgi\n", "c.yaml: engine.name: must be one of ['hf', 'vllm', 'openai']"),
+        ("prompts: p.txt\nengine:\n  hf:\n    batch_size: 8\n", "c.yaml: engine.hf: unknown field"),
     ],
 )
 def test_bad_values_name_file_and_field(tmp_path, text, message):
@@ -86,3 +89,41 @@ def test_self_rewarding_never_trains_the_judge():
     cfg = RunConfig(mode="self-rewarding")
     assert cfg.iterations[0].train_judge and not cfg.judge_trained(1)
     assert RunConfig().judge_trained(1)
+
+
+def test_engine_settings_are_grouped_by_the_engines_that_read_them():
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name in EngineConfig.__dataclass_fields__:
+        if name != "name":
+            groups.setdefault(EngineConfig.applies_to(name), []).append(name)
+    assert groups == {
+        ("hf", "vllm", "openai"): ["chunk_size"],
+        ("hf", "vllm"): ["device", "dtype", "threads"],
+        ("hf",): ["batch_size", "compile", "fused_decoder", "decode_kernel"],
+        ("vllm",): ["tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "ray_address"],
+        ("openai",): ["base_url", "api_key_env", "served_model", "max_concurrency", "request_timeout", "max_retries",
+                      "server_command", "server_start_timeout"],
+    }
+    with pytest.raises(KeyError, match="engine.name: not an engine setting"):
+        EngineConfig.applies_to("name")
+
+
+def test_engine_settings_of_the_selected_engine():
+    assert EngineConfig(name="openai", base_url="http://h/v1").settings() == {
+        "chunk_size": 64, "base_url": "http://h/v1", "api_key_env": "OPENAI_API_KEY", "served_model": None,
+        "max_concurrency": 16, "request_timeout": 120.0, "max_retries": 6, "server_command": None,
+        "server_start_timeout": 900.0,
+    }
+    assert sorted(EngineConfig(name="vllm").settings()) == [
+        "chunk_size", "data_parallel_size", "device", "dtype", "gpu_memory_utilization", "ray_address",
+        "tensor_parallel_size", "threads"]
+
+
+def test_hashes_are_those_of_the_flat_config_before_the_grouping():
+    """Regrouping the engine fields must not change a run's hashes (a run resumes by them): values
+    computed with the config module as it was before."""
+    assert RunConfig().hash() == "0c9e673876bfdd23"
+    tiny = load_config("configs/tiny-cpu.yaml")
+    assert (tiny.hash(), settings_hash(tiny.engine)) == ("63f674bde9b6fe66", "4dc1c367671bea8b")
+    paper = load_config("configs/paper-llama3-8b.yaml")
+    assert (paper.hash(), settings_hash(paper.engine)) == ("c8f0e36171e91783", "cfec1259e9ca92fb")

@@ -1,15 +1,16 @@
 """The run configuration: typed, validated, YAML in, resolved YAML out.
 
-Every field has a default taken from the paper where the paper gives one (spec §2–§4), and a comment
-that says where it comes from. A YAML file only needs what differs from the defaults. Loading checks
-types, ranges and unknown keys, and every error names the file and the field path, e.g.
-``configs/x.yaml: iterations[1].rho: must be in [0, 1], got 1.5``, before any model is loaded.
+Every field has a default taken from the paper where the paper gives one (docs/method.md §2–§4), and a
+one-line comment that says where it comes from. A YAML file only needs what differs from the defaults.
+Loading checks types, ranges and unknown keys, and every error names the file and the field path, e.g.
+``configs/x.yaml: iterations[1].rho: must be in [0, 0.5] ...``, before any model is loaded. Importing this
+module imports no torch (``SFTConfig`` lives here for that reason; ``tests/test_layout.py`` checks it).
 
 Two switches change the method itself:
 * ``mode: meta-rewarding`` (default): actor pairs every iteration, judge pairs where an iteration says
   ``train_judge: true``.
-* ``mode: self-rewarding``: the paper's baseline (Self-Rewarding + LC, spec §4.4); no meta-judge stage,
-  actor pairs only, whatever the iterations say about the judge.
+* ``mode: self-rewarding``: the paper's baseline (Self-Rewarding + LC, docs/method.md §4.4); no meta-judge
+  stage, actor pairs only, whatever the iterations say about the judge.
 """
 
 from __future__ import annotations
@@ -26,41 +27,75 @@ from typing import Any, Literal
 import yaml
 
 from metareward.errors import InputError
-from metareward.training.sft import SFTConfig
 
 ScoringMode = Literal["free_text", "constrained"]
 
 
+ENGINES = ("hf", "vllm", "openai")
+IN_PROCESS = ("hf", "vllm")  # engines that run the model in this machine's processes
+
+
+def _setting(default: Any, engines: tuple[str, ...]) -> Any:
+    """A field of ``EngineConfig`` that applies to ``engines`` only (the others ignore it)."""
+    return field(default=default, metadata={"engines": engines})
+
+
 @dataclass
 class EngineConfig:
-    """How generation runs. ``hf`` is transformers on CPU or one GPU (the default)."""
+    """How generation runs: ``name`` picks the engine, the other fields are grouped by the engines they
+    apply to (``applies_to``); a field of another engine is ignored, so one config can switch engines
+    with ``--set engine.name=...``. Engines: docs/scaling.md; the hf engine's switches:
+    docs/performance.md, "Engine internals (hf)"."""
 
-    name: Literal["hf", "vllm", "openai"] = "hf"
-    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on bf16-capable GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32
-    threads: int = 0  # CPU threads for torch; 0 keeps torch's default. Competing processes collapse 2 threads.
-    batch_size: int = 32  # sequences per forward pass (hf engine)
-    compile: bool = False  # hf: torch.compile the torch decoding path (attention, the fused decoder's norms/rotary/MLP glue) where the C++ kernels do not run; ~10-20 s compile per process, eager if it fails; measured slower than eager on 2 CPU cores in the last check
-    fused_decoder: bool = True  # hf: decode Llama/Mistral/Qwen2 models straight from fused weights (bit-identical to transformers' forward, faster; holds a copy of the linear weights)
-    decode_kernel: bool = True  # hf on a CPU: decoding steps through C++ kernels (bf16: attention, the fused decoder's norms/rotary/cache writes/SiLU, finished rows leaving without a copy; bf16 and fp32: the sampler), built on first use (~30-60 s once per machine; needs g++ with OpenMP, else torch ops with a warning)
-    chunk_size: int = 64  # requests per resumable unit written to disk; smaller = finer resume
-    tensor_parallel_size: int = 1  # vllm
-    data_parallel_size: int = 1  # vllm replicas through Ray
-    gpu_memory_utilization: float = 0.85  # vllm
-    base_url: str = "http://127.0.0.1:8000/v1"  # openai
-    api_key_env: str = "OPENAI_API_KEY"  # openai: the *name* of the variable holding the key
-    served_model: str | None = None  # openai: model name on the server (default: the run's model)
-    max_concurrency: int = 16  # openai
-    request_timeout: float = 120.0  # openai, seconds per request
-    max_retries: int = 6  # openai
-    server_command: str | None = None  # openai: start/stop the server per model, e.g. "vllm serve {model} --port {port}"
-    server_start_timeout: float = 900.0  # openai + server_command: seconds to wait for the server to answer
-    ray_address: str | None = None  # data_parallel_size > 1: None starts a local Ray; "auto" or "ray://head:10001" joins a cluster
+    name: Literal["hf", "vllm", "openai"] = "hf"  # hf: transformers, CPU or one GPU (the default)
+
+    # every engine
+    chunk_size: int = _setting(64, ENGINES)  # requests per resumable unit written to disk; smaller = finer resume
+
+    # hf and vllm (the model runs here)
+    device: str = _setting("auto", IN_PROCESS)  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _setting("auto", IN_PROCESS)  # auto: bf16 where native, else fp32
+    threads: int = _setting(0, IN_PROCESS)  # CPU threads for torch (training too); 0 keeps torch's default
+
+    # hf only
+    batch_size: int = _setting(32, ("hf",))  # sequences per forward pass
+    compile: bool = _setting(False, ("hf",))  # torch.compile the torch decoding path where the C++ kernels do not run
+    fused_decoder: bool = _setting(True, ("hf",))  # Llama/Mistral/Qwen2: decode from fused weights (same results)
+    decode_kernel: bool = _setting(True, ("hf",))  # CPU: decoding steps and sampling through the C++ extension
+
+    # vllm only
+    tensor_parallel_size: int = _setting(1, ("vllm",))  # GPUs per replica
+    data_parallel_size: int = _setting(1, ("vllm",))  # replicas, through Ray when > 1
+    gpu_memory_utilization: float = _setting(0.85, ("vllm",))  # fraction of each GPU's memory vLLM may take
+    ray_address: str | None = _setting(None, ("vllm",))  # data_parallel_size > 1: None starts a local Ray, else joins it
+
+    # openai only
+    base_url: str = _setting("http://127.0.0.1:8000/v1", ("openai",))  # the server's OpenAI-compatible API
+    api_key_env: str = _setting("OPENAI_API_KEY", ("openai",))  # the NAME of the variable holding the key
+    served_model: str | None = _setting(None, ("openai",))  # model name on the server (default: the run's model)
+    max_concurrency: int = _setting(16, ("openai",))  # requests in flight at once
+    request_timeout: float = _setting(120.0, ("openai",))  # seconds per request
+    max_retries: int = _setting(6, ("openai",))  # retries of a failed request, with backoff
+    server_command: str | None = _setting(None, ("openai",))  # start/stop a server per model, e.g. "vllm serve {model} --port {port}"
+    server_start_timeout: float = _setting(900.0, ("openai",))  # with server_command: seconds to wait for the server
+
+    @staticmethod
+    def applies_to(setting: str) -> tuple[str, ...]:
+        """The engines that read ``setting`` (a field name other than ``name``)."""
+        for f in dataclasses.fields(EngineConfig):
+            if f.name == setting and "engines" in f.metadata:
+                return f.metadata["engines"]
+        raise KeyError(f"engine.{setting}: not an engine setting")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the selected engine reads (``name`` excluded)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if self.name in f.metadata.get("engines", ())}
 
 
 @dataclass
 class ActorConfig:
-    """Response sampling (spec §2.1): K=7 samples at T=0.8, top-p 0.95."""
+    """Response sampling (docs/method.md §2.1): K=7 samples at T=0.8, top-p 0.95."""
 
     k: int = 7
     temperature: float = 0.8
@@ -70,7 +105,7 @@ class ActorConfig:
 
 @dataclass
 class JudgeConfig:
-    """LLM-as-a-Judge sampling (spec §2.2): N=11 judgments per response.
+    """LLM-as-a-Judge sampling (docs/method.md §2.2): N=11 judgments per response.
 
     ``scoring``: ``free_text`` parses the last ``Score: x`` of the judgment (the paper's way; for
     capable models). ``constrained`` appends ``Score: `` after the free-text judgment and reads the
@@ -88,7 +123,7 @@ class JudgeConfig:
 
 @dataclass
 class MetaJudgeConfig:
-    """LLM-as-a-Meta-Judge (spec §3.2–3.3): every pair of distinct judgments, both orders."""
+    """LLM-as-a-Meta-Judge (docs/method.md §3.2–3.3): every pair of distinct judgments, both orders."""
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -101,7 +136,7 @@ class MetaJudgeConfig:
 
 @dataclass
 class TrainingConfig:
-    """DPO (spec §4.1: lr 5e-6, beta 0.1, global batch 32, cosine, up to 10 epochs) via TRL."""
+    """DPO (docs/method.md §4.1: lr 5e-6, beta 0.1, global batch 32, cosine, up to 10 epochs) via TRL."""
 
     backend: Literal["trl", "native"] = "trl"  # native: plain-PyTorch DPO, loss/grads tested equal to TRL's, faster
     method: Literal["full", "lora"] = "full"
@@ -126,13 +161,61 @@ class TrainingConfig:
 
 @dataclass
 class IterationConfig:
-    """One iteration of the schedule (spec §4.3)."""
+    """One iteration of the schedule (docs/method.md §4.3)."""
 
     prompts: int = 5000  # prompts drawn (without replacement across iterations) from the pool
-    rho: float = 0.0  # length-control quality tier (spec §2.4); 0 = plain argmax/argmin
+    rho: float = 0.0  # length-control quality tier (docs/method.md §2.4); 0 = plain argmax/argmin
     train_judge: bool = True  # build judge pairs with the meta-judge and train on them
     actor_max_chosen_length: int | None = None  # drop actor pairs whose chosen response is longer (chars)
     judge_max_chosen_length: int | None = None  # drop judge pairs whose chosen judgment is longer (chars)
+
+
+@dataclass
+class SFTConfig:
+    """SFT on EFT (step 0 of a run; trained by ``training.sft``, defined here so that reading a config
+    imports no torch). Defaults: docs/method.md §4.2's suggestion for an already instructed model."""
+
+    data: str = ""  # train JSONL ({"prompt", "completion"} per line), e.g. eft/train.jsonl
+    eval_data: str | None = None  # optional eval JSONL (same format): eval loss reported after training
+    learning_rate: float = 1e-6
+    min_learning_rate: float = 1e-7  # cosine decay ends here (docs/method.md §4.2: "1e-6 -> 1e-7")
+    lr_scheduler: str = "cosine_with_min_lr"
+    epochs: float = 2.0  # docs/method.md §4.2: 1-3
+    max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
+    batch_size: int = 4  # per device
+    gradient_accumulation: int = 4  # 4 x 4 = global batch 16 (Self-Rewarding's SFT)
+    warmup_ratio: float = 0.05
+    max_length: int = 2048  # tokens of prompt + completion; longer examples are dropped
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: bool = False
+    method: Literal["full", "lora"] = "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    save_steps: int = 200
+    seed: int = 0
+    report_to: list[str] = field(default_factory=list)  # transformers integrations: tensorboard, trackio, wandb, ...
+
+    def validate(self, prefix: str = "sft") -> None:
+        """Range checks; errors name the field (``sft.learning_rate: ...``)."""
+        checks = [
+            ("data", bool(self.data), "a train JSONL is required (e.g. the train.jsonl of `metareward eft build`)"),
+            ("data", not self.data or Path(self.data).is_file(), f"file not found: {self.data}"),
+            ("eval_data", self.eval_data is None or Path(self.eval_data).is_file(), f"file not found: {self.eval_data}"),
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("min_learning_rate", 0 <= self.min_learning_rate <= self.learning_rate, "must be in [0, learning_rate]"),
+            ("epochs", self.epochs > 0, "must be > 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 for epochs"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("gradient_accumulation", self.gradient_accumulation >= 1, "must be >= 1"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("max_length", self.max_length >= 16, "must be >= 16"),
+            ("save_steps", self.save_steps >= 1, "must be >= 1"),
+            ("lora_r", self.lora_r >= 1, "must be >= 1"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise InputError(f"{prefix}.{name}: {msg}" if prefix else f"{name}: {msg}")
 
 
 @dataclass
@@ -150,7 +233,7 @@ class RunConfig:
     meta_judge: MetaJudgeConfig = field(default_factory=MetaJudgeConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     iterations: list[IterationConfig] = field(default_factory=lambda: [IterationConfig()])
-    sft: SFTConfig | None = None  # optional step 0: SFT on EFT data (spec §1.1); its model starts iteration 1
+    sft: SFTConfig | None = None  # optional step 0: SFT on EFT data (docs/method.md §1.1); its model starts iteration 1
 
     def judge_trained(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (1-based) runs the meta-judge and trains judge pairs."""

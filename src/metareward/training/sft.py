@@ -34,12 +34,12 @@ non-empty string fields ``prompt`` (user turn) and ``completion`` (assistant tur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from metareward.config import SFTConfig  # defined with the run config, which must not import torch
 from metareward.errors import InputError
 from metareward.records import iter_json_objects
 from metareward.training.common import (
@@ -52,53 +52,6 @@ from metareward.training.common import (
     train_log_path,
     use_bf16,
 )
-
-
-@dataclass
-class SFTConfig:
-    """SFT on EFT (step 0 of a run). Defaults: spec §4.2's suggestion for an already instructed model."""
-
-    data: str = ""  # train JSONL ({"prompt", "completion"} per line), e.g. eft/train.jsonl
-    eval_data: str | None = None  # optional eval JSONL (same format): eval loss reported after training
-    learning_rate: float = 1e-6
-    min_learning_rate: float = 1e-7  # cosine decay ends here (spec §4.2: "1e-6 -> 1e-7")
-    lr_scheduler: str = "cosine_with_min_lr"
-    epochs: float = 2.0  # spec §4.2: 1-3
-    max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
-    batch_size: int = 4  # per device
-    gradient_accumulation: int = 4  # 4 x 4 = global batch 16 (Self-Rewarding's SFT)
-    warmup_ratio: float = 0.05
-    max_length: int = 2048  # tokens of prompt + completion; longer examples are dropped
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    gradient_checkpointing: bool = False
-    method: Literal["full", "lora"] = "full"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    save_steps: int = 200
-    seed: int = 0
-    report_to: list[str] = field(default_factory=list)  # transformers integrations: tensorboard, trackio, wandb, ...
-
-    def validate(self, prefix: str = "sft") -> None:
-        """Range checks; errors name the field (``sft.learning_rate: ...``)."""
-        checks = [
-            ("data", bool(self.data), "a train JSONL is required (e.g. the train.jsonl of `metareward eft build`)"),
-            ("data", not self.data or Path(self.data).is_file(), f"file not found: {self.data}"),
-            ("eval_data", self.eval_data is None or Path(self.eval_data).is_file(), f"file not found: {self.eval_data}"),
-            ("learning_rate", self.learning_rate > 0, "must be > 0"),
-            ("min_learning_rate", 0 <= self.min_learning_rate <= self.learning_rate, "must be in [0, learning_rate]"),
-            ("epochs", self.epochs > 0, "must be > 0"),
-            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 for epochs"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("gradient_accumulation", self.gradient_accumulation >= 1, "must be >= 1"),
-            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
-            ("max_length", self.max_length >= 16, "must be >= 16"),
-            ("save_steps", self.save_steps >= 1, "must be >= 1"),
-            ("lora_r", self.lora_r >= 1, "must be >= 1"),
-        ]
-        for name, ok, msg in checks:
-            if not ok:
-                raise InputError(f"{prefix}.{name}: {msg}" if prefix else f"{name}: {msg}")
 
 
 def load_sft_jsonl(path: str | Path) -> list[dict[str, str]]:
