@@ -335,14 +335,18 @@ def _require(cond: bool, path: str, msg: str) -> None:
         raise InputError(f"{path}: {msg}")
 
 
-def validate(cfg: RunConfig) -> None:
-    """Range checks that types alone cannot express."""
-    e = cfg.engine
+def validate_engine(e: EngineConfig) -> None:
+    """Range checks of the engine settings (errors name ``engine.<field>``)."""
     _require(e.threads >= 0, "engine.threads", f"must be >= 0, got {e.threads}")
     _require(e.batch_size >= 1, "engine.batch_size", f"must be >= 1, got {e.batch_size}")
     _require(e.chunk_size >= 1, "engine.chunk_size", f"must be >= 1, got {e.chunk_size}")
     _require(0 < e.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization", "must be in (0, 1]")
     _require(e.max_concurrency >= 1, "engine.max_concurrency", "must be >= 1")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    validate_engine(cfg.engine)
     for name, sec in (("actor", cfg.actor), ("judge", cfg.judge), ("meta_judge", cfg.meta_judge)):
         _require(sec.temperature >= 0, f"{name}.temperature", f"must be >= 0, got {sec.temperature}")
         _require(0 < sec.top_p <= 1, f"{name}.top_p", f"must be in (0, 1], got {sec.top_p}")
@@ -400,6 +404,38 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         validate(cfg)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
+    return cfg
+
+
+def load_engine_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EngineConfig:
+    """The ``engine:`` section of a run config YAML (the rest of the file is not read; None: the
+    defaults), with ``overrides`` (keys of the section, e.g. ``{"name": "vllm", "batch_size": 8}``),
+    type-checked and range-checked. For commands that only generate (``prompts generate``, ``eft build``).
+    Errors name the file (or ``command line``) and ``engine.<field>``."""
+    data: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise InputError(f"{f'{path}:{mark.line + 1}' if mark else path}: invalid YAML "
+                             f"({getattr(e, 'problem', e)})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: expected a mapping, got {loaded!r}")
+        data = loaded.get("engine") or {}
+        where = str(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: engine: expected a mapping, got {data!r}")
+    data = {**data, **(overrides or {})}
+    try:
+        cfg = _build(EngineConfig, data, "engine")
+        validate_engine(cfg)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
     return cfg
 
 

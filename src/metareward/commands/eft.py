@@ -1,7 +1,7 @@
-"""``metareward eft build|sft``: judge fine-tuning data from human rankings, and SFT on it (spec §1.1, §4.2).
+"""``metareward eft build|sft``: judge fine-tuning data from human rankings, and SFT on it (docs/method.md §1.1, §4.2).
 
 * ``build RANKED.jsonl --out DIR``: the seed model writes N judgments per response with the training judge
-  prompt; prompts whose mean-score order agrees with the human order are kept; the most common score is
+  prompt, through any engine (``--engine hf|vllm|openai``, as ``metareward eval``); prompts whose mean-score order agrees with the human order are kept; the most common score is
   down-sampled; prompts are split train/eval. Writes DIR/train.jsonl, eval.jsonl, judgments.jsonl,
   report.json. Resumable: rerun the same command after a kill.
 * ``sft --data DIR/train.jsonl --out MODEL_DIR``: supervised fine-tuning on it (loss on the judgment only).
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from metareward.engines.options import add_engine_arguments, engine_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--eval-fraction", type=float, default=0.25)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--chunk-size", type=int, default=64, help="requests per resumable chunk")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--threads", type=int, default=0)
+    add_engine_arguments(b)
     b.set_defaults(func=run_build)
 
     s = ps.add_parser("sft", help="supervised fine-tuning on EFT data (loss on the judgment only)")
@@ -66,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from metareward.eft import EFTSettings, build_eft
+    from metareward.engines import make_engine
     from metareward.models import check_model_name, resolve_model
 
     s = EFTSettings(
@@ -76,12 +76,10 @@ def run_build(args: argparse.Namespace) -> int:
     )
     s.validate()
     check_model_name(args.model, "--model")
+    engine_cfg = engine_config_from_args(args)
 
     def engine():
-        from metareward.engines.hf import HFEngine
-
-        return HFEngine(resolve_model(args.model), device=args.device, dtype=args.dtype,
-                        batch_size=args.batch_size, threads=args.threads)
+        return make_engine(engine_cfg, resolve_model(args.model), log_dir=args.out)
 
     report = build_eft(args.input, args.out, engine, s)
     print(json.dumps(report, indent=2))

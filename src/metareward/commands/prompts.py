@@ -1,9 +1,9 @@
-"""``metareward prompts import|generate``: build the prompt pool a run draws from (spec §1.2).
+"""``metareward prompts import|generate``: build the prompt pool a run draws from (docs/method.md §1.2).
 
 * ``import SOURCE --out POOL.jsonl``: from JSONL, CSV/TSV, a local Hugging Face dataset (parquet/arrow file,
   ``save_to_disk`` folder) or a hub id (online), with a chosen column, dedup and length filters.
 * ``generate --out POOL.jsonl --n N``: the Self-Instruct recipe (8-shot: 6 seed + 2 generated prompts,
-  T 0.6, top-p 0.9) through the transformers engine, then Self-Instruct's filters (ROUGE-L > 0.7 against
+  T 0.6, top-p 0.9) through any engine (``--engine hf|vllm|openai``, as ``metareward eval``), then Self-Instruct's filters (ROUGE-L > 0.7 against
   the pool, banned keywords, 3-150 words). Resumable: rerun the same command after a kill.
 
 Both print a JSON report (kept / dropped per filter) and write it to ``POOL.jsonl.report.json``.
@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from metareward.engines.options import add_engine_arguments, engine_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,10 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-words", type=int, default=150)
     gen.add_argument("--rouge-threshold", type=float, default=0.7)
     gen.add_argument("--no-keyword-filter", action="store_true")
-    gen.add_argument("--device", default="auto")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    gen.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
-    gen.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    add_engine_arguments(gen)
     gen.set_defaults(func=run_generate)
 
 
@@ -76,6 +76,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from metareward.engines import make_engine
     from metareward.models import check_model_name, resolve_model
     from metareward.pool import load_prompt_pool
     from metareward.prompt_pool import SelfInstructSettings, generate_pool
@@ -89,12 +90,10 @@ def run_generate(args: argparse.Namespace) -> int:
     s.validate()
     seeds = load_prompt_pool(args.seeds) if args.seeds else None
     check_model_name(args.model, "--model")
+    engine_cfg = engine_config_from_args(args)
 
     def engine():
-        from metareward.engines.hf import HFEngine
-
-        return HFEngine(resolve_model(args.model), device=args.device, dtype=args.dtype,
-                        batch_size=args.batch_size, threads=args.threads)
+        return make_engine(engine_cfg, resolve_model(args.model), log_dir=Path(args.out).parent)
 
     report = generate_pool(args.out, engine, s, seeds=seeds, include_seeds=args.include_seeds)
     _print(report)
