@@ -1,11 +1,18 @@
-"""Generation engines behind one interface (``base.Engine``); ``make_engine`` picks one by config."""
+"""Generation engines behind one interface (``base.Engine``); ``make_engine`` picks one by config.
+
+``make_engine`` is the only way the package's commands and the run loop get an engine
+(``tests/test_engine_options.py`` checks the commands). Importing this package imports no backend
+(torch, transformers, vLLM, openai): each is imported when its engine is built."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from metareward.config import EngineConfig
 from metareward.engines.base import Engine
+
+if TYPE_CHECKING:
+    from metareward.config import EngineConfig
 
 
 def make_engine(cfg: EngineConfig, model_path: str, log_dir: str | Path | None = None) -> Engine:
