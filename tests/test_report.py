@@ -215,6 +215,7 @@ def test_compare_two_runs(tmp_path):
     assert legend[:5] == ["a/tiny", "meta-rewarding", "smollm2-135m", "0", "2"]
     assert legend[6:11] == ["b/tiny", "self-rewarding", "smollm2-135m", "0", "2"]
     assert page.count('data-table="iterations"') == 2 and page.count('data-table="eval"') == 1
+    assert cells(page, "config-diff") == ["mode", "–", "self-rewarding"]  # a's config.yaml has no mode
     assert "No eval.json in this run." in page
     with pytest.raises(InputError, match="at least two"):
         build_compare([a])

@@ -17,6 +17,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import yaml
 from matplotlib.colors import to_hex
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
@@ -27,7 +28,7 @@ from metareward.evaluation.diagnostics import IterationDiagnostics, diagnose_run
 from metareward.report.curves import run_train_logs
 from metareward.report.examples import RunSettings, run_settings
 from metareward.report.figures import table_eval, table_iterations
-from metareward.report.html import figure, nan, page
+from metareward.report.html import figure, nan, page, table
 from metareward.report.page import alarms_html, load_eval, suites_fragment
 from metareward.store import atomic_write_text
 
@@ -211,6 +212,30 @@ def legend_html(runs: Sequence[Run]) -> str:
             f"<th>iterations</th><th>directory</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, val in data.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(data, list):
+        return {k: v for n, val in enumerate(data) for k, v in _flat(val, f"{prefix}{n}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def config_differences(runs: Sequence[Run]) -> str:
+    """The resolved-config fields (``config.yaml``) whose values differ between the runs (``run_dir`` aside)."""
+    flats = []
+    for r in runs:
+        path = r.path / "config.yaml"
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        flats.append(_flat(data or {}))
+    keys = sorted({k for f in flats for k in f} - {"run_dir"})
+    diff = [k for k in keys if len({repr(f.get(k, "–")) for f in flats}) > 1]
+    if not diff:
+        return '<p class="note">The runs\' config.yaml files agree on every field (run_dir aside).</p>'
+    rows = [[f"<code>{html.escape(k)}</code>"] + [html.escape(str(f.get(k, "–"))) for f in flats] for k in diff]
+    return ('<p class="note">Config fields that differ (everything else is the same):</p>'
+            + table("config-diff", ["field", *[r.label for r in runs]], rows))
+
+
 def _run_heading(r: Run) -> str:
     return f'<h3><span class="swatch" style="background:{r.colour}"></span>{html.escape(r.label)}</h3>'
 
@@ -224,6 +249,7 @@ def build_compare(run_dirs: Sequence[str | Path]) -> str:
         f"<h1>metareward: {len(runs)} runs side by side</h1>",
         '<p class="note">Each run has one colour in every figure. Lengths are in characters.</p>',
         legend_html(runs),
+        config_differences(runs),
         "<h2>Drift alarms</h2>",
     ]
     for r in runs:
