@@ -86,6 +86,7 @@ _MARKDOWN_RE = re.compile(r"[*_`]")
 _TAG_OPEN_RE = re.compile(r"(?i)<response>")
 _TAG_CLOSE_RE = re.compile(r"(?i)</response>")
 _FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
+_PARAGRAPH_OR_FENCE_RE = re.compile(r"\n[ \t]*(?:\n|`{3,}|~{3,})")
 _BLOCKQUOTE_RE = re.compile(r"^[ \t]*>")
 # A restatement label at the start of a line: optional list/heading/emphasis marks, an optional
 # lead-in ("For reference,", "Here is"), an optional qualifier ("the original", "the assistant's"),
@@ -129,18 +130,35 @@ def _lines(text: str) -> list[tuple[int, int]]:
 
 
 def _tag_spans(text: str) -> list[tuple[int, int]]:
-    """Echoed ``<response> ... </response>``: from each opening tag to the last closing tag after it
-    (the response itself may contain a closing tag); with no closing tag after it, to the end of the
-    opening tag's paragraph."""
+    """Echoed ``<response> ... </response>``: each opening tag runs to the LAST closing tag before the
+    next opening tag (the response itself may contain a closing tag). An opening tag with no closing
+    tag before the next one joins that one's echo (the response may contain an opening tag) when no
+    paragraph break or code-fence line separates them, and so do two echoes with no such break between
+    them (a response holding "</response>...<response>"). An opening tag that closes nowhere is no
+    echo of the prompt's delimiters (which come in pairs) and marks nothing."""
+    opens = list(_TAG_OPEN_RE.finditer(text))
+    closes = list(_TAG_CLOSE_RE.finditer(text))
     spans = []
-    closes = [m.end() for m in _TAG_CLOSE_RE.finditer(text)]
-    for m in _TAG_OPEN_RE.finditer(text):
-        after = [c for c in closes if c > m.end()]
-        if after:
-            spans.append((m.start(), after[-1]))
-        else:
-            blank = re.search(r"\n[ \t]*\n", text[m.end():])
-            spans.append((m.start(), m.end() + blank.start() if blank else len(text)))
+    i = 0
+    while i < len(opens):
+        j = i
+        end = None
+        while True:
+            limit = opens[j + 1].start() if j + 1 < len(opens) else len(text)
+            inside = [c.end() for c in closes if opens[j].end() <= c.start() and c.end() <= limit]
+            if inside:
+                end = inside[-1]
+                break
+            if j + 1 < len(opens) and _PARAGRAPH_OR_FENCE_RE.search(text, opens[j].end(), limit) is None:
+                j += 1
+                continue
+            break
+        if end is not None:
+            if spans and _PARAGRAPH_OR_FENCE_RE.search(text, spans[-1][1], opens[i].start()) is None:
+                spans[-1] = (spans[-1][0], end)  # "</response>Score: 5<response>" inside one echo
+            else:
+                spans.append((opens[i].start(), end))
+        i = j + 1
     return spans
 
 
