@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 TOKEN_VAR = "METAREWARD_TEST_SESSION"
 os.environ.setdefault(TOKEN_VAR, uuid.uuid4().hex)
 TOKEN = os.environ[TOKEN_VAR]
+SESSION_START = psutil.Process().create_time()  # nothing older can be ours: its environment is not read
 LEFTOVER_GRACE_S = 20.0
 SHARED_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "torch._inductor.compile_worker")
 
@@ -38,8 +39,8 @@ def session_processes() -> dict[int, str]:
     """Live processes (not this one) that carry this session's token: pid -> command line."""
     found = {}
     me = os.getpid()
-    for p in psutil.process_iter(["pid"]):
-        if p.pid == me:
+    for p in psutil.process_iter(["create_time"]):
+        if p.pid == me or (p.info["create_time"] or 0) < SESSION_START:
             continue
         try:
             if p.environ().get(TOKEN_VAR) != TOKEN or p.status() == psutil.STATUS_ZOMBIE:
@@ -68,8 +69,8 @@ def kill(pids) -> None:
             psutil.Process(pid).kill()
 
 
-def _check(what: str, before: dict[int, str]) -> None:
-    left = leftovers(before)
+def _check(what: str, before: dict[int, str], grace: float = LEFTOVER_GRACE_S) -> None:
+    left = leftovers(before, grace)
     if left:
         kill(left)
         lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in sorted(left.items()))

@@ -98,3 +98,26 @@ def test_a_busy_port_is_refused_before_starting(tmp_path):
         with pytest.raises(EngineStartError, match="already in use"):
             make_engine(cfg, "m", log_dir=tmp_path)
     assert not (tmp_path / "server.log").exists()  # nothing was started
+
+
+def test_the_leftover_process_check_finds_an_orphan_and_ends_it():
+    """conftest's autouse check: a process this session started is found even after it lost its parent (as
+    vLLM's engine core did when only the server's main process was killed), fails the test, and is killed."""
+    import subprocess
+
+    import conftest
+
+    before = conftest.session_processes()
+    spawn = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    orphan = int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True, check=True,
+                                timeout=60).stdout)
+    assert alive(orphan) and orphan not in [c.pid for c in __import__("psutil").Process().children(recursive=True)]
+    with pytest.raises(pytest.fail.Exception, match=rf"this test left 1 process\(es\) running \(now killed\):\n  pid {orphan}: "):
+        conftest._check("this test", before, grace=0.5)
+    for _ in range(50):
+        if not alive(orphan):
+            break
+        time.sleep(0.1)
+    assert not alive(orphan)
+    conftest._check("this test", before, grace=0)  # nothing left now

@@ -76,8 +76,11 @@ def test_vllm_engine_judge_stage(tmp_path, hf_scores):
     many = r["many_prompts"]
     assert many["outputs"] == many["requests"] == 42 and many["texts_per_output"] == [2]
     assert many["prompt_tokens"] > 16384
-    # close() ends vLLM's engine-core process (which holds the weights and KV cache)
+    # close() ends vLLM's engine-core process (which holds the weights and KV cache): the engine ran in a
+    # child process, and that process, the engine core and every other process of its group are gone
     assert r["vllm_processes_before_close"] and r["vllm_processes_after_close"] == []
+    assert r["release"]["left"] == [] and r["engine_process"] in r["release"]["pids"]
+    assert len(r["release"]["pids"]) >= 2  # the engine's process and vLLM's engine core at least
     # vLLM's next-token probabilities equal the hf engine's (float32 on both)
     assert len(r["scores"]) == 9
     for jid, probs in r["scores"].items():

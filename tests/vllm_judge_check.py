@@ -1,5 +1,6 @@
 """Run inside the vLLM environment (``.venv-vllm``, see scripts/setup_vllm_cpu.sh) by test_engine_vllm.py:
-a constrained-mode judge stage through ``VLLMEngine`` on the embedded model, with the chunked store the
+a constrained-mode judge stage through ``VLLMEngine`` (in its child process, as the loop builds it) on the
+embedded model, with the chunked store the
 loop uses, and the same score requests through ``HFEngine`` for comparison. Writes a JSON report to
 the path given as the first argument. Guarded by ``__main__``: vLLM spawns worker processes."""
 
@@ -84,6 +85,8 @@ def main(out_path: str, model: str) -> None:
         "outputs": outs,
         "vllm_processes_before_close": children_before,
         "vllm_processes_after_close": children_after,
+        "engine_process": engine.pid,
+        "release": engine.release,
         "repeat_same": again[reqs[0].id] == outs[reqs[0].id]["texts"],
         "many_prompts": {"requests": len(many), "outputs": len(many_out), "prompt_tokens": many_prompt_tokens,
                          "texts_per_output": sorted({len(o.texts) for o in many_out})},
