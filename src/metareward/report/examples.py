@@ -36,7 +36,7 @@ from metareward.config import IterationConfig, MetaJudgeConfig
 from metareward.errors import InputError
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
 from metareward.report.html import fmt, folded, table
-from metareward.selection.elo import battle_matrix, bradley_terry, positional_weights
+from metareward.selection.elo import battle_matrix, bradley_terry, evidence_l2, positional_weights
 from metareward.selection.judge_pairs import select_judge_pair
 from metareward.selection.length_control import TOL, ScoredResponse, Skip, select_actor_pair, tier_bounds
 from metareward.stages.common import request_seed
@@ -242,7 +242,7 @@ def meta_section(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tup
     w1, w2 = weights
     B = battle_matrix(len(ids), ((index[m.judgment_a], index[m.judgment_b], m.result) for m in metas), w1, w2)
     l2 = cfg.meta_judge.bt_l2
-    elo = bradley_terry(B, l2=l2)
+    elo = bradley_terry(B, l2=evidence_l2(B, l2))  # bt_l2 is per unit of evidence (docs/judging.md)
     js = [by_id[i] for i in ids]
     names = [f"j{j.index} ({_score(j.score)})" for j in js]
     valid = [j.score for j in rec.judgments.get(rid, []) if j.score is not None]
