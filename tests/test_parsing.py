@@ -377,3 +377,11 @@ def test_quoted_verdicts_do_not_count() -> None:
 )
 def test_check_probabilities(probs: list, n: int, problem: str | None) -> None:
     assert check_probabilities(probs, n) == problem
+
+
+def test_truncate_keeps_the_judges_own_characters() -> None:
+    # labels are found on the NFKC text, the cut is made in the original (the constrained prefix must be
+    # what the model wrote)
+    assert truncate_before_score("Ｇｏｏｄ answer.\r\n**Score：４**") == "Ｇｏｏｄ answer."
+    assert truncate_before_score("x ㍿ y\r\n> Score: 5\r\nScore: 2") == "x ㍿ y\r\n> Score: 5"
+    assert truncate_before_verdict("Ｂ is better.\r\nＷinner： Judgment B") == "Ｂ is better."

@@ -25,6 +25,7 @@ read as their ASCII forms.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import unicodedata
@@ -115,9 +116,26 @@ _BARE_STATEMENT_RE = re.compile(
 )
 
 
+def _normalise_map(text: str) -> tuple[str, list[int]]:
+    """NFKC per character (fullwidth "：４" -> ":4") with "\r\n" and "\r" unified to "\n", and for each
+    original character the offset where its normalised form starts (plus the total length), so a
+    position found in the normalised text maps back to the original. Per character rather than per
+    string, which differs only in composing combining marks -- irrelevant to the ASCII statements."""
+    pieces, starts, pos = [], [], 0
+    for i, ch in enumerate(text):
+        if ch == "\r":
+            piece = "" if text[i + 1 : i + 2] == "\n" else "\n"
+        else:
+            piece = unicodedata.normalize("NFKC", ch)
+        starts.append(pos)
+        pieces.append(piece)
+        pos += len(piece)
+    starts.append(pos)
+    return "".join(pieces), starts
+
+
 def _normalise(text: str) -> str:
-    """NFKC (fullwidth "：４" -> ":4") with line breaks unified to "\\n"."""
-    return unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return _normalise_map(text)[0]
 
 
 def _lines(text: str) -> list[tuple[int, int]]:
@@ -367,12 +385,14 @@ def parse_verdict(text: str) -> str | None:
 
 
 def _truncate_before(text: str, label: re.Pattern[str]) -> str:
-    """``text`` (normalised) up to its first ``label`` outside a quoted region, right-stripped."""
-    text = _normalise(text)
-    spans = quoted_spans(text)
-    for m in label.finditer(text):
+    """``text`` up to its first ``label`` outside a quoted region, right-stripped. Labels and quotes
+    are found on the normalised text; the cut is made in the original, which is returned unchanged."""
+    norm, starts = _normalise_map(text)
+    spans = quoted_spans(norm)
+    for m in label.finditer(norm):
         if not any(a <= m.start() < b for a, b in spans):
-            return text[: m.start()].rstrip()
+            cut = bisect.bisect_right(starts, m.start()) - 1  # the original character the label starts in
+            return text[:cut].rstrip()
     return text.rstrip()
 
 
@@ -383,7 +403,7 @@ def truncate_before_score(judgment: str, response: str | None = None) -> str:
     "**Score**:"), whether or not a number follows; a label inside a quoted region (e.g. the judge
     quoting the response's "Score: 5") does not cut. With no label the whole judgment is returned.
     Used by the constrained scoring mode, which appends "\\nScore: " and reads the digit probabilities.
-    The text is returned NFKC-normalised. ``response`` is not read, as in ``parse_score``.
+    The kept text is the judge's own, unnormalised. ``response`` is not read, as in ``parse_score``.
     """
     del response
     return _truncate_before(judgment, _SCORE_LABEL_RE)
