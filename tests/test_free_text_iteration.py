@@ -21,7 +21,7 @@ from metareward.records import Judgment, MetaJudgment, PreferencePair, Response,
 from metareward.stages.common import user_turn
 from metareward.stages.judge import SCORE_CHOICES, constrained_prefix
 from metareward.stages.meta_judge import verdict_prefix
-from metareward.summary import format_summary
+from metareward.summary import format_summary, meta_position
 from metareward.templates import judge_prompt, meta_judge_prompt
 
 CORPUS = [r for r in load_corpus() if r.get("part", "iteration") == "iteration"]
@@ -159,3 +159,20 @@ def test_scripted_choice_probabilities_follow_the_corpus() -> None:
     assert out["v"] == [0.2, 0.8]
     with pytest.raises(KeyError, match="no corpus judgment"):
         list(engine.choice_probs([ChoiceRequest("x", reqs[0].messages, "Made up.\nScore: ", SCORE_CHOICES)]))
+
+
+def test_meta_position_statistics_exact() -> None:
+    def m(r: int) -> MetaJudgment:
+        return MetaJudgment(id=f"x{r}", prompt_id="p", response_id="p/r0", judgment_a="a", judgment_b="b", text="",
+                            verdict={1: "A", -1: "B", 0: None}[r], result=r)
+
+    assert meta_position([m(1), m(1), m(-1), m(0)]) == {
+        "meta_first_position_win_rate": 0.5, "meta_second_position_win_rate": 0.25,
+        "meta_dominant_position_share": 0.6667, "meta_judge_position_only": False,
+    }
+    assert meta_position([m(-1), m(0)])["meta_judge_position_only"] is True
+    assert meta_position([m(0)])["meta_judge_position_only"] is False
+    assert meta_position([]) == {
+        "meta_first_position_win_rate": None, "meta_second_position_win_rate": None,
+        "meta_dominant_position_share": None, "meta_judge_position_only": False,
+    }
