@@ -294,15 +294,23 @@ def _build(prompts: list[str], js: list[Judgment], metas: list[MetaJudgment], **
 
 
 def test_constrained_same_score_compares_the_scores_the_texts_state() -> None:
-    # expected scores 3.4 and 2.6 differ, but both texts end with "Score: 3": DPO would learn no score
-    js = [_j("p/r0", 0, 3.4, "Careful.\nScore: 3"), _j("p/r0", 1, 2.6, "Sloppy.\nScore: 3")]
+    # constrained judgments as apply_score writes them: expected scores 3.3 and 2.2 differ, but both texts
+    # end with "Score: 3" (the most likely digit): DPO would learn no score. The second judgment was cut
+    # inside a code fence (as in the tiny run), so its appended line sits in the unclosed fence.
+    base = [_j("p/r0", 0, None, "Careful reading."), _j("p/r0", 1, None, "Sloppy.\n```python\nprint(1)")]
+    js = [judge.apply_score(base[0], [0, 0, 0.1, 0.5, 0.4, 0]),
+          judge.apply_score(base[1], [0, 0.3, 0.2, 0.5, 0, 0])]
+    assert [j.score for j in js] == [3.3, 2.2] and [j.text[-8:] for j in js] == ["Score: 3"] * 2
     metas = _metas("p/r0", {(0, 1): 1, (1, 0): -1})
     got, skipped, _ = _build(["p"], js, metas)
     assert got == [] and dict(skipped) == {"same_score": 1}
-    js[1] = _j("p/r0", 1, 2.6, "Sloppy.\nScore: 2")
+    js[1] = judge.apply_score(base[1], [0, 0.3, 0.6, 0.1, 0, 0])
     got, skipped, _ = _build(["p"], js, metas)
     assert [(p.chosen_id, p.rejected_id) for p in got] == [("p/r0/j0", "p/r0/j1")] and not skipped
-    assert got[0].meta["stated_scores"] == [3.0, 2.0] and got[0].chosen_score == 3.4
+    assert got[0].meta["stated_scores"] == [3.0, 2.0] and got[0].chosen_score == 3.3
+    # free text: the stated score is the parsed one
+    free = [_j("p/r0", 0, 3.0, "Careful.\nScore: 3"), _j("p/r0", 1, 3.0, "Sloppy.\nScore: 3")]
+    assert _build(["p"], free, metas)[1] == {"same_score": 1}
 
 
 def test_judge_pair_never_keeps_an_invalid_or_nan_score() -> None:

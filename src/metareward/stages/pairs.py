@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from metareward.config import IterationConfig, MetaJudgeConfig
-from metareward.parsing import parse_score
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response
 from metareward.selection.elo import battle_matrix, positional_weights
 from metareward.selection.judge_pairs import (
@@ -94,11 +93,14 @@ def _valid_score(j: Judgment) -> bool:
 
 
 def _stated_score(j: Judgment) -> float | None:
-    """The score the judgment's TEXT states -- what DPO trains on. In free-text mode it is ``j.score``;
-    in constrained mode ``j.score`` is the expected digit while the text ends with the most likely
-    one, and two texts can state the same score with different expected scores."""
-    stated = parse_score(j.text)
-    return stated if stated is not None else j.score
+    """The score the judgment's TEXT states -- what DPO trains on. In free-text mode that is ``j.score``
+    (parsed from the text). In constrained mode ``j.score`` is the expected digit while the text ends
+    with the most likely one, ``argmax(score_probs)`` (``stages.judge.apply_score``): two texts can state
+    the same score with different expected scores. Read from the probabilities rather than re-parsed,
+    because the appended line may sit inside a structure of the cut text (an unclosed code fence)."""
+    if j.score_probs:
+        return float(int(np.argmax(j.score_probs)))
+    return j.score
 
 
 def _pre_meta_skip_reason(prompt_id: str, judgments: Sequence[Judgment], run_seed: int, iteration: int) -> str:
