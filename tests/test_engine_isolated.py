@@ -23,6 +23,8 @@ from metareward.engines import isolated
 from metareward.engines.base import ChoiceRequest
 from metareward.engines.isolated import ChildProcessEngine, EngineNotReleased, EngineProcessDied
 
+pytestmark = pytest.mark.slow  # each test starts Python processes (~4 s each on 2 cores)
+
 
 class SpawningEngine(FakeEngine):
     """A fake engine that, like vLLM, starts a worker process of its own (here: one that ignores SIGTERM)."""
