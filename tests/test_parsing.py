@@ -12,6 +12,7 @@ from metareward.parsing import (
     SCORE_RE,
     VERDICT_RE,
     check_probabilities,
+    close_open_fence,
     expected_score,
     most_likely_value,
     parse_score,
@@ -385,3 +386,33 @@ def test_truncate_keeps_the_judges_own_characters() -> None:
     assert truncate_before_score("Ｇｏｏｄ answer.\r\n**Score：４**") == "Ｇｏｏｄ answer."
     assert truncate_before_score("x ㍿ y\r\n> Score: 5\r\nScore: 2") == "x ㍿ y\r\n> Score: 5"
     assert truncate_before_verdict("Ｂ is better.\r\nＷinner： Judgment B") == "Ｂ is better."
+
+
+@pytest.mark.parametrize(
+    "text, closed",
+    [
+        ("plain text", "plain text"),
+        ("```python\nprint(1)\n```\nafter", "```python\nprint(1)\n```\nafter"),
+        ("```python\nprint(1)", "```python\nprint(1)\n```"),
+        ("~~~~\ncode\n~~~", "~~~~\ncode\n~~~\n~~~~"),  # a shorter fence does not close a longer one
+        ("````\n```\ninner\n```\n", "````\n```\ninner\n```\n\n````"),  # backticks inside a 4-backtick fence
+        ("```\na\n```\n~~~\nb", "```\na\n```\n~~~\nb\n~~~"),
+    ],
+)
+def test_close_open_fence(text, closed):
+    assert close_open_fence(text) == closed
+
+
+def test_constrained_prefixes_ask_outside_an_open_fence():
+    """A judgment cut at max_tokens inside a code block: the score (verdict) label goes after the block
+    is closed, so the stored text's score is the judge's own statement, not quoted code."""
+    from metareward.stages.judge import constrained_prefix
+    from metareward.stages.meta_judge import verdict_prefix
+
+    judgment = "The response's code:\n```python\ndef f(x):\n    return x"
+    prefix = constrained_prefix(judgment)
+    assert prefix == judgment + "\n```\nScore: "
+    assert parse_score(prefix + "4") == 4.0
+    meta = "Judgment A quotes:\n```\nScore: 5"
+    assert verdict_prefix(meta) == meta + "\n```\nWinner: Judgment "
+    assert parse_verdict(verdict_prefix(meta) + "B") == "B"

@@ -36,6 +36,7 @@ __all__ = [
     "SCORE_RE",
     "VERDICT_RE",
     "check_probabilities",
+    "close_open_fence",
     "expected_score",
     "most_likely_value",
     "parse_score",
@@ -425,6 +426,27 @@ PROB_SUM_TOL = 1e-3
 """How far from 1 the sum of a choice distribution may be. Engines return the probabilities
 renormalised over the choices (``engines.base.ChoiceOutput``), so the sum is 1 up to float32 rounding
 (~1e-7); a larger deviation means the engine's output is not what the interface promises."""
+
+
+def close_open_fence(text: str) -> str:
+    """``text`` with its last code fence closed when the text ends inside one, else unchanged.
+
+    The constrained modes cut a judgment before its own score label and append ``Score: `` (or
+    ``Winner: Judgment ``). A judgment cut at ``max_tokens`` can end inside an open fence; appending the
+    label there would ask the model for its score in code context, and the stored text would then hold
+    its score inside a quoted region (which never counts, see ``quoted_spans``). Fences follow the same
+    rule as ``quoted_spans``: closed by a line of the same character at least as long.
+    """
+    fence = ""
+    for start, end in _lines(text):
+        m = _FENCE_RE.match(text[start:end])
+        if m is None:
+            continue
+        if not fence:
+            fence = m.group(1)
+        elif m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+            fence = ""
+    return f"{text}\n{fence}" if fence else text
 
 
 def check_probabilities(probs: Sequence[float], n_choices: int) -> str | None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from metareward.config import JudgeConfig
 from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
-from metareward.parsing import check_probabilities, parse_score, truncate_before_score
+from metareward.parsing import check_probabilities, close_open_fence, parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages.common import Passes, request_seed, user_turn
 from metareward.templates import judge_prompt
@@ -89,8 +89,9 @@ def judgments_from_output(response: Response, out: GenerationOutput, cfg: JudgeC
 
 def constrained_prefix(judgment_text: str, response_text: str | None = None) -> str:
     """The assistant text after which the score digit is read: judgment up to its own score line
-    (a ``Score:`` inside a quote of the response does not cut it short)."""
-    body = truncate_before_score(judgment_text, response_text)
+    (a ``Score:`` inside a quote of the response does not cut it short); a code fence left open by a
+    judgment cut at ``max_tokens`` is closed first, so the score is asked for outside it."""
+    body = close_open_fence(truncate_before_score(judgment_text, response_text))
     return f"{body}\nScore: " if body else "Score: "
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from metareward.config import MetaJudgeConfig
 from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
-from metareward.parsing import check_probabilities, parse_verdict, truncate_before_verdict
+from metareward.parsing import check_probabilities, close_open_fence, parse_verdict, truncate_before_verdict
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.selection.elo import battle_result
 from metareward.selection.judge_pairs import meta_judge_orderings, select_meta_response
@@ -139,7 +139,7 @@ def meta_from_output(battle: Battle, out: GenerationOutput, cfg: MetaJudgeConfig
 
 
 def verdict_prefix(text: str) -> str:
-    body = truncate_before_verdict(text)
+    body = close_open_fence(truncate_before_verdict(text))
     return f"{body}\nWinner: Judgment " if body else "Winner: Judgment "
 
 
