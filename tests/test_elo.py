@@ -1,4 +1,4 @@
-"""Battle results, positional weights, battle matrix and Bradley-Terry scores (spec §3.4-3.5)."""
+"""Battle results, positional weights, battle matrix and Bradley-Terry scores (docs/method.md §3.4-3.5)."""
 
 from __future__ import annotations
 

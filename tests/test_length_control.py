@@ -1,4 +1,4 @@
-"""Length-controlled actor pair selection (spec §2.4)."""
+"""Length-controlled actor pair selection (docs/method.md §2.4)."""
 
 from __future__ import annotations
 

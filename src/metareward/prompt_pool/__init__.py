@@ -1,4 +1,4 @@
-"""Building the prompt pool the loop draws from (spec §1.2): import the user's data, or generate prompts
+"""Building the prompt pool the loop draws from (docs/method.md §1.2): import the user's data, or generate prompts
 with the Self-Instruct recipe from a few seed prompts, with Self-Instruct's filters.
 
 * ``importer.import_prompts``: JSONL, CSV/TSV or a Hugging Face dataset -> pool JSONL;

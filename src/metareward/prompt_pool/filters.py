@@ -1,4 +1,4 @@
-"""Self-Instruct's filters for generated prompts (spec §1.2): format, length, keywords, near-duplicates.
+"""Self-Instruct's filters for generated prompts (docs/method.md §1.2): format, length, keywords, near-duplicates.
 
 Self-Rewarding built its 20k prompt pool with the Self-Instruct recipe (Wang et al., 2023) and "applied
 Self-Instruct's filters: ROUGE-L similarity check, keyword filtering, length filtering". The values here

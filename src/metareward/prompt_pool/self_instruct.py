@@ -1,4 +1,4 @@
-"""Generating a prompt pool with the Self-Instruct recipe of the paper (spec §1.2).
+"""Generating a prompt pool with the Self-Instruct recipe of the paper (docs/method.md §1.2).
 
 Self-Rewarding (whose 20k prompts Meta-Rewarding uses) prompted a fixed chat model 8-shot in the style of
 Self-Instruct: **6 demonstrations sampled from the seed prompts and 2 from the prompts generated so far**,
@@ -60,7 +60,7 @@ DROP_REASONS: tuple[str, ...] = ("truncated", *FILTER_NAMES)
 
 @dataclass(frozen=True)
 class SelfInstructSettings:
-    """Settings of one generation run. Defaults: the paper's (spec §1.2) and Self-Instruct's filters."""
+    """Settings of one generation run. Defaults: the paper's (docs/method.md §1.2) and Self-Instruct's filters."""
 
     n_prompts: int = 1000  # prompts to keep (the paper's pool has 20,000)
     seed_demos: int = 6  # demonstrations per request drawn from the seed prompts

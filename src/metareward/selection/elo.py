@@ -1,4 +1,4 @@
-"""Battle results, positional weights, battle matrix and Bradley-Terry (Elo) scores (spec §3.4-3.5).
+"""Battle results, positional weights, battle matrix and Bradley-Terry (Elo) scores (docs/method.md §3.4-3.5).
 
 For the judgments j^1..j^N of one response, the meta-judge compares every pair in both orders. With
 j^m in the first position ("Judgment A") and j^n in the second:
@@ -7,9 +7,9 @@ j^m in the first position ("Judgment A") and j^n in the second:
 * ω1 = win_2nd / (win_1st + win_2nd) weighs a win in the FIRST position and
   ω2 = win_1st / (win_1st + win_2nd) a win in the SECOND, so the position that wins more often has its
   wins down-weighted (ω1 + ω2 = 1). The counts are global over all meta-judgments of the iteration
-  (the spec's default; per-prompt counts are noisy and undefined when one position never wins);
+  (our default, docs/method.md §3.4; per-prompt counts are noisy and undefined when one position never wins);
 * B[m][n] = ω1·1[r^{mn} = +1] + ω2·1[r^{nm} = −1]: the weighted number of times j^m beat j^n.
-  Position-inconsistent verdict pairs still count, one weighted win for each side (spec §3.4);
+  Position-inconsistent verdict pairs still count, one weighted win for each side (docs/method.md §3.4);
 * ε = argmax Σ_{m,n} B[m][n]·log σ(ε_m − ε_n): weighted Bradley-Terry, solved here by Newton's method
   with a small L2 penalty (docs/method.md §3.5) so a judgment that never wins (or never loses) keeps a
   finite score instead of running off to ∓∞. The penalty is scaled with the evidence, λ = c·ΣB
@@ -63,7 +63,7 @@ def evidence_l2(B: np.ndarray, relative: float = DEFAULT_L2_RELATIVE) -> float:
 
 def battle_result(verdict: str | None) -> int:
     """The paper's r for one ordering: +1 if the verdict is "A" (first position wins), −1 for "B",
-    0 for anything else (tie or parse error, spec §3.4). The verdict must be exactly "A" or "B", as
+    0 for anything else (tie or parse error, docs/method.md §3.4). The verdict must be exactly "A" or "B", as
     ``metareward.parsing.parse_verdict`` returns it."""
     if verdict == "A":
         return 1
@@ -73,7 +73,7 @@ def battle_result(verdict: str | None) -> int:
 
 
 def positional_weights(results: Iterable[int]) -> tuple[float, float]:
-    """(ω1, ω2) from ALL battle results of the iteration (spec §3.4).
+    """(ω1, ω2) from ALL battle results of the iteration (docs/method.md §3.4).
 
     win_1st = number of +1 results, win_2nd = number of −1 results (0s are ignored);
     ω1 = win_2nd / (win_1st + win_2nd), ω2 = win_1st / (win_1st + win_2nd). With no wins at all the
@@ -95,7 +95,7 @@ def positional_weights(results: Iterable[int]) -> tuple[float, float]:
 
 
 def battle_matrix(n: int, battles: Iterable[tuple[int, int, int]], w1: float, w2: float) -> np.ndarray:
-    """The n×n weighted win matrix B of one response's judgments (spec §3.4).
+    """The n×n weighted win matrix B of one response's judgments (docs/method.md §3.4).
 
     Each battle is ``(first, second, r)`` for one ordering: ``first`` was Judgment A, ``second`` was
     Judgment B, ``r`` its result. r = +1 adds ω1 to B[first][second] (the first-position judgment won);

@@ -1,10 +1,10 @@
-"""Judge preference data: which response to meta-judge, which orderings, which judgment pair (spec §3).
+"""Judge preference data: which response to meta-judge, which orderings, which judgment pair (docs/method.md §3).
 
 * §3.1 -- per prompt, the response whose valid judgment scores have the highest variance (the judge
   is least certain about it) is meta-judged; the prompt is skipped when every variance is 0.
 * §3.2 -- every pair of textually different judgments of that response is compared in both orders.
 * §3.5-3.6 -- Bradley-Terry (Elo) scores from the battle matrix; the highest-ε judgment is chosen and
-  the lowest-ε one rejected, with the spec's default filters: drop the pair when the chosen judgment
+  the lowest-ε one rejected, with our default filters (docs/method.md §10): drop the pair when the chosen judgment
   is too long (meta-judge length bias, §3.6) or when both judgments give the same score (filter (b):
   such a pair carries no scoring signal and only teaches style).
 """
@@ -69,7 +69,7 @@ class JudgeChoice:
 def select_meta_response(
     scores_by_response: Mapping[str, Sequence[float | None]], rng: random.Random
 ) -> str | None:
-    """The id of the response to meta-judge for one prompt, or None to skip the prompt (spec §3.1).
+    """The id of the response to meta-judge for one prompt, or None to skip the prompt (docs/method.md §3.1).
 
     ``scores_by_response`` maps a response id to the scores of its N judgments; None or NaN entries
     (invalid judgments) are ignored. A response is eligible with ≥ 2 valid scores. Its uncertainty is
@@ -104,7 +104,7 @@ def no_meta_response_reason(scores_by_response: Mapping[str, Sequence[float | No
 
 
 def meta_judge_orderings(texts: Sequence[str]) -> list[tuple[int, int]]:
-    """The (first, second) orderings to send to the meta-judge (spec §3.2).
+    """The (first, second) orderings to send to the meta-judge (docs/method.md §3.2).
 
     For every unordered pair m < n of judgments whose texts differ byte-for-byte, both orderings
     (m, n) and (n, m), in the deterministic order [(0,1), (1,0), (0,2), (2,0), …, (1,2), (2,1), …].
@@ -133,17 +133,17 @@ def select_judge_pair(
     require_different_scores: bool = True,
     l2_relative: float = DEFAULT_L2_RELATIVE,
 ) -> JudgeChoice | Skip:
-    """Choose the (chosen, rejected) judgments of the meta-judged response (spec §3.5-3.6).
+    """Choose the (chosen, rejected) judgments of the meta-judged response (docs/method.md §3.5-3.6).
 
     ``scores[m]``, ``lengths[m]`` (characters) and row/column m of the battle matrix ``B`` describe
-    the m-th valid judgment (invalid judgments never get here, which is the spec's filter (a)).
+    the m-th valid judgment (invalid judgments never get here, the paper's filter (a)).
     ε = ``bradley_terry(B, evidence_l2(B, l2_relative))`` (penalty scaled with ΣB); chosen = argmax ε, rejected = argmin ε, exact ties (within 1e-9)
     broken by ``rng`` (consumed only on a tie). Skips, checked in this order:
 
     * fewer than two judgments -> ``"fewer_than_two_judgments"``;
     * max ε − min ε ≤ 1e-9 (nothing separates the judgments) -> ``"elo_tied"``;
     * ``max_chosen_length`` set and the chosen judgment longer -> ``"chosen_too_long"`` (the pair is
-      dropped, not replaced by the next-best judgment: the spec's default);
+      dropped, not replaced by the next-best judgment: our default, docs/method.md §3.6);
     * ``require_different_scores`` and |score_c − score_r| ≤ 1e-9 -> ``"same_score"``.
     """
     n = len(scores)

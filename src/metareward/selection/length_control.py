@@ -1,4 +1,4 @@
-"""Length-controlled choice of the actor's chosen/rejected response for one prompt (spec §2.4).
+"""Length-controlled choice of the actor's chosen/rejected response for one prompt (docs/method.md §2.4).
 
 With S_max / S_min the highest / lowest mean judge score among a prompt's scored responses and
 ρ ∈ [0, 1] the quality-tier parameter:
@@ -7,17 +7,17 @@ With S_max / S_min the highest / lowest mean judge score among a prompt's scored
 * bottom tier = responses with score in [S_min, (1−ρ)·S_min + ρ·S_max]; rejected = the LONGEST.
 
 ρ = 0 is plain argmax/argmin-score selection. Length is in characters (the unit AlpacaEval reports).
-Edge cases (spec §2.4, all engineering defaults because the paper is silent):
+Edge cases (docs/method.md §2.4, all engineering defaults because the paper is silent):
 
 * fewer than two scored responses, or S_max == S_min -> skip the prompt (Self-Rewarding discards
   equal-score pairs; with ρ > 0 the tiers would otherwise teach shorter-vs-longer on equal quality);
 * length ties inside a tier: chosen prefers the higher score, rejected the lower score, then random;
-* ρ = 0 with several responses tied at S_max (or S_min): random, the spec's default -- at ρ = 0 the
+* ρ = 0 with several responses tied at S_max (or S_min): random, our default -- at ρ = 0 the
   rule is argmax/argmin, so length does not enter (for ρ > 0 the tier rule applies as written);
 * the same response in both tiers (possible only for ρ ≥ 0.5) -> skip; more generally a chosen
   response that does not score strictly higher than the rejected one (possible for ρ ≥ 0.5, where the
   tiers overlap) -> skip, since the pair would teach the inverse or no preference;
-* optional absolute cap on the chosen response's length (spec §4.3: 2,500 chars in iteration 1).
+* optional absolute cap on the chosen response's length (docs/method.md §4.3: 2,500 chars in iteration 1).
 
 Tier boundaries are compared with a 1e-9 tolerance: scores are means of judge scores, and e.g.
 0.68·5.0 + 0.32·2.0 must not exclude a response scored exactly at the boundary because of rounding.
@@ -99,7 +99,7 @@ def select_actor_pair(
     """Choose the (chosen, rejected) responses of one prompt with the §2.4 quality-tier rule.
 
     ``responses`` are the prompt's responses that have at least one valid judgment, each with its
-    mean score (responses without valid judgments are dropped by the caller, spec §2.2). ``rng``
+    mean score (responses without valid judgments are dropped by the caller, docs/method.md §2.2). ``rng``
     breaks exact ties (it is called only when a tie remains, so results are reproducible for a seeded
     rng). ``max_chosen_length`` (inclusive, characters) drops the pair when the chosen response is
     longer. Returns ``Skip`` with the reason when no pair is made. Raises ValueError for ρ outside
@@ -121,7 +121,7 @@ def select_actor_pair(
     bottom = [i for i, r in enumerate(responses) if r.score <= bottom_high + TOL]
 
     if rho == 0.0:
-        # plain argmax / argmin; ties at S_max / S_min are broken at random (spec §2.4 default)
+        # plain argmax / argmin; ties at S_max / S_min are broken at random (docs/method.md §2.4 default)
         chosen_i = _pick(top, rng)
         rejected_i = _pick(bottom, rng)
     else:

@@ -1,9 +1,9 @@
 """Turning judgments and meta-judgments into DPO pairs (no model involved).
 
-* Actor pairs (spec §2.4): per prompt, each response's reward is the mean of its valid scores
+* Actor pairs (docs/method.md §2.4): per prompt, each response's reward is the mean of its valid scores
   (responses with none are left out); the rho quality tiers pick chosen = shortest of the top tier and
   rejected = longest of the bottom tier; optional limit on the chosen response's length.
-* Judge pairs (spec §3.4–3.6): positional weights ω1, ω2 from the *whole iteration's* first/second-
+* Judge pairs (docs/method.md §3.4–3.6): positional weights ω1, ω2 from the *whole iteration's* first/second-
   position wins; per selected response, the battle matrix of its judgments and Bradley–Terry scores;
   chosen = highest, rejected = lowest; dropped when the scores their texts state are equal (default)
   or the chosen judgment is longer than the iteration's limit. The DPO prompt is the filled judge

@@ -1,13 +1,13 @@
 """The paper's prompts, kept as data files, and how they are filled.
 
-* ``judge.txt``: the LLM-as-a-Judge prompt (Self-Rewarding Fig. 2, Meta-Rewarding App. A.1; spec §2.3),
+* ``judge.txt``: the LLM-as-a-Judge prompt (Self-Rewarding Fig. 2, Meta-Rewarding App. A.1; docs/method.md §2.3),
   with ``<INSTRUCTION_HERE>`` and ``<RESPONSE_HERE>``.
-* ``meta_judge.txt``: the LLM-as-a-Meta-Judge prompt (Meta-Rewarding Fig. 2; spec §3.3), with
+* ``meta_judge.txt``: the LLM-as-a-Meta-Judge prompt (Meta-Rewarding Fig. 2; docs/method.md §3.3), with
   ``{prompt}``, ``{response}``, ``{judgment a}``, ``{judgment b}``.
 
 Filling is a single pass over the template's placeholders, so a user prompt or a response that itself
 contains ``{response}`` or ``<RESPONSE_HERE>`` is inserted literally and never re-expanded.
-The whole filled text is the *user* turn of the chat template (spec §2.3).
+The whole filled text is the *user* turn of the chat template (docs/method.md §2.3).
 """
 
 from __future__ import annotations
