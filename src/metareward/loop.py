@@ -36,6 +36,7 @@ from typing import Any
 
 from metareward.config import IterationConfig, RunConfig, dump_config, settings_hash
 from metareward.engines.base import Engine
+from metareward.engines.memory import PeakMemory, release_freed_memory
 from metareward.errors import InputError
 from metareward.models import check_model_name, resolve_model
 from metareward.pool import load_prompt_pool
@@ -214,6 +215,7 @@ def _run_train(it: Iteration, passes: ChunkedPasses) -> Output:
         return Output(count=0, extra={"trained": False, "model_out": it.model_in})
     runner.echo(f"[iter {it.index}] DPO on {len(it.actor_pairs)} actor + {len(it.judge_pairs)} judge pairs")
     metrics = runner.train(it.model_in, train_set, it.store)
+    release_freed_memory()  # the trained model is gone: its heap is the next engine's to fault in afresh
     return Output(count=len(train_set),
                   extra={"trained": True, "model_out": str(it.store.model_dir), "metrics": metrics})
 
@@ -328,6 +330,7 @@ class Runner:
             self._engine.close()
             self._engine = None
             self._engine_model = None
+            release_freed_memory()  # nothing of the engine is left referenced: return its heap to the OS
 
     # ------------------------------------------------------------------ one iteration
 
@@ -358,6 +361,9 @@ class Runner:
         store.manifest["timings_s"] = {
             name: entry.get("seconds", 0.0) for name, entry in store.manifest["stages"].items()
         }
+        store.manifest["peak_rss_gib"] = {  # highest resident memory of the process while each stage ran
+            name: entry.get("memory", {}).get("peak_gib") for name, entry in store.manifest["stages"].items()
+        }
         store.save_manifest()
         self.echo(format_summary(i, summary, store.manifest["timings_s"]))
         return summary, it.model_out
@@ -372,10 +378,11 @@ class Runner:
             chunk_size=self.cfg.engine.chunk_size,
             label=lambda name: f"[iter {it.index}] {PASS_LABELS.get(name, name)}",
         )
-        with Timer() as t:
+        with Timer() as t, PeakMemory() as memory:
             out = stage.run(it, passes)
             written = sum(write_jsonl_atomic(store.path(name), records) for name, records in out.artifacts.items())
-        store.mark_done(stage.name, key, written if out.count is None else out.count, t.seconds, **out.extra)
+        store.mark_done(stage.name, key, written if out.count is None else out.count, t.seconds,
+                        memory=memory.record(), **out.extra)
         passes.remove_logs()
 
     def train(self, model_path: str, train_set: list[PreferencePair], store: IterationStore) -> dict[str, Any]:

@@ -74,6 +74,7 @@ from metareward.engines.hf.device import keep_freed_memory, pick_device, pick_dt
 from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
 from metareward.engines.hf.kernels import load_decode_kernel
 from metareward.engines.hf.sampling import batch_seed, sample_next
+from metareward.engines.memory import release_freed_memory
 from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_ids
 
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
@@ -388,8 +389,12 @@ class HFEngine(Engine):
                 yield ChoiceOutput(id=requests[i].id, probs=[float(x) for x in p])
 
     def close(self) -> None:
+        """Drop the model, its fused weights and the reused buffers, then hand the freed heap back to the
+        OS (``memory.release_freed_memory``): while it ran, the engine kept its peak memory for reuse
+        (``keep_freed_memory``), which training in the same process must not inherit."""
         self.model = None  # type: ignore[assignment]
         self.fused = None
         self.row_buffers.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        release_freed_memory()
