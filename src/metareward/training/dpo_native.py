@@ -22,7 +22,14 @@ What it does, and why it is fast without changing the result:
 * keeps gradient buffers between steps and uses PyTorch's fused AdamW (one pass over the parameters):
   on a CPU, re-allocating 0.5 GB of gradients per step and ten elementwise optimizer passes cost
   seconds of page faults and memory traffic per step;
-* log-probabilities and the loss are float32 (bf16 margins moved by up to 1.5 nats in our tests).
+* log-probabilities and the loss are float32 (bf16 margins moved by up to 1.5 nats in our tests);
+* bounds the memory a micro-batch's saved activations take (``activation_budget``): when the decoder
+  layers' activations for backward would exceed it, the first layers run under activation
+  checkpointing (their activations recomputed in backward, bit for bit the same, so the loss and the
+  gradients do not change: ``tests/test_dpo_native_memory.py``), just enough of them to fit. Without it, a
+  micro-batch of four ~600-token judge pairs saved ~7.6 GiB of activations on SmolLM2-135M, which was
+  most of the tiny run's peak memory and, freshly page-faulted, much of its first step's time
+  (``docs/performance.md``, "Iteration costs: DPO warm-up and memory").
 
 Optimizer and schedule as transformers' Trainer uses them for DPOTrainer: AdamW (betas 0.9/0.999,
 eps 1e-8, no weight decay), ``get_scheduler(lr_scheduler, warmup)``, gradient norm clipped at 1.0.
@@ -33,15 +40,18 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 HEAD_CHUNK = 256  # completion positions per LM-head slice when no gradient is needed (50 MB of logits)
+ACTIVATION_BUDGET = 1 << 30  # bytes of decoder-layer activations a micro-batch may keep for backward
 
 
 @dataclass
@@ -194,6 +204,53 @@ def reference_logps(model, items: Sequence[PairTokens], batch_size: int, pad_id:
     return out
 
 
+def layer_activation_bytes(config, tokens: int, itemsize: int) -> int:
+    """Estimated bytes one decoder layer keeps for backward over ``tokens`` (padded) positions: per token,
+    10 hidden-sized, 4 key/value-sized and 5 MLP-sized values (norms, projections, rotary, attention
+    output; gate, up, activation, product). Fitted to a Llama layer of SmolLM2-135M's shape in float32:
+    56.8 KB per token estimated, 57.8 KB measured (``docs/performance.md``)."""
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    return tokens * itemsize * (10 * hidden + 4 * kv + 5 * config.intermediate_size)
+
+
+def checkpointed_layer_count(n_layers: int, per_layer: int, saved_input: int, budget: int | None) -> int:
+    """How many of ``n_layers`` decoder layers must run under activation checkpointing so that what the
+    micro-batch keeps for backward fits ``budget`` bytes: a plain layer keeps ``per_layer``, a checkpointed
+    one only its input (``saved_input``), plus one layer's activations while it is recomputed in backward.
+    0 when everything fits (or ``budget`` is None), ``n_layers`` when even that does not."""
+    if budget is None or n_layers * per_layer <= budget:
+        return 0
+    if per_layer <= saved_input:
+        return n_layers
+    need = (n_layers + 1) * per_layer - budget  # k layers save (per_layer - saved_input) each
+    return min(n_layers, -(-need // (per_layer - saved_input)))
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+@contextmanager
+def activation_checkpointing(layers: Sequence[torch.nn.Module], count: int) -> Iterator[None]:
+    """Run the first ``count`` of ``layers`` under non-reentrant activation checkpointing inside the block
+    (the layer's own forward, recomputed in backward: the same operations on the same inputs, so the same
+    bits on a CPU). Instance-level, so the model's own checkpointing settings are left alone."""
+    wrapped = list(layers[:count])
+    try:
+        for layer in wrapped:
+            layer.forward = _checkpointed(layer.forward)
+        yield
+    finally:
+        for layer in wrapped:
+            if "forward" in layer.__dict__:
+                del layer.forward
+
+
 def _fused_adamw_ok(params: Sequence[torch.Tensor]) -> bool:
     """PyTorch's fused AdamW runs on CPU and CUDA for floating-point parameters on one device type."""
     kinds = {(p.device.type, p.dtype) for p in params}
@@ -216,6 +273,7 @@ def train_dpo_native(
     ref_model=None,
     log_path: str | Path | None = None,
     report_to: Sequence[str] = (),
+    activation_budget: int | None = ACTIVATION_BUDGET,
 ) -> dict[str, Any]:
     """Train ``model`` in place with DPO on ``pairs`` (dicts with prompt: chat messages or str, chosen,
     rejected: str or assistant messages). The reference is ``ref_model`` if given, else ``model``'s
@@ -225,7 +283,10 @@ def train_dpo_native(
     Each optimizer step's metrics (``training.common.STEP_KEYS``: loss, rewards, margins, accuracy, the
     learning rate the step used, the gradient norm before clipping, tokens/s of the step) are appended to
     ``log_path`` when given (a fresh ``TrainLog``: a killed round restarts from step 1) and handed to the
-    ``report_to`` integrations (``training.common.NativeReporter``; their files go beside ``log_path``)."""
+    ``report_to`` integrations (``training.common.NativeReporter``; their files go beside ``log_path``).
+
+    ``activation_budget``: bytes of decoder-layer activations a micro-batch may keep for backward; layers
+    beyond it are checkpointed (see the module docstring; None: never). Changes memory and time only."""
     from transformers import get_scheduler
 
     from metareward.training.common import NativeReporter, TrainLog, step_record
@@ -253,6 +314,9 @@ def train_dpo_native(
     reporter = NativeReporter(report_to, Path(log_path).parent if log_path is not None else Path.cwd(), model, tokenizer)
     reporter.begin(total_steps)
     model.train()
+    layers = getattr(model.get_decoder(), "layers", [])
+    itemsize = next(model.parameters()).element_size()
+    checkpointed: list[int] = []
     logs: list[dict[str, float]] = []
     tokens = 0
     order: list[int] = []
@@ -270,10 +334,15 @@ def train_dpo_native(
         for micro in _micro_batches(chunk, items, batch_size):
             seqs = [s for i in micro for s in items[i].sequences()]
             step_tokens += sum(len(s) for s, _ in seqs)
-            logps = sequence_logps(model, seqs, pad_id).view(-1, 2)
-            r = ref[micro].to(logps.device)
-            loss, cr, rr = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta)
-            (loss.sum() / len(chunk)).backward()
+            padded = len(seqs) * max(len(s) for s, _ in seqs)
+            count = checkpointed_layer_count(len(layers), layer_activation_bytes(model.config, padded, itemsize),
+                                             padded * model.config.hidden_size * itemsize, activation_budget)
+            checkpointed.append(count)
+            with activation_checkpointing(layers, count):
+                logps = sequence_logps(model, seqs, pad_id).view(-1, 2)
+                r = ref[micro].to(logps.device)
+                loss, cr, rr = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta)
+                (loss.sum() / len(chunk)).backward()
             losses.append(loss.detach())
             chosen_r.append(cr)
             rejected_r.append(rr)
@@ -309,6 +378,7 @@ def train_dpo_native(
         "runtime_s": runtime,
         "reference_s": reference_s,
         "step_s": step_times,
+        "checkpointed_layers": checkpointed,  # per micro-batch, in order
         "tokens": tokens,
         "tokens_per_s": tokens / runtime if runtime > 0 else None,
         "precision": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -1,0 +1,122 @@
+"""Native DPO's activation budget: how many layers it checkpoints, and that doing so changes no bit.
+
+On a tiny random Llama with the embedded model's tokenizer (no model weights loaded): training with
+every layer, some layers or no layer checkpointed gives exactly the same weights and metrics, and a
+checkpointed layer keeps less for backward.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from metareward.training.dpo_native import (
+    activation_checkpointing,
+    checkpointed_layer_count,
+    layer_activation_bytes,
+    sequence_logps,
+    tokenize_pair,
+    train_dpo_native,
+)
+
+PAIRS = [
+    {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+     "chosen": "The capital of France is Paris.", "rejected": "France is a country in Europe with many cities."},
+    {"prompt": [{"role": "user", "content": "Give me a synonym for happy."}],
+     "chosen": "Joyful.", "rejected": "Sad is a word people use when they are not happy at all, so maybe that one."},
+    {"prompt": [{"role": "user", "content": "Add 17 and 25, then explain the carry in one sentence."}],
+     "chosen": "17 + 25 = 42: 7 + 5 = 12, write 2 and carry 1 to the tens.", "rejected": "It is 32."},
+    {"prompt": [{"role": "user", "content": "Name a prime number between 10 and 20 and say why it is prime."}],
+     "chosen": "13: only 1 and 13 divide it.", "rejected": "15, because it is odd."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from metareward.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                         tie_word_embeddings=True))
+    return model, tok
+
+
+def test_checkpointed_layer_count_fits_the_budget_with_as_few_layers_as_possible():
+    assert checkpointed_layer_count(30, 100, 10, None) == 0
+    assert checkpointed_layer_count(30, 100, 10, 3000) == 0  # everything fits
+    # 24 layers: 6 plain x 100 + 24 inputs x 10 + 100 recomputed = 940 <= 1000; 23 layers: 1030 > 1000
+    assert checkpointed_layer_count(30, 100, 10, 1000) == 24
+    assert checkpointed_layer_count(30, 100, 10, 0) == 30  # nothing fits: every layer
+    assert checkpointed_layer_count(30, 10, 10, 5) == 30  # a checkpointed layer would save nothing
+
+
+def test_layer_activation_bytes_of_smollm2_135m_shape():
+    config = SimpleNamespace(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536)
+    # float32: 10 x 576 + 4 x 192 + 5 x 1536 = 14208 values per token
+    assert layer_activation_bytes(config, 1, 4) == 56832
+    assert layer_activation_bytes(config, 4800, 4) == 4800 * 56832
+
+
+def _train(model, tok, budget):
+    policy = copy.deepcopy(model)
+    metrics = train_dpo_native(policy, tok, PAIRS, beta=0.1, lr=1e-3, epochs=2, batch_size=2, grad_accum=1,
+                               max_length=256, warmup_ratio=0.0, lr_scheduler="constant", seed=0,
+                               activation_budget=budget)
+    return policy, metrics
+
+
+def test_checkpointing_changes_no_bit_of_the_trained_model(tiny):
+    model, tok = tiny
+    plain, plain_metrics = _train(model, tok, None)
+    other, metrics = _train(model, tok, 1)  # a 1-byte budget: every layer checkpointed
+    assert set(plain_metrics["checkpointed_layers"]) == {0}
+    assert set(metrics["checkpointed_layers"]) == {3}
+    assert len(metrics["checkpointed_layers"]) == 4  # 2 epochs x 2 steps x 1 micro-batch
+    for (name, a), (_, b) in zip(plain.named_parameters(), other.named_parameters()):
+        assert torch.equal(a, b), name
+    for key in ("first", "last"):
+        assert metrics[key] == plain_metrics[key]
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))  # it did train
+
+
+def test_some_layers_checkpointed_gives_the_same_gradients(tiny):
+    model, tok = tiny
+    items = [tokenize_pair(tok, p, None) for p in PAIRS]
+    seqs = [s for t in items for s in t.sequences()]
+    layers = model.get_decoder().layers
+    grads = []
+    for count in (0, 2):
+        policy = copy.deepcopy(model).train()
+        with activation_checkpointing(policy.get_decoder().layers, count):
+            sequence_logps(policy, seqs, tok.pad_token_id).sum().backward()
+        grads.append([p.grad for p in policy.parameters()])
+        assert all("forward" not in layer.__dict__ for layer in policy.get_decoder().layers)  # restored
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all("forward" not in layer.__dict__ for layer in layers)
+
+
+def test_a_checkpointed_layer_keeps_less_for_backward(tiny):
+    model, tok = tiny
+    items = [tokenize_pair(tok, p, None) for p in PAIRS]
+    seqs = [s for t in items for s in t.sequences()]
+    kept = {}
+    for count in (0, 3):
+        policy = copy.deepcopy(model).train()
+        total = [0]
+
+        def pack(t, total=total):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with activation_checkpointing(policy.get_decoder().layers, count), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            sequence_logps(policy, seqs, tok.pad_token_id)
+        kept[count] = total[0]
+    assert kept[3] < kept[0]
