@@ -72,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from metareward.engines.base import GenerationRequest, SamplingParams  # noqa: E402
+from metareward.engines.memory import PeakMemory  # noqa: E402
 from metareward.templates import judge_prompt, meta_judge_prompt  # noqa: E402
 
 INSTRUCTIONS = [
@@ -262,6 +263,45 @@ def workloads(quick: bool) -> dict[str, list[GenerationRequest]]:
     return {"actor": actor, "judge": judge, "meta_judge": meta}
 
 
+def judgment_text(j: int) -> str:
+    """The j-th of one response's judgments: distinct texts (as sampled judgments are), similar length."""
+    remarks = ["mention the role of stomata", "say more about chlorophyll", "be more concise",
+               "give an example of a food chain", "explain ATP in simpler words", "cite the oxygen figure",
+               "describe the Calvin cycle's steps", "avoid repeating itself", "mention algae and bacteria again",
+               "end with a summary", "define NADPH"]
+    text = JUDGMENT.format(score=1 + j % 5).replace("mention the role of stomata", remarks[j % len(remarks)])
+    return text if j < len(remarks) else f"{text} (Judge {j + 1}.)"
+
+
+def meta_judge_battles(n: int, quick: bool) -> list[GenerationRequest]:
+    """All N(N-1) ordered pairs of one response's N judgments, as the meta-judge stage asks them (one
+    sample each): 110 battles at the paper's N = 11. Every battle shares the rubric, the question and the
+    response, most of each ~700-token prompt, which is what prefix caching can share."""
+    sp = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=16 if quick else 128)
+    judgments = [judgment_text(j) for j in range(n)]
+    return [
+        GenerationRequest(
+            id=f"mc{n}-{a}-{b}",
+            messages=({"role": "user", "content": meta_judge_prompt(INSTRUCTIONS[0], RESPONSE, judgments[a], judgments[b])},),
+            sampling=sp, n=1, seed=1000 * n + 31 * a + b,
+        )
+        for a in range(n) for b in range(n) if a != b
+    ]
+
+
+def meta_curve(engine, ns: list[int], quick: bool, fm: dict, ceilings: Ceilings, precision: str) -> list[dict]:
+    """The meta-judge's cost against N (``--meta-n``): each N timed on its own, peak memory included."""
+    out = []
+    for n in ns:
+        reqs = meta_judge_battles(n, quick)
+        with PeakMemory() as mem:
+            (seconds, samples), nearby = ceilings.around(precision, partial(time_engine, engine, reqs))
+        out.append({"n": n, "battles": len(reqs), "battles_per_s": round(len(reqs) / seconds, 3),
+                    "peak_rss_gib": mem.peak_gib, **stage_result(fm, seconds, samples, nearby, precision=precision)})
+        print(f"meta-judge N={n:2d} {len(reqs):4d} battles {seconds:7.1f} s", flush=True)
+    return out
+
+
 def dpo_pairs(quick: bool) -> list[dict]:
     """Preference pairs shaped like actor pairs: ~4.2k tokens for 8 pairs in full mode."""
     n, words = (4, 40) if quick else (8, 95)
@@ -369,7 +409,8 @@ def run_vllm_worker(args, model_path: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "vllm.json"
         cmd = [python, str(Path(__file__).resolve()), "--worker", "vllm", "--out", str(out), "--model", model_path,
-               "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+               "--threads", str(args.threads)] + (["--quick"] if args.quick else []) \
+            + (["--meta-n", args.meta_n] if args.meta_n else []) + (["--skip-stages"] if args.skip_stages else [])
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; the engine's default of 1 is for the tiny run
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -389,11 +430,97 @@ def vllm_worker(args) -> None:
     result: dict = {"dtype": str(engine.llm.llm_engine.model_config.dtype).replace("torch.", "")}
     ceilings = Ceilings(1024 if args.quick else 2048)
     precision = result["dtype"] if result["dtype"] in ("float32", "bfloat16") else "float32"
-    for stage, reqs in workloads(args.quick).items():
-        (seconds, samples), nearby = ceilings.around(precision, lambda reqs=reqs: time_engine(engine, reqs))
-        result[stage] = {"seconds": seconds, "samples": [[list(p), g] for p, g in samples], "nearby": nearby}
+    for stage, reqs in ({} if args.skip_stages else workloads(args.quick)).items():
+        with PeakMemory() as mem:  # this process only: vLLM's engine core may run in a child process
+            (seconds, samples), nearby = ceilings.around(precision, lambda reqs=reqs: time_engine(engine, reqs))
+        result[stage] = {"seconds": seconds, "samples": [[list(p), g] for p, g in samples], "nearby": nearby,
+                         "peak_rss_gib": mem.peak_gib}
+    result["meta_curve"] = []
+    for n in [int(x) for x in args.meta_n.split(",")] if args.meta_n else []:
+        reqs = meta_judge_battles(n, args.quick)
+        with PeakMemory() as mem:
+            (seconds, samples), nearby = ceilings.around(precision, lambda reqs=reqs: time_engine(engine, reqs))
+        result["meta_curve"].append({"n": n, "battles": len(reqs), "seconds": seconds, "nearby": nearby,
+                                     "samples": [[list(p), g] for p, g in samples], "peak_rss_gib": mem.peak_gib})
     engine.close()
     Path(args.out).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------- a whole iteration
+
+
+def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict:
+    """One Meta-Rewarding iteration at the paper's shape (``--paper-iteration``): 32 prompts, K = 7
+    responses, N = 11 judgments, the meta-judge over all ordered pairs of each max-variance response's
+    judgments, DPO; through the real run loop (``metareward.loop.Runner``) with ``configs/tiny-cpu.yaml``'s
+    settings otherwise (constrained scoring, native DPO). ``--quick``: 2 prompts, K = 2, N = 3, 16 tokens.
+
+    Per stage: the loop's own seconds and peak resident memory (the manifest's ``timings_s`` and
+    ``peak_rss_gib``), the useful GFLOP of its records under the FLOP model (generation: each distinct
+    prompt once plus the generated tokens; train: 4 forwards per sequence as in ``bench_dpo``; the
+    constrained passes are extra work, not counted), the ideal seconds at the run's best ceiling of the
+    stage's precision, and ``share_vs_ideal``: the stage's share of the measured time over its share of
+    the ideal time (1 = the stage is as efficient as the iteration as a whole)."""
+    from transformers import AutoTokenizer
+
+    from metareward.config import load_config
+    from metareward.loop import Runner
+    from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
+
+    prompts, k, n = (2, 2, 3) if args.quick else (32, 7, 11)
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = {
+            "run_dir": tmp, "actor.k": k, "judge.n": n, "engine.batch_size": args.batch_size,
+            "engine.threads": torch.get_num_threads(), "model": args.model,
+            "iterations": [{"prompts": prompts, "rho": 0.0, "train_judge": True}],
+        }
+        if args.quick:
+            overrides.update({"actor.max_tokens": 16, "judge.max_tokens": 16, "meta_judge.max_tokens": 16})
+        cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml", overrides)
+        t = time.perf_counter()
+        Runner(cfg, echo=lambda line: print(line, flush=True)).run()
+        total = time.perf_counter() - t
+        it = Path(tmp) / "iter_1"
+        manifest = json.loads((it / "manifest.json").read_text())
+        tok = AutoTokenizer.from_pretrained(model_path)
+
+        def ids(text: str) -> tuple[int, ...]:
+            out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            return tuple(out["input_ids"] if hasattr(out, "keys") else out)
+
+        by_prompt = {p.id: p for p in read_jsonl(it / "prompts.jsonl", Prompt)}
+        responses = {r.id: r for r in read_jsonl(it / "responses.jsonl", Response)}
+        judgments = {j.id: j for j in read_jsonl(it / "judgments.jsonl", Judgment)}
+        metas = read_jsonl(it / "meta_judgments.jsonl", MetaJudgment) if (it / "meta_judgments.jsonl").exists() else []
+        pairs = read_jsonl(it / "actor_pairs.jsonl", PreferencePair) + read_jsonl(it / "judge_pairs.jsonl", PreferencePair)
+        gen = {
+            "actor": [(ids(by_prompt[r.prompt_id].text), r.n_tokens) for r in responses.values()],
+            "judge": [(ids(judge_prompt(by_prompt[j.prompt_id].text, responses[j.response_id].text, cfg.judge.template)),
+                       j.n_tokens) for j in judgments.values()],
+            "meta_judge": [(ids(meta_judge_prompt(by_prompt[m.prompt_id].text, responses[m.response_id].text,
+                                          judgments[m.judgment_a].text, judgments[m.judgment_b].text,
+                                          cfg.meta_judge.template)), len(tok(m.text)["input_ids"]) + 1) for m in metas],
+        }
+        flops = {stage: generation_flops(fm, samples) for stage, samples in gen.items()}
+        seq_lens = [len(ids(p.prompt)) + len(tok(text)["input_ids"]) + 1 for p in pairs for text in (p.chosen, p.rejected)]
+        flops["train"] = 4 * sum(forward_flops(fm, m, 0, m) for m in seq_lens)
+    precision = {"train": "float32"}
+    from metareward.engines.hf.device import pick_device, pick_dtype
+
+    engine_precision = str(pick_dtype(cfg.engine.dtype, pick_device(cfg.engine.device))).replace("torch.", "")
+    stages = {}
+    for name, seconds in manifest["timings_s"].items():
+        work = flops.get(name, 0.0)
+        best = ceilings.best(precision.get(name, engine_precision))
+        stages[name] = {"seconds": seconds, "peak_rss_gib": manifest.get("peak_rss_gib", {}).get(name),
+                        "useful_gflop": round(work / 1e9, 1), "ideal_s": round(work / 1e9 / best, 3)}
+    measured = sum(s["seconds"] for s in stages.values())
+    ideal = sum(s["ideal_s"] for s in stages.values())
+    for s in stages.values():
+        if s["ideal_s"] > 0 and ideal > 0:
+            s["share_vs_ideal"] = round((s["seconds"] / measured) / (s["ideal_s"] / ideal), 2)
+    return {"prompts": prompts, "k": k, "n": n, "total_s": round(total, 1), "stages": stages,
+            "summary": manifest.get("summary", {}), "pairs": len(pairs), "meta_judgments": len(metas)}
 
 
 # ---------------------------------------------------------------------- DPO
@@ -417,9 +544,10 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceilings
     batch = len(pairs) // 2
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    m, nearby = ceilings.around("float32", lambda: train_dpo_native(
-        model, tok, pairs, beta=0.1, lr=5e-6, epochs=steps, batch_size=batch, grad_accum=2, max_length=None,
-        warmup_ratio=0.0, lr_scheduler="constant", seed=0))
+    with PeakMemory() as mem:
+        m, nearby = ceilings.around("float32", lambda: train_dpo_native(
+            model, tok, pairs, beta=0.1, lr=5e-6, epochs=steps, batch_size=batch, grad_accum=2, max_length=None,
+            warmup_ratio=0.0, lr_scheduler="constant", seed=0))
     ceiling = max(nearby)
     step = statistics.median(m["step_s"][1:] or m["step_s"])
     seconds = step + m["reference_s"]
@@ -428,7 +556,8 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceilings
         "tokens_per_s": round(seq_tokens / seconds, 1), "gflop_per_s": round(useful / seconds / 1e9, 1),
         "fraction_of_ceiling": round(useful / seconds / 1e9 / ceiling, 4),
         "executed_fraction": round(executed_native / seconds / 1e9 / ceiling, 4),
-        "ceiling_nearby_gflop_per_s": nearby, "loss_first": m["first"]["loss"],
+        "ceiling_nearby_gflop_per_s": nearby, "loss_first": m["first"]["loss"], "peak_rss_gib": mem.peak_gib,
+        "first_step_s": round(m["step_s"][0], 3), "checkpointed_layers": m["checkpointed_layers"],
     }
     del model
 
@@ -457,14 +586,15 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceilings
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              callbacks=[timer])
-        _, nearby = ceilings.around("float32", trainer.train)
+        with PeakMemory() as mem:
+            _, nearby = ceilings.around("float32", trainer.train)
         ceiling = max(nearby)
         step = statistics.median(timer.times[1:] or timer.times)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     out["trl"] = {
         "step_s": round(step, 3), "seconds": round(step, 3), "tokens_per_s": round(seq_tokens / step, 1),
         "gflop_per_s": round(useful / step / 1e9, 1), "fraction_of_ceiling": round(useful / step / 1e9 / ceiling, 4),
-        "ceiling_nearby_gflop_per_s": nearby, "loss_first": losses[0] if losses else None,
+        "ceiling_nearby_gflop_per_s": nearby, "loss_first": losses[0] if losses else None, "peak_rss_gib": mem.peak_gib,
     }
     out["native_speedup_vs_trl"] = round(step / out["native"]["seconds"], 2)
     return out
@@ -484,6 +614,12 @@ def main() -> int:
     ap.add_argument("--naive-samples", type=int, default=None, help="samples timed per stage for naive")
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--vllm-python", default=None, help="a Python with vLLM for the vllm column")
+    ap.add_argument("--meta-n", default=None,
+                    help="comma list of N (e.g. 3,5,7,11): the meta-judge's cost against N, all ordered pairs of one "
+                         "response's N judgments, for the hf and vllm columns")
+    ap.add_argument("--paper-iteration", action="store_true",
+                    help="one iteration at the paper's shape (32 prompts, K=7, N=11) through the run loop, stage by stage")
+    ap.add_argument("--skip-stages", action="store_true", help="skip the actor/judge/meta-judge stage workloads")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads > 0:
@@ -515,8 +651,10 @@ def main() -> int:
     print(f"ceiling: fp32 {ceiling['float32']} GFLOP/s, bf16 {ceiling['bfloat16']} GFLOP/s", flush=True)
     fm = flop_model(AutoConfig.from_pretrained(model_path))
     result["flop_model"] = fm
-    loads = workloads(args.quick)
+    loads = {} if args.skip_stages else workloads(args.quick)
     stages: dict = {s: {} for s in loads}
+    meta_ns = [int(x) for x in args.meta_n.split(",")] if args.meta_n else []
+    curve: dict = {}
 
     for col in [c for c in columns if c in ("hf", "hf-matmul", "hf-compile", "hf-fp32", "generate", "naive")]:
         dtype = "auto" if col in ("hf", "hf-matmul", "hf-compile") else "float32"
@@ -527,7 +665,7 @@ def main() -> int:
         if col in ("hf", "hf-matmul", "hf-compile", "hf-fp32"):
             # warm-up on the actor workload itself: the engine reuses its row-buffer memory across
             # batches, and a process's first batch pays the page faults of touching it (kept as "cold")
-            cold = time_engine(engine, loads["actor"])
+            cold = time_engine(engine, loads["actor"] if loads else workloads(True)["actor"])
             # and two short requests of every stage, so that hf-compile's graphs for each stage's
             # shapes (e.g. one sample per prompt) are compiled before the timing, as in a long run
             for reqs in loads.values():
@@ -541,15 +679,31 @@ def main() -> int:
                 timed = partial(time_generate_batched, engine, reqs)
             else:
                 timed = partial(time_engine, engine, reqs)
-            (seconds, samples), nearby = ceilings.around(prec, timed)
-            stages[stage][col] = stage_result(fm, seconds, samples, nearby, precision=prec)
+            with PeakMemory() as mem:
+                (seconds, samples), nearby = ceilings.around(prec, timed)
+            stages[stage][col] = stage_result(fm, seconds, samples, nearby, precision=prec, peak_rss_gib=mem.peak_gib)
             if stage == "actor" and cold is not None:
                 stages[stage][col]["cold_first_batch_tokens_per_s"] = round(sum(n for _, n in cold[1]) / cold[0], 1)
             print(f"{stage:10s} {col:8s} {stages[stage][col]['tokens_per_s']:8.1f} tok/s", flush=True)
+        if meta_ns and col == "hf":
+            curve["hf"] = meta_curve(engine, meta_ns, args.quick, fm, ceilings, prec)
         engine.close()
 
-    if "vllm" in columns:
+    if "vllm" in columns and (loads or meta_ns):
         v = run_vllm_worker(args, model_path)
+        if meta_ns:
+            if "skipped" in v:
+                curve["vllm"] = {"skipped": v["skipped"]}
+            else:
+                curve["vllm"] = []
+                for point in v["meta_curve"]:
+                    samples = [(tuple(p), g) for p, g in point.pop("samples")]
+                    prec = v["dtype"] if v["dtype"] in ceiling else "float32"
+                    ceilings.seen.setdefault(prec, []).extend(point["nearby"])
+                    curve["vllm"].append({"n": point["n"], "battles": point["battles"],
+                                          "battles_per_s": round(point["battles"] / point["seconds"], 3),
+                                          "peak_rss_gib": point["peak_rss_gib"],
+                                          **stage_result(fm, point["seconds"], samples, point["nearby"], precision=prec)})
         for stage in loads:
             if "skipped" in v:
                 stages[stage]["vllm"] = {"skipped": v["skipped"]}
@@ -557,8 +711,16 @@ def main() -> int:
                 samples = [(tuple(p), g) for p, g in v[stage]["samples"]]
                 prec = v["dtype"] if v["dtype"] in ceiling else "float32"
                 ceilings.seen.setdefault(prec, []).extend(v[stage]["nearby"])
-                stages[stage]["vllm"] = stage_result(fm, v[stage]["seconds"], samples, v[stage]["nearby"], precision=prec)
+                stages[stage]["vllm"] = stage_result(fm, v[stage]["seconds"], samples, v[stage]["nearby"], precision=prec,
+                                                     peak_rss_gib=v[stage].get("peak_rss_gib"))
     result["stages"] = stages
+    if meta_ns:
+        if isinstance(curve.get("hf"), list) and isinstance(curve.get("vllm"), list):
+            for ours, theirs in zip(curve["hf"], curve["vllm"]):
+                ours["throughput_vs_vllm"] = round(theirs["seconds"] / ours["seconds"], 2)
+        result["meta_curve"] = curve
+    if args.paper_iteration:
+        result["paper_iteration"] = paper_iteration(args, model_path, fm, ceilings)
     if not args.skip_dpo:
         result["dpo"] = bench_dpo(model_path, dpo_pairs(args.quick), 2 if args.quick else 5, fm, ceilings)
     # measured again at the end: how much the machine drifted during the run
