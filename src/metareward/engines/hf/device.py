@@ -39,8 +39,10 @@ def keep_freed_memory() -> bool:
     returns them when it is freed, so the next one page-faults again. A prefill's temporaries are
     megabytes each, so its element-wise operations run mostly into page faults (the prefill times with
     and without this are in ``docs/performance.md``, "Engine internals (hf)"). The cost:
-    the process keeps its peak heap mapped (what it freed is reused by later batches and by training
-    in the same process). Tensors the engine reuses itself (``RowBufferPool``) never reach malloc."""
+    the process keeps its peak heap mapped while the engine runs. ``HFEngine.close`` hands it back
+    (``memory.release_freed_memory``: ``malloc_trim(0)``), and so does the run loop between generation
+    and training, so training does not start on top of the engine's leftovers. Tensors the engine
+    reuses itself (``RowBufferPool``) never reach malloc."""
     import ctypes
     import ctypes.util
 
