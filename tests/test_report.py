@@ -143,20 +143,21 @@ def test_examples_exact_values(tmp_path):
         "p1/r0", "10", "4 2 4 invalid", "3.33", "top tier chosen meta-judged",
         "p1/r1", "20", "3 3", "3", "bottom tier rejected"]
     assert "S_max 3.33, S_min 3; ρ = 0: top tier = score ≥ 3.33" in page
-    # battle matrix of p1/r0 with the iteration's weights: 4 first-position and 2 second-position wins,
-    # so ω1 = 2/6 and ω2 = 4/6; B[j2][j0] = ω2 (j0-j2 B) + ω1 (j2-j0 A) = 1
-    assert "ω1 = 0.333 (a first-position win), ω2 = 0.667" in page
+    # battle matrix of p1/r0 with the iteration's weights, over battles between validly scored judgments
+    # (as the pairs stage: j3's battle is left out): 3 first-position and 2 second-position wins, so
+    # ω1 = 2/5 and ω2 = 3/5; B[j2][j0] = ω2 (j0-j2 B) + ω1 (j2-j0 A) = 1
+    assert "ω1 = 0.4 (a first-position win), ω2 = 0.6" in page
     matrix = cells(page, "battle-matrix")
-    assert [row[:-1] for row in (matrix[0:6], matrix[6:12], matrix[12:18], matrix[18:24])] == [
-        ["j0 (4)", "·", "0.33", "0.00", "0.33"],
-        ["j1 (2)", "0.33", "·", "0.67", "0.00"],
-        ["j2 (4)", "1.00", "0.00", "·", "0.00"],
-        ["j3 (invalid)", "0.00", "0.00", "0.00", "·"],
+    assert [row[:-1] for row in (matrix[0:5], matrix[5:10], matrix[10:15])] == [
+        ["j0 (4)", "·", "0.40", "0.00"],
+        ["j1 (2)", "0.40", "·", "0.60"],
+        ["j2 (4)", "1.00", "0.00", "·"],
     ]
-    elo = [float(matrix[k]) for k in (5, 11, 17, 23)]
-    assert elo.index(max(elo)) == 1 and elo.index(min(elo)) == 3  # j1 beats j2 (0.67) and j0 (0.33)
+    elo = [float(matrix[k]) for k in (4, 9, 14)]
+    assert elo.index(min(elo)) == 0  # j0 won 0.4 and lost 1.4
+    top = f"p1/r0/j{elo.index(max(elo))}"
     # the hand-made judge pair (j0 over j1) is not what the battle matrix gives: the page says so
-    assert "The recomputed ε ranks p1/r0/j1 first, not the recorded chosen judgment" in page
+    assert f"The recomputed ε ranks {top} first, not the recorded chosen judgment" in page
     # p2: no actor pair in the file, though its scores (5 vs 4.75) give one; no meta-judged response
     assert "No actor pair: <b>not in the pairs file, although recomputing the selection gives one" in page
     assert "Judge pair: none — no response was meta-judged" in page

@@ -9,8 +9,10 @@ For each sampled prompt the page shows:
   ``select_actor_pair`` and the run's seeded tie-break;
 * for the meta-judged response: its judgments, every meta-judgment (which judgment was A, which B, the
   verdict), the battle matrix (``selection.elo.battle_matrix`` with the iteration's positional weights),
-  the Elo (Bradley-Terry) scores, and the judge pair of ``judge_pairs.jsonl`` or the reason there is
-  none (recomputed with ``select_judge_pair``).
+  the Elo (Bradley-Terry, ``evidence_l2`` penalty) scores, and the judge pair of ``judge_pairs.jsonl`` or
+  the reason there is none, recomputed as ``stages.pairs.build_judge_pairs`` does (``select_judge_pair``
+  on the stated scores, its skip reasons refined by the same helpers; battles involving a judgment
+  without a valid score are left out, as there).
 
 The sample is fixed: ``n`` prompt ids drawn with ``random.Random(EXAMPLE_SEED + iteration)`` from the
 iteration's sorted prompt ids (``n = None``: every prompt), plus any ids asked for by name. Settings
@@ -37,9 +39,10 @@ from metareward.errors import InputError
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
 from metareward.report.html import fmt, folded, table
 from metareward.selection.elo import battle_matrix, bradley_terry, evidence_l2, positional_weights
-from metareward.selection.judge_pairs import select_judge_pair
+from metareward.selection.judge_pairs import SKIP_ELO_TIED, select_judge_pair
 from metareward.selection.length_control import TOL, ScoredResponse, Skip, select_actor_pair, tier_bounds
 from metareward.stages.common import request_seed
+from metareward.stages.pairs import _pre_meta_skip_reason, _stated_score, _tied_reason, _valid_score
 
 EXAMPLE_SEED = 0
 DEFAULT_EXAMPLES = 8
@@ -131,7 +134,8 @@ class IterationRecords:
             judgments[j.response_id].append(j)
         for js in judgments.values():
             js.sort(key=lambda j: j.index)
-        metas = read("meta_judgments.jsonl", MetaJudgment)
+        valid = {j.id for js in judgments.values() for j in js if _valid_score(j)}
+        metas = [m for m in read("meta_judgments.jsonl", MetaJudgment) if m.judgment_a in valid and m.judgment_b in valid]
         metas_by_prompt: dict[str, list[MetaJudgment]] = defaultdict(list)
         for m in metas:
             metas_by_prompt[m.prompt_id].append(m)
@@ -222,19 +226,20 @@ def _why(choice: Any, pairs_written: bool) -> str:
             "this run's config.yaml")
 
 
-def _no_meta_reason(rec: IterationRecords, cfg: RunSettings) -> str:
+def _no_meta_reason(rec: IterationRecords, pid: str, cfg: RunSettings) -> str:
     if cfg.mode == "self-rewarding":
         return "self-rewarding run: no meta-judge, no judge pairs"
     if not rec.has_meta:
         return "this iteration did not run the meta-judge (train_judge: false, or not run yet)"
-    return ("no response was meta-judged: every response had fewer than 2 valid scores or their variance "
-            "was 0 (docs/method.md §3.1)")
+    js = [j for r in rec.responses.get(pid, []) for j in rec.judgments.get(r.id, [])]
+    return (f"no response was meta-judged: {_pre_meta_skip_reason(pid, js, cfg.seed, rec.iteration)} "
+            "(docs/method.md §3.1)")
 
 
 def meta_section(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tuple[float, float]) -> str:
     metas = rec.metas_by_prompt.get(pid, [])
     if not metas:
-        return f"<p>Judge pair: none — {html.escape(_no_meta_reason(rec, cfg))}.</p>"
+        return f"<p>Judge pair: none — {html.escape(_no_meta_reason(rec, pid, cfg))}.</p>"
     rid = metas[0].response_id
     by_id = {j.id: j for j in rec.judgments.get(rid, [])}
     ids = sorted({m.judgment_a for m in metas} | {m.judgment_b for m in metas}, key=lambda i: by_id[i].index)
@@ -266,8 +271,10 @@ def meta_section(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tup
     else:
         it = cfg.iteration(rec.iteration)
         rng = random.Random(request_seed(cfg.seed, rec.iteration, "judge_pair", rid))
-        choice = select_judge_pair([j.score for j in js], [len(j.text) for j in js], B, rng,  # type: ignore[misc]
+        choice = select_judge_pair([_stated_score(j) for j in js], [len(j.text) for j in js], B, rng,  # type: ignore[misc]
                                    it.judge_max_chosen_length, cfg.meta_judge.require_different_scores, l2)
+        if isinstance(choice, Skip) and choice.reason == SKIP_ELO_TIED:
+            choice = Skip(_tied_reason(metas))
         parts.append(f"<p>No judge pair: <b>{html.escape(_why(choice, rec.has_pairs))}</b> (docs/method.md §3.6).</p>")
     verdicts = "".join(
         folded(m.text, f"A = j{by_id[m.judgment_a].index}, B = j{by_id[m.judgment_b].index}: "
