@@ -92,23 +92,31 @@ class ClosingEngine(FakeEngine):
 
 
 def test_runner_drops_its_engine_and_releases_memory_before_training(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr("metareward.loop.release_freed_memory", lambda: calls.append("release"))
     engines: list[ClosingEngine] = []
+    calls = []  # (stages done so far, whether every engine was closed) at each release
+    monkeypatch.setattr("metareward.loop.release_freed_memory",
+                        lambda: calls.append((len(store_stages()), bool(engines) and all(e.closed for e in engines))))
     cfg = make_cfg(tmp_path)
     cfg.iterations = cfg.iterations[:1]
+    manifest = Path(cfg.run_dir) / "iter_1" / "manifest.json"
+
+    def store_stages():
+        return json.loads(manifest.read_text())["stages"] if manifest.exists() else {}
+
     seen = {}
 
     class Probe(Runner):
         def train(self, model_path, train_set, store):
-            seen["engine"], seen["closed"], seen["calls"] = self._engine, [e.closed for e in engines], list(calls)
+            seen["engine"], seen["calls"] = self._engine, list(calls)
             store.model_dir.mkdir(parents=True, exist_ok=True)
             return {"pairs": len(train_set)}
 
     Probe(cfg, engine_factory=lambda path: engines.append(ClosingEngine()) or engines[-1], echo=lambda s: None).run()
-    assert seen["engine"] is None and seen["closed"] == [True]  # closed and dropped before training
-    assert seen["calls"] == ["release"]  # the freed heap went back once the engine was gone
-    assert calls == ["release", "release"]  # and again after training
+    assert seen["engine"] is None and [e.closed for e in engines] == [True]  # closed and dropped before training
+    # one release at the end of each of the 5 stages before train (the engine still open), then one
+    # once the engine was closed, before training; after training, one more and one as the train stage ends
+    assert seen["calls"] == [(i, False) for i in range(5)] + [(5, True)]
+    assert calls[len(seen["calls"]):] == [(5, True), (5, True)]
 
 
 def tiny_engine():

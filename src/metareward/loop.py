@@ -381,6 +381,9 @@ class Runner:
         with Timer() as t, PeakMemory() as memory:
             out = stage.run(it, passes)
             written = sum(write_jsonl_atomic(store.path(name), records) for name, records in out.artifacts.items())
+            # the engine's kept heap (keep_freed_memory) fits this stage's shapes; the next stage's prompts
+            # differ in length, so it would grow a second heap beside it: hand this one back first
+            release_freed_memory()
         store.mark_done(stage.name, key, written if out.count is None else out.count, t.seconds,
                         memory=memory.record(), **out.extra)
         passes.remove_logs()
