@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from metareward.errors import InputError
 from metareward.report.html import figure, fmt, table
@@ -83,6 +84,7 @@ def fig_training(logs: dict[int, list[dict[str, Any]]], name: str = "training-cu
                     ax.plot(*zip(*rej), ls="--", color=c)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
