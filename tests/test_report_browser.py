@@ -25,7 +25,8 @@ from test_report import fake_eval, fake_train_logs
 from metareward.report import write_compare, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make setup-browser)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make setup-browser)")]
 
 WAIT_S = 60  # upper bound for one browser answer; a healthy run answers in well under a second
 
