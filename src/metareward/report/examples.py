@@ -42,7 +42,7 @@ from metareward.selection.elo import battle_matrix, bradley_terry, evidence_l2, 
 from metareward.selection.judge_pairs import SKIP_ELO_TIED, select_judge_pair
 from metareward.selection.length_control import TOL, ScoredResponse, Skip, select_actor_pair, tier_bounds
 from metareward.stages.common import request_seed
-from metareward.stages.pairs import _pre_meta_skip_reason, _stated_score, _tied_reason, _valid_score
+from metareward.stages.pairs import pre_meta_skip_reason, stated_score, tied_reason, valid_score
 
 EXAMPLE_SEED = 0
 DEFAULT_EXAMPLES = 8
@@ -134,7 +134,7 @@ class IterationRecords:
             judgments[j.response_id].append(j)
         for js in judgments.values():
             js.sort(key=lambda j: j.index)
-        valid = {j.id for js in judgments.values() for j in js if _valid_score(j)}
+        valid = {j.id for js in judgments.values() for j in js if valid_score(j)}
         metas = [m for m in read("meta_judgments.jsonl", MetaJudgment) if m.judgment_a in valid and m.judgment_b in valid]
         metas_by_prompt: dict[str, list[MetaJudgment]] = defaultdict(list)
         for m in metas:
@@ -232,7 +232,7 @@ def _no_meta_reason(rec: IterationRecords, pid: str, cfg: RunSettings) -> str:
     if not rec.has_meta:
         return "this iteration did not run the meta-judge (train_judge: false, or not run yet)"
     js = [j for r in rec.responses.get(pid, []) for j in rec.judgments.get(r.id, [])]
-    return (f"no response was meta-judged: {_pre_meta_skip_reason(pid, js, cfg.seed, rec.iteration)} "
+    return (f"no response was meta-judged: {pre_meta_skip_reason(pid, js, cfg.seed, rec.iteration)} "
             "(docs/method.md §3.1)")
 
 
@@ -271,10 +271,10 @@ def meta_section(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tup
     else:
         it = cfg.iteration(rec.iteration)
         rng = random.Random(request_seed(cfg.seed, rec.iteration, "judge_pair", rid))
-        choice = select_judge_pair([_stated_score(j) for j in js], [len(j.text) for j in js], B, rng,  # type: ignore[misc]
+        choice = select_judge_pair([stated_score(j) for j in js], [len(j.text) for j in js], B, rng,  # type: ignore[misc]
                                    it.judge_max_chosen_length, cfg.meta_judge.require_different_scores, l2)
         if isinstance(choice, Skip) and choice.reason == SKIP_ELO_TIED:
-            choice = Skip(_tied_reason(metas))
+            choice = Skip(tied_reason(metas))
         parts.append(f"<p>No judge pair: <b>{html.escape(_why(choice, rec.has_pairs))}</b> (docs/method.md §3.6).</p>")
     verdicts = "".join(
         folded(m.text, f"A = j{by_id[m.judgment_a].index}, B = j{by_id[m.judgment_b].index}: "

@@ -54,7 +54,7 @@ def build_actor_pairs(
         by_prompt.setdefault(r.prompt_id, []).append(r)
     scores: dict[str, list[float]] = {}
     for j in judgments:
-        if _valid_score(j):  # invalid (None) and non-finite scores never enter a mean
+        if valid_score(j):  # invalid (None) and non-finite scores never enter a mean
             scores.setdefault(j.response_id, []).append(j.score)  # type: ignore[arg-type]
     pairs, skipped = [], Counter()
     for p in prompts:
@@ -88,11 +88,12 @@ def build_actor_pairs(
     return pairs, skipped
 
 
-def _valid_score(j: Judgment) -> bool:
+def valid_score(j: Judgment) -> bool:
+    """Whether the judgment has a usable score: not invalid (None) and finite."""
     return j.score is not None and math.isfinite(j.score)
 
 
-def _stated_score(j: Judgment) -> float | None:
+def stated_score(j: Judgment) -> float | None:
     """The score the judgment's TEXT states -- what DPO trains on. In free-text mode that is ``j.score``
     (parsed from the text). In constrained mode ``j.score`` is the expected digit while the text ends
     with the most likely one, ``argmax(score_probs)`` (``stages.judge.apply_score``): two texts can state
@@ -103,10 +104,10 @@ def _stated_score(j: Judgment) -> float | None:
     return j.score
 
 
-def _pre_meta_skip_reason(prompt_id: str, judgments: Sequence[Judgment], run_seed: int, iteration: int) -> str:
+def pre_meta_skip_reason(prompt_id: str, judgments: Sequence[Judgment], run_seed: int, iteration: int) -> str:
     """Why a prompt got no meta-judgments: the meta-judge stage's own selection (``select_meta_response``
     with the same seed) replayed, so every prompt without a judge pair is counted by reason."""
-    valid = [j for j in sorted(judgments, key=lambda j: (j.response_id, j.index)) if _valid_score(j)]
+    valid = [j for j in sorted(judgments, key=lambda j: (j.response_id, j.index)) if valid_score(j)]
     scores: dict[str, list[float]] = {}
     for j in valid:
         scores.setdefault(j.response_id, []).append(j.score)  # type: ignore[arg-type]
@@ -119,7 +120,7 @@ def _pre_meta_skip_reason(prompt_id: str, judgments: Sequence[Judgment], run_see
     return SKIP_NO_META_JUDGMENTS
 
 
-def _tied_reason(metas: Sequence[MetaJudgment]) -> str:
+def tied_reason(metas: Sequence[MetaJudgment]) -> str:
     """Refine ``elo_tied``: no decisive verdict at all, or every decisive verdict for one position (the
     meta-judge followed the position, and the positional weights cancel such wins)."""
     decisive = {m.result for m in metas if m.result != 0}
@@ -148,12 +149,12 @@ def build_judge_pairs(
     ones dropped here (``no_decisive_verdict``, ``position_only_verdicts``, ``elo_tied``,
     ``chosen_too_long``, ``same_score``). Battles involving a judgment without a finite score are
     ignored, so no pair keeps an invalid or NaN score. The same-score rule compares the scores the two
-    judgment texts state (``_stated_score``), since the texts are what DPO trains on.
+    judgment texts state (``stated_score``), since the texts are what DPO trains on.
     """
     metas = [
         m for m in metas
         if m.judgment_a in judgments and m.judgment_b in judgments
-        and _valid_score(judgments[m.judgment_a]) and _valid_score(judgments[m.judgment_b])
+        and valid_score(judgments[m.judgment_a]) and valid_score(judgments[m.judgment_b])
     ]
     w1, w2 = positional_weights(m.result for m in metas)
     by_response: dict[str, list[MetaJudgment]] = {}
@@ -166,7 +167,7 @@ def build_judge_pairs(
     meta_judged = {responses[r].prompt_id for r in by_response}
     for prompt_id in sorted(prompts):
         if prompt_id not in meta_judged:
-            skipped[_pre_meta_skip_reason(prompt_id, judgments_by_prompt.get(prompt_id, []), run_seed, iteration)] += 1
+            skipped[pre_meta_skip_reason(prompt_id, judgments_by_prompt.get(prompt_id, []), run_seed, iteration)] += 1
     for response_id in sorted(by_response):
         battles_here = by_response[response_id]
         ids = sorted({m.judgment_a for m in battles_here} | {m.judgment_b for m in battles_here},
@@ -174,7 +175,7 @@ def build_judge_pairs(
         index = {jid: k for k, jid in enumerate(ids)}
         B = battle_matrix(len(ids), ((index[m.judgment_a], index[m.judgment_b], m.result) for m in battles_here), w1, w2)
         js = [judgments[i] for i in ids]
-        stated = [_stated_score(j) for j in js]
+        stated = [stated_score(j) for j in js]
         response = responses[response_id]
         rng = random.Random(request_seed(run_seed, iteration, "judge_pair", response_id))
         choice = select_judge_pair(
@@ -187,7 +188,7 @@ def build_judge_pairs(
             l2_relative=cfg.bt_l2,
         )
         if isinstance(choice, Skip):
-            skipped[_tied_reason(battles_here) if choice.reason == SKIP_ELO_TIED else choice.reason] += 1
+            skipped[tied_reason(battles_here) if choice.reason == SKIP_ELO_TIED else choice.reason] += 1
             continue
         c, r = js[choice.chosen], js[choice.rejected]
         prompt = prompts[response.prompt_id]
