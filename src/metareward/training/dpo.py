@@ -1,11 +1,11 @@
-"""DPO on the pooled actor + judge pairs, with TRL's DPOTrainer (spec §4.1).
+"""DPO on the pooled actor + judge pairs, with TRL's DPOTrainer (docs/method.md §4.1).
 
 Assumptions and choices:
 * The policy starts from the iteration's starting model and the reference model is that same
-  starting model (standard iterative DPO; spec §1.3). TRL makes the frozen reference copy itself.
+  starting model (standard iterative DPO; docs/method.md §1.3). TRL makes the frozen reference copy itself.
 * Pairs are conversational: the user turn is the instruction (actor pairs) or the filled judge prompt
   (judge pairs); chosen/rejected are assistant turns. TRL applies the model's chat template.
-* Actor and judge pairs are shuffled together (spec §3.6: "used together"; no mixing ratio given).
+* Actor and judge pairs are shuffled together (docs/method.md §3.6: "used together"; no mixing ratio given).
 * Precision comes from the device, not TRL's defaults (on trl 1.16 ``bf16`` defaults to True and fails
   on CPU): bf16 only on a GPU that supports it, else fp32. Gradient checkpointing is off unless asked.
 * ``method: lora`` trains adapters and merges them, so the next iteration loads a plain folder.

@@ -1,4 +1,4 @@
-"""DPO in plain PyTorch: the same loss as TRL's DPOTrainer (sigmoid loss), less overhead (spec §4.1).
+"""DPO in plain PyTorch: the same loss as TRL's DPOTrainer (sigmoid loss), less overhead (docs/method.md §4.1).
 
 Why it exists: on a small CPU, TRL's trainer reached about half of the machine's matmul ceiling on a DPO
 step, a hand-written loop about three quarters (issue 6). ``training.backend: native`` selects it;

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning on EFT data (spec §1.1, §4.2): the optional step 0 of a run.
+"""Supervised fine-tuning on EFT data (docs/method.md §1.1, §4.2): the optional step 0 of a run.
 
 The paper's starting point is "SFT on EFT": the seed model fine-tuned on LLM-as-a-Judge examples (the
 filled judge prompt as the user turn, a judgment ending in ``Score: k`` as the assistant turn) so it
@@ -11,7 +11,7 @@ Choices and assumptions:
   (``prompt`` = [user turn], ``completion`` = [assistant turn]); TRL applies the model's chat template and,
   with ``completion_only_loss=True``, masks the prompt tokens out of the loss (Self-Rewarding's SFT: "loss
   on target tokens only").
-* **Hyperparameters** (spec §4.2: not given by the paper; its suggestion for an already instructed model):
+* **Hyperparameters** (docs/method.md §4.2: not given by the paper; its suggestion for an already instructed model):
   lr 1e-6 decaying with a cosine to 1e-7 (``cosine_with_min_lr``), 2 epochs, global batch 16 (4 x 4
   accumulation; Self-Rewarding's SFT batch), 5% warmup, max length 2048 tokens. An example longer than
   ``max_length`` is **dropped, not truncated** (truncation would cut the judgment and its score); the
