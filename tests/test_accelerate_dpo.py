@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import iteration_with_actor_pairs
 
 from metareward.config import IterationConfig, RunConfig, TrainingConfig, dump_config
 from metareward.loop import Runner
 from metareward.models import resolve_model
-from metareward.records import PreferencePair, write_jsonl_atomic
 from metareward.store import IterationStore
 
 pytestmark = pytest.mark.slow
@@ -44,17 +44,7 @@ def test_two_process_dpo_through_the_loop_launcher(tmp_path):
     )
     cfg.engine.threads = 1
     run_dir = Path(cfg.run_dir)
-    dump_config(cfg, run_dir / "config.yaml")
-    store = IterationStore(run_dir, 1)
-    store.manifest["model_in"] = model
-    store.save_manifest()
-    pairs = [
-        PreferencePair(id=f"p{i}", kind="actor", prompt_id=f"q{i}", prompt=q, chosen=c, rejected=r,
-                       chosen_id=f"q{i}/r0", rejected_id=f"q{i}/r1", chosen_score=4.0, rejected_score=1.0)
-        for i, (q, c, r) in enumerate(QA)
-    ]
-    write_jsonl_atomic(store.path("actor_pairs.jsonl"), pairs)
-    write_jsonl_atomic(store.path("judge_pairs.jsonl"), [])
+    store, pairs = iteration_with_actor_pairs(cfg, model, QA)
 
     metrics = Runner(cfg, engine_factory=lambda path: None).train(model, pairs, store)
 

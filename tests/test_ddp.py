@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import iteration_with_actor_pairs
 
-from metareward.config import IterationConfig, RunConfig, TrainingConfig, dump_config
-from metareward.records import PreferencePair, write_jsonl_atomic
+from metareward.config import IterationConfig, RunConfig, TrainingConfig
 from metareward.store import IterationStore
 from metareward.training.launch import launch_training
 
@@ -86,18 +86,7 @@ def prepare_run(run_dir: Path, model: str, batch_size: int, launcher: str, save_
         iterations=[IterationConfig(prompts=len(QA))],
     )
     cfg.engine.threads = 1
-    dump_config(cfg, run_dir / "config.yaml")
-    store = IterationStore(run_dir, 1)
-    store.manifest["model_in"] = model
-    store.save_manifest()
-    pairs = [
-        PreferencePair(id=f"p{i}", kind="actor", prompt_id=f"q{i}", prompt=q, chosen=c, rejected=r,
-                       chosen_id=f"q{i}/r0", rejected_id=f"q{i}/r1", chosen_score=4.0, rejected_score=1.0)
-        for i, (q, c, r) in enumerate(QA)
-    ]
-    write_jsonl_atomic(store.path("actor_pairs.jsonl"), pairs)
-    write_jsonl_atomic(store.path("judge_pairs.jsonl"), [])
-    return store
+    return iteration_with_actor_pairs(cfg, model, QA)[0]
 
 
 def step_losses(store: IterationStore) -> dict[int, float]:
