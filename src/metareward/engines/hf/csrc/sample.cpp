@@ -47,7 +47,7 @@ namespace {
 
 using metareward::bf16_to_float;
 
-constexpr int64_t BLOCK = 64;            // columns per block maximum (TOPK_BLOCK in hf.py)
+constexpr int64_t BLOCK = 64;            // columns per block maximum (TOPK_BLOCK in engines/hf/sampling.py)
 constexpr int64_t TIERS[] = {16, 64};  // top-k widths searched through block maxima
 constexpr int64_t BANDS = 128, BANDS_PER_UNIT = 8;  // wider nuclei: bands of 1/8 in logit / temperature
 
