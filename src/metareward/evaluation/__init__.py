@@ -1,4 +1,4 @@
-"""Evaluation of a run's models and of the loop itself (spec §5-§6).
+"""Evaluation of a run's models and of the loop itself (docs/method.md §5-§6).
 
 * ``stats``: agreement with a ranking, Spearman, bootstrap intervals (pure functions).
 * ``lc_winrate``: AlpacaEval 2's length-controlled win rate (its ``length_controlled_minimal`` GLM).

@@ -1,12 +1,12 @@
 """Loop diagnostics: what each iteration of a run directory did, read from its artifacts alone.
 
 For every ``RUN_DIR/iter_<i>/`` this reads the JSONL records written by ``metareward run`` (no model)
-and measures the drifts the paper warns about (spec §5.6, §5.7, §7):
+and measures the drifts the paper warns about (docs/method.md §5.6, §5.7, §7):
 
 * **judge scores** -- the valid scores (Fig. 5 plots their density), their mean, the share of
   non-integer scores, and the **parse-failure rate** (judgments with no valid score);
 * **ties** -- the share of prompts whose scored responses all got the same mean score (no actor pair
-  possible, spec §2.4) and the share of same-prompt response pairs with equal mean scores;
+  possible, docs/method.md §2.4) and the share of same-prompt response pairs with equal mean scores;
 * **lengths** (characters, the paper's unit) of all responses and judgments, and of the chosen and
   rejected sides of the actor and judge pairs;
 * **meta-judge bias** (Table 5), over *decisive* verdicts (A or B; ties and parse errors are counted

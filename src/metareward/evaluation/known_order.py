@@ -1,4 +1,4 @@
-"""The known-order set: the ranked responses the judge-agreement evaluation uses by default (spec §5.5).
+"""The known-order set: the ranked responses the judge-agreement evaluation uses by default (docs/method.md §5.5).
 
 (A user's own ranked set, e.g. an Open Assistant export, is read by ``metareward.ranked.load_ranked``.)
 

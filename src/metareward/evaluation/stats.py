@@ -2,14 +2,14 @@
 
 Pure functions over numbers (no model, no files), so every metric can be checked by hand.
 
-Conventions (spec §5.4-5.5):
+Conventions (docs/method.md §5.4-5.5):
 
 * A human ranking gives each response a *rank*: 0 (or 1) is the best, larger is worse; equal ranks are
   human ties. A judge gives each response a *score* (higher is better) or None (no valid judgment).
 * **Agreement** is over the pairs of responses of one prompt that the human ranked differently: the
   judge agrees when it scores the human-preferred response strictly higher. A judge tie (equal scores)
   or a missing score is a disagreement for *agreement* and is left out of *agreement without ties*
-  (spec §5.4: "after removing pairs where the tested judge gives the two responses equal scores";
+  (docs/method.md §5.4: "after removing pairs where the tested judge gives the two responses equal scores";
   a response the judge could not score is treated the same way: the judge expressed no preference).
 * **Spearman** correlation between judge score and human preference (minus the rank) per prompt, over
   the responses with a score, then averaged over the prompts where it is defined (at least two scored

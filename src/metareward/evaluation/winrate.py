@@ -1,4 +1,4 @@
-"""Pairwise win rate of a model against a baseline, decided by a judge model (spec §5.1-5.2).
+"""Pairwise win rate of a model against a baseline, decided by a judge model (docs/method.md §5.1-5.2).
 
 For every prompt the judge sees both outputs twice, once with the model's output as "Assistant A" and
 once as "Assistant B", with FastChat's MT-Bench pairwise prompt (``pair-v2``: explain, then ``[[A]]``,
