@@ -56,6 +56,7 @@ import random
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -329,10 +330,15 @@ class OpenAIEngine(Engine):
             probs = [sum(math.exp(lp) for tok, lp in top if tok == t) for t in tokens]
             if sum(probs) > 0:
                 return ChoiceOutput(r.id, [p / sum(probs) for p in probs])
-        raise EngineRequestError(
+        # The model puts (next to) no mass on any choice: no distribution to read. NaN probabilities make
+        # the judgment (or meta-judgment, or annotation) invalid downstream (``parsing.check_probabilities``),
+        # as alpaca_eval drops such an annotation, instead of stopping the whole stage.
+        warnings.warn(
             f"{self.base_url}: request {r.id}: none of the choices {list(r.choices)} is among the top "
-            f"{TOP_LOGPROBS} next tokens after {r.assistant_prefix[-30:]!r} (top: {[t for t, _ in top[:5]]})"
+            f"{TOP_LOGPROBS} next tokens after {r.assistant_prefix[-30:]!r} (top: {[t for t, _ in top[:5]]}); "
+            "the result is invalid", RuntimeWarning, stacklevel=2,
         )
+        return ChoiceOutput(r.id, [math.nan] * len(r.choices))
 
     def _top_logprobs(self, r: ChoiceRequest, sent: str) -> list[tuple[str, float]]:
         messages = list(r.messages)

@@ -32,11 +32,20 @@ from metareward.engines.base import ChoiceRequest, Engine, GenerationRequest, Sa
 from metareward.evaluation.generation import choices_cached, generate_cached, settings_key
 from metareward.evaluation.lc_winrate import lc_bootstrap_ci, length_controlled_winrate
 from metareward.evaluation.stats import bootstrap_ci
+from metareward.parsing import check_probabilities
 from metareward.records import Prompt
 
 VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
 VERDICT_CHOICES = ("A", "B", "C")
 CONSTRAINED_SUFFIX = "\n\nFinal verdict: [["
+
+
+def _most_probable_verdict(probs: Sequence[float]) -> str | None:
+    """The most probable of ``VERDICT_CHOICES``, or None (unparseable: a tie) when the engine gave no
+    usable distribution (a NaN: no choice among the judge's most likely next tokens)."""
+    if check_probabilities(probs, len(VERDICT_CHOICES)) is not None:
+        return None
+    return VERDICT_CHOICES[int(np.argmax(probs))]
 
 
 def parse_pair_verdict(text: str) -> str | None:
@@ -118,7 +127,7 @@ def judge_pairs(
             for r in reqs
         ]
         probs = choices_cached(judge, creqs, work / f"winrate.{label}.{key}.verdict.jsonl", f"verdicts [{label}]")
-        verdicts = {rid: VERDICT_CHOICES[int(np.argmax(o.probs))] for rid, o in probs.items()}
+        verdicts = {rid: _most_probable_verdict(o.probs) for rid, o in probs.items()}
     return [
         PromptOutcome(
             prompt_id=p.id,

@@ -110,7 +110,12 @@ def annotate(judge: Engine, judge_id: str, items: Sequence[AlpacaItem], answers:
 
 def summarize(items: Sequence[AlpacaItem], answers: dict[str, str], p_first: dict[str, float],
               seed: int = 0, n_resamples: int = 200, annotator_seed: int = ANNOTATOR_SEED) -> dict[str, Any]:
-    """Win rate +- standard error, the minimal LC win rate with a bootstrap 95% interval, lengths."""
+    """Win rate +- standard error, the minimal LC win rate with a bootstrap 95% interval, lengths.
+
+    An item whose annotation has no usable probability (NaN: the judge put no mass on either label) is
+    left out, as alpaca_eval drops an annotation it cannot parse; ``n_invalid`` counts them."""
+    n_invalid = sum(1 for it in items if not math.isfinite(p_first[it.id]))
+    items = [it for it in items if math.isfinite(p_first[it.id])]
     prefs = np.array([model_preference(p_first[it.id], is_switched(it.instruction, annotator_seed))
                       for it in items], dtype=float)
     x = prefs - 1.0
@@ -119,6 +124,7 @@ def summarize(items: Sequence[AlpacaItem], answers: dict[str, str], p_first: dic
     len_base = [len(it.baseline_output) for it in items]
     res: dict[str, Any] = {
         "n": n,
+        "n_invalid": n_invalid,
         "win_rate": 100.0 * float(np.mean(x)) if n else math.nan,
         "standard_error": 100.0 * float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
         "n_wins": int(np.sum(x > 0.5)),
