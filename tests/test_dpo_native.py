@@ -158,7 +158,9 @@ def test_native_backend_from_path_saves_a_model_that_loads(tmp_path):
     out = tmp_path / "model"
     metrics = train_dpo_native_from_path(resolve_model("smollm2-135m"), pairs, out, cfg, threads=2)
     assert metrics["backend"] == "native" and metrics["steps"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    # the model (written atomically: no temp folder left) and the per-step training log beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train_log.jsonl"]
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == metrics["steps"]
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 49152
 
 
