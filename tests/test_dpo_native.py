@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from metareward.training.common import checkpointing_kwargs
 from metareward.training.dpo_native import (
     dpo_loss,
     reference_logps,
@@ -57,8 +58,8 @@ def trl_batch_loss_and_grads(model, tok, pairs, beta, max_length):
              "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
     args = DPOConfig(
         output_dir="/tmp/unused-dpo-native-test", per_device_train_batch_size=len(pairs), beta=beta,
-        max_length=max_length, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
-        report_to=[], dataset_num_proc=None, disable_tqdm=True,
+        max_length=max_length, bf16=False, fp16=False, use_cpu=True,
+        report_to=[], dataset_num_proc=None, disable_tqdm=True, **checkpointing_kwargs(DPOConfig, False),
     )
     trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(model), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tok)
