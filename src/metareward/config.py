@@ -382,6 +382,19 @@ def validate(cfg: RunConfig) -> None:
         cfg.sft.validate("sft")
 
 
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML of a config file ({} when empty); a missing file or a syntax error is an
+    ``InputError`` naming the file (and the line, where YAML gives one)."""
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InputError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load, merge ``overrides`` (dotted keys), type-check and validate a YAML config.
 
@@ -389,14 +402,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     the way a user types them on the command line next to the config.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise InputError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    data = _read_yaml(path)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     try:
@@ -416,14 +422,7 @@ def load_engine_config(path: str | Path | None, overrides: dict[str, Any] | None
     where = "command line"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise InputError(f"{f'{path}:{mark.line + 1}' if mark else path}: invalid YAML "
-                             f"({getattr(e, 'problem', e)})") from None
+        loaded = _read_yaml(path)
         if not isinstance(loaded, dict):
             raise InputError(f"{path}: expected a mapping, got {loaded!r}")
         data = loaded.get("engine") or {}
