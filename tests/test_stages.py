@@ -126,8 +126,11 @@ def test_score_histogram(scores, expected):
 class ScriptedPasses:
     """``Passes`` that answers from fixed tables and records which passes ran, with which request ids."""
 
-    def __init__(self, texts: dict[str, list[str]], probs: dict[str, list[float]] | None = None):
-        self.texts, self.probs = texts, probs or {}
+    def __init__(self, texts: dict[str, list[str]], probs: dict[str, list[float]] | None = None,
+                 answered: set[str] = frozenset()):
+        """``answered``: request ids whose follow-up the generation pass answers itself (as the hf engine
+        does), from ``probs`` keyed by ``<request id>/j<index>`` or the request id (one sample)."""
+        self.texts, self.probs, self.answered = texts, probs or {}, answered
         self.calls: list[tuple[str, list[str]]] = []
         self.requests: dict[str, list] = {}
 
@@ -135,7 +138,14 @@ class ScriptedPasses:
         self.calls.append((name, [r.id for r in requests]))
         self.requests[name] = list(requests)
         return {r.id: GenerationOutput(id=r.id, texts=self.texts[r.id], n_tokens=[3] * len(self.texts[r.id]),
-                                       finished=[True] * len(self.texts[r.id])) for r in requests}
+                                       finished=[True] * len(self.texts[r.id]),
+                                       choice_probs=self._answer(r) if r.id in self.answered else None)
+                for r in requests}
+
+    def _answer(self, request):
+        assert request.follow_up is not None
+        n = len(self.texts[request.id])
+        return [self.probs[f"{request.id}/j{i}" if n > 1 else request.id] for i in range(n)]
 
     def choices(self, name, requests):
         self.calls.append((name, [r.id for r in requests]))
@@ -198,3 +208,53 @@ def test_meta_judge_run_is_both_passes(scoring):
         assert [(m.verdict, m.result, m.text) for m in metas] == [
             ("B", -1, "A is better.\nWinner: Judgment B"), ("A", 1, "Hmm.\nWinner: Judgment A")]
         assert [m.verdict_probs for m in metas] == [[0.2, 0.8], [0.9, 0.1]]
+
+
+@pytest.mark.parametrize("answered", [{"p/r0", "p/r1"}, {"p/r1"}])
+def test_constrained_judge_uses_the_engines_follow_up_answers(answered):
+    """Where the generation pass answered a request's follow-up (the hf engine reads the score from the
+    judgment's own cache), no second pass runs for its judgments; the rest (e.g. a chunk logged by an
+    engine that does not answer) are read in ``judge_score``. The records are the same either way."""
+    prompts = {"p": Prompt("p", "Q?")}
+    rs = [Response("p/r0", "p", 0, "A. Score: 5"), Response("p/r1", "p", 1, "B.")]
+    texts = {"p/r0": ["Fine.\nScore: 4", "Quotes 'A. Score: 5'."], "p/r1": ["Poor.\nScore: 1 or so", "Okay.\nScore: 2"]}
+    probs = {"p/r0/j0": [0, 0, 0.25, 0.75, 0, 0], "p/r0/j1": [0.5, 0, 0, 0, 0, 0.5],
+             "p/r1/j0": [0, 1, 0, 0, 0, 0], "p/r1/j1": [0, 0, 0.2, 0, 0.8, 0]}
+    cfg = JudgeConfig(n=2, scoring="constrained")
+    passes = ScriptedPasses(texts, probs, answered)
+    js = judge.run(prompts, rs, cfg, 3, 2, passes)
+    unread = [f"{r}/j{i}" for r in ("p/r0", "p/r1") if r not in answered for i in range(2)]
+    assert passes.calls == [("judge", ["p/r0", "p/r1"])] + ([("judge_score", unread)] if unread else [])
+    assert [j.score for j in js] == [2.75, 2.5, 1.0, 3.6]
+    assert [j.text for j in js] == ["Fine.\nScore: 3", "Quotes 'A. Score: 5'.\nScore: 0", "Poor.\nScore: 1",
+                                    "Okay.\nScore: 4"]
+    follow_up = passes.requests["judge"][0].follow_up
+    assert follow_up.choices == judge.SCORE_CHOICES
+    assert follow_up.prefix("Quotes 'A. Score: 5'.") == judge.constrained_prefix("Quotes 'A. Score: 5'.", "A. Score: 5")
+    assert follow_up.prefix("Fine.\nScore: 4") == "Fine.\nScore: "
+
+
+def test_free_text_requests_carry_no_follow_up():
+    prompts = {"p": Prompt("p", "Q?")}
+    rs = [Response("p/r0", "p", 0, "A.")]
+    assert judge.judge_requests(prompts, rs, JudgeConfig(n=2, scoring="free_text"), 0, 1)[0].follow_up is None
+    battles = [meta_judge.Battle("p/r0/j0-j1", "p", "p/r0", J("p/r0", 0, 1.0), J("p/r0", 1, 4.0))]
+    metas = meta_judge.meta_requests(battles, {"p": Prompt("p", "Q?")}, {"p/r0": rs[0]},
+                                     MetaJudgeConfig(scoring="free_text"), 0, 1)
+    assert metas[0].follow_up is None
+
+
+def test_constrained_meta_judge_uses_the_engines_follow_up_answers():
+    js = [J("p/r1", 0, 1.0), J("p/r1", 1, 4.0)]
+    prompts = [Prompt("p", "P")]
+    rs = [Response("p/r1", "p", 1, "R")]
+    texts = {"p/r1/j0-j1": ["A is better.\nWinner: Judgment A"], "p/r1/j1-j0": ["Hmm.\nWinner: Judgment A or B"]}
+    probs = {"p/r1/j0-j1": [0.2, 0.8], "p/r1/j1-j0": [0.9, 0.1]}
+    passes = ScriptedPasses(texts, probs, {"p/r1/j1-j0"})
+    metas = meta_judge.run(prompts, rs, js, MetaJudgeConfig(scoring="constrained"), 0, 1, passes)
+    assert passes.calls == [("meta_judge", ["p/r1/j0-j1", "p/r1/j1-j0"]), ("meta_verdict", ["p/r1/j0-j1"])]
+    assert [(m.verdict, m.text) for m in metas] == [("B", "A is better.\nWinner: Judgment B"),
+                                                    ("A", "Hmm.\nWinner: Judgment A")]
+    follow_up = passes.requests["meta_judge"][0].follow_up
+    assert follow_up.choices == meta_judge.VERDICT_CHOICES
+    assert follow_up.prefix("Hmm.\nWinner: Judgment A or B") == "Hmm.\nWinner: Judgment "

@@ -13,13 +13,20 @@ carry the request id). Two kinds of request:
   (``...Score: `` then one of "0".."5") or a verdict (``...Winner: Judgment `` then "A" or "B") from a
   model too small to follow the output format on its own.
 
+A ``GenerationRequest`` may carry a ``ChoiceFollowUp``: after each sample, the distribution over its
+choices is read after the assistant text ``follow_up.prefix(sample_text)``, exactly the ``ChoiceRequest``
+``(messages, prefix(text), choices)`` would give. An engine that can continue the finished sequence's own
+keys and values (``hf``) answers it in ``GenerationOutput.choice_probs`` at the cost of the few tokens
+where the prefix differs from what was sampled; one that cannot leaves ``choice_probs`` None and the
+caller asks ``choice_probs`` itself (the stages do: ``stages.judge``, ``stages.meta_judge``).
+
 Engines: ``hf`` (transformers, CPU or one GPU; the default), ``vllm`` and ``openai`` (see their modules).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 Message = dict[str, str]
@@ -35,23 +42,39 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class ChoiceFollowUp:
+    """Read the next-token distribution over ``choices`` after each sample: the assistant turn is
+    ``prefix(sample_text)`` (e.g. the judgment cut before its score, then ``"\nScore: "``). ``prefix``
+    must be picklable (a module-level function or a ``functools.partial`` of one): engines in other
+    processes receive the requests pickled."""
+
+    prefix: Callable[[str], str]
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     id: str
     messages: tuple[Message, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
     seed: int = 0
+    follow_up: ChoiceFollowUp | None = None
 
 
 @dataclass
 class GenerationOutput:
     """The ``n`` completions of one request: text (end-of-turn token removed), token counts, and
-    whether each stopped on its own (False: cut at ``max_tokens``)."""
+    whether each stopped on its own (False: cut at ``max_tokens``). ``choice_probs``: for a request
+    with a ``follow_up`` the engine answered, each sample's probabilities over the follow-up's choices
+    (renormalised, as ``ChoiceOutput.probs``); None when there was none or the engine left it to the
+    caller."""
 
     id: str
     texts: list[str]
     n_tokens: list[int]
     finished: list[bool]
+    choice_probs: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,11 @@ Two scoring modes (``JudgeConfig.scoring``):
 * ``constrained``: the free-text judgment is cut before any score it wrote, ``\\nScore: `` is appended,
   and the engine returns the next-token distribution over ``0``..``5``. Score = expected value (finer,
   fewer ties); the stored text ends with the most likely digit so that judge DPO pairs train on a
-  well-formed judgment. Every judgment is valid in this mode.
+  well-formed judgment. Every judgment is valid in this mode. The judge requests carry that read as a
+  ``ChoiceFollowUp``: the ``hf`` engine answers it from each judgment's own cache as it generates it;
+  judgments whose engine left it unanswered (other engines, or a chunk logged before) are read in a
+  second pass (``judge_score``) that prefills prompt and judgment again. Either way the same numbers,
+  up to the engine's arithmetic.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from metareward.config import JudgeConfig
-from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
+from metareward.engines.base import (
+    ChoiceFollowUp,
+    ChoiceRequest,
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+)
 from metareward.parsing import check_probabilities, close_open_fence, parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages.common import Passes, request_seed, user_turn
@@ -48,13 +59,20 @@ def run(
     if cfg.scoring != "constrained":
         return judgments
     by_id = {r.id: r for r in responses}
-    probs = passes.choices(SCORE_PASS, score_requests(prompts, by_id, judgments, cfg))
-    return [apply_score(j, probs[j.id].probs, by_id[j.response_id].text) for j in judgments]
+    probs = {j.id: outs[j.response_id].choice_probs[j.index] for j in judgments
+             if outs[j.response_id].choice_probs is not None}
+    unread = [j for j in judgments if j.id not in probs]
+    if unread:
+        read = passes.choices(SCORE_PASS, score_requests(prompts, by_id, unread, cfg))
+        probs.update({j.id: read[j.id].probs for j in unread})
+    return [apply_score(j, probs[j.id], by_id[j.response_id].text) for j in judgments]
 
 
 def judge_requests(
     prompts: Mapping[str, Prompt], responses: Sequence[Response], cfg: JudgeConfig, run_seed: int, iteration: int
 ) -> list[GenerationRequest]:
+    """One request per response, N samples each; in constrained mode each carries the score read
+    (``constrained_prefix`` of the sample, then a digit) as its follow-up."""
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     return [
         GenerationRequest(
@@ -63,6 +81,7 @@ def judge_requests(
             sampling=sampling,
             n=cfg.n,
             seed=request_seed(run_seed, iteration, "judge", r.id),
+            follow_up=ChoiceFollowUp(ScorePrefix(r.text), SCORE_CHOICES) if cfg.scoring == "constrained" else None,
         )
         for r in responses
     ]
@@ -93,6 +112,17 @@ def constrained_prefix(judgment_text: str, response_text: str | None = None) -> 
     judgment cut at ``max_tokens`` is closed first, so the score is asked for outside it."""
     body = close_open_fence(truncate_before_score(judgment_text, response_text))
     return f"{body}\nScore: " if body else "Score: "
+
+
+@dataclass(frozen=True)
+class ScorePrefix:
+    """``constrained_prefix`` for the judgments of one response: the judge requests' follow-up prefix.
+    A value (not a closure), so that requests compare equal and pickle to an engine in another process."""
+
+    response_text: str
+
+    def __call__(self, judgment_text: str) -> str:
+        return constrained_prefix(judgment_text, self.response_text)
 
 
 def score_requests(

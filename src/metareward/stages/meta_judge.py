@@ -7,7 +7,9 @@ meta-judge's score bias is then measurable). Verdicts:
 
 * ``free_text``: the last ``Winner: Judg(e)ment A|B``; none, or both letters: a tie (result 0);
 * ``constrained``: the free text is cut before its verdict, ``\\nWinner: Judgment `` is appended and the
-  next-token probabilities of ``A`` and ``B`` decide (equal probabilities: a tie).
+  next-token probabilities of ``A`` and ``B`` decide (equal probabilities: a tie). As in the judge
+  stage, that read is each request's ``ChoiceFollowUp`` (answered by the ``hf`` engine from the
+  meta-judgment's own cache); what an engine leaves unanswered is read in pass ``meta_verdict``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from metareward.config import MetaJudgeConfig
-from metareward.engines.base import ChoiceRequest, GenerationOutput, GenerationRequest, SamplingParams
+from metareward.engines.base import (
+    ChoiceFollowUp,
+    ChoiceRequest,
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+)
 from metareward.parsing import check_probabilities, close_open_fence, parse_verdict, truncate_before_verdict
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.selection.elo import battle_result
@@ -91,9 +99,13 @@ def run(
     metas = [meta_from_output(b, outs[b.id], cfg) for b in battles]
     if cfg.scoring != "constrained":
         return metas
-    by_battle = {b.id: b for b in battles}
-    probs = passes.choices(VERDICT_PASS, verdict_requests(by_battle, metas, by_prompt, by_response, cfg))
-    return [apply_verdict(m, probs[m.id].probs) for m in metas]
+    probs = {m.id: outs[m.id].choice_probs[0] for m in metas if outs[m.id].choice_probs is not None}
+    unread = [m for m in metas if m.id not in probs]
+    if unread:
+        by_battle = {b.id: b for b in battles}
+        read = passes.choices(VERDICT_PASS, verdict_requests(by_battle, unread, by_prompt, by_response, cfg))
+        probs.update({m.id: read[m.id].probs for m in unread})
+    return [apply_verdict(m, probs[m.id]) for m in metas]
 
 
 def _prompt_text(battle: Battle, prompts: Mapping[str, Prompt], responses: Mapping[str, Response], cfg) -> str:
@@ -118,6 +130,7 @@ def meta_requests(
             sampling=sampling,
             n=1,
             seed=request_seed(run_seed, iteration, "meta_judge", b.id),
+            follow_up=ChoiceFollowUp(verdict_prefix, VERDICT_CHOICES) if cfg.scoring == "constrained" else None,
         )
         for b in battles
     ]

@@ -170,6 +170,11 @@ class SharedPrefixCache(Cache):
     leave at every step); the buffers are gathered down to the live slots when they next grow
     (``reserve``), or at once (``materialize``) before a torch operation reads them.
 
+    Parking: ``select_rows(rows, lazy=True, park=True)`` also keeps the dropped rows' buffer rows
+    (``parked``, in the order dropped; kept through later growths), so that their keys/values can be
+    continued after decoding (``unpark``): the engine reads a ``ChoiceFollowUp``'s distribution from
+    a finished sample's own cache that way.
+
     Row buffers come from ``pool`` (the engine's, reused across batches; a fresh one if None) and are
     reserved for ``capacity`` continuation positions at the first growth. ``decode_attention``: the
     function that runs decoding steps' attention in torch (``rows_attention`` or a compiled copy of
@@ -196,6 +201,8 @@ class SharedPrefixCache(Cache):
         self.suffix_all_valid = True
         self.slots: torch.Tensor | None = None
         self._identity = torch.arange(len(owner), device=owner.device)
+        self.parked_slots = torch.zeros(0, dtype=torch.long, device=owner.device)  # buffer rows kept for unpark
+        self.parked_owner = torch.zeros(0, dtype=torch.long, device=owner.device)
         self._set_owner(owner)
 
     def _set_owner(self, owner: torch.Tensor) -> None:
@@ -244,18 +251,42 @@ class SharedPrefixCache(Cache):
         assumes the layers have written equally many positions, as decoding steps do."""
         if all(hasattr(layer, "sk") and layer.suffix_len + q_len <= layer.sk.shape[3] for layer in self.layers):
             return
+        parked = len(self.parked_slots)
+        rows = self.slots if not parked else torch.cat([self.row_slots(), self.parked_slots])
         for layer in self.layers:
-            layer._move(like, _buffer_width(layer.suffix_len + q_len), self.slots)
+            layer._move(like, _buffer_width(layer.suffix_len + q_len), rows)
         self.slots = None
+        if parked:  # gathered behind the live rows, in parking order
+            live = len(self.owner)
+            self.parked_slots = torch.arange(live, live + parked, device=self.parked_slots.device)
+
+    def unpark(self, order: torch.Tensor, suffix_valid: torch.Tensor) -> None:
+        """Make parked rows the batch's rows: ``order`` indexes the parking order (rows not in it and the
+        live rows are dropped); ``suffix_valid`` [len(order), written] says which of each one's written
+        continuation positions later queries may attend to. The buffers are gathered at once."""
+        self.slots = self.parked_slots[order]
+        self.owner = self.parked_owner[order]
+        self.parked_slots = self.parked_slots[:0]
+        self.parked_owner = self.parked_owner[:0]
+        self.suffix_valid = suffix_valid.bool()
+        self.materialize()
 
     def materialize(self) -> None:
         """Gather the row buffers down to the live rows' slots, so that buffer row b is batch row b."""
         if self.slots is not None:
             self.select_rows(self._identity[: len(self.owner)])
 
-    def select_rows(self, rows: torch.Tensor, lazy: bool = False) -> None:
+    def select_rows(self, rows: torch.Tensor, lazy: bool = False, park: bool = False) -> None:
         """Keep batch rows ``rows`` (in that order). ``lazy``: by the slot map alone (see the class
-        docstring); else the row buffers are copied now and prompts no row continues are dropped."""
+        docstring); else the row buffers are copied now and prompts no row continues are dropped.
+        ``park`` (lazy only): the rows dropped, in batch order, join ``parked`` (see ``unpark``)."""
+        if park:
+            if not lazy:
+                raise ValueError("rows are parked only by a lazy selection")
+            dropped = torch.ones(len(self.owner), dtype=torch.bool, device=self.owner.device)
+            dropped[rows] = False
+            self.parked_slots = torch.cat([self.parked_slots, self.row_slots()[dropped]])
+            self.parked_owner = torch.cat([self.parked_owner, self.owner[dropped]])
         if lazy:
             self.slots = self.row_slots()[rows]
             self.owner = self.owner[rows]

@@ -38,6 +38,13 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 * seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
   same texts (the run loop's resume relies on this).
 
+A ``GenerationRequest``'s ``ChoiceFollowUp`` (the constrained score or verdict read after each
+sample) is answered from the sample's own cache once its batch has decoded (``_follow_ups``): no
+re-prefill of prompt and text. Finished rows with a follow-up are parked instead of dropped on the C++
+kernels' path (their buffer rows kept, ``SharedPrefixCache.select_rows(park=True)``); elsewhere such a
+batch carries its finished rows to the end (so its texts may differ from the same batch without
+follow-ups: sampling draws per batch row; the same requests still give the same texts).
+
 ``choice_probs`` prefills each distinct prompt once, runs each request's ``assistant_prefix`` tokens
 against it (shared, as above; suffixes left-padded and masked) and reads the softmax of the last
 position's logits at each choice's token, renormalised over the choices.
@@ -77,6 +84,7 @@ from metareward.engines.hf.sampling import batch_seed, sample_next
 from metareward.engines.memory import release_freed_memory
 from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_ids
 
+FEED_CHUNK = 64  # positions per forward when rows are fed several known tokens (choice contexts, follow-ups)
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
 
 
@@ -299,6 +307,9 @@ class HFEngine(Engine):
         budget = torch.tensor([reqs[o].sampling.max_tokens for o in owner.tolist()], device=dev)
 
         rows = len(owner)
+        # rows whose follow-up is read from their own cache after decoding: kept (parked) when they finish
+        follow = [r for r, o in enumerate(owner.tolist()) if reqs[o].follow_up is not None]
+        parked: list[int] = []  # original rows in the cache's parking order (lazy path)
         tokens: list[list[int]] = [[] for _ in range(rows)]
         finished = [False] * rows
         alive = torch.arange(rows, device=dev)  # original row index of each batch row
@@ -319,28 +330,98 @@ class HFEngine(Engine):
             if n_live == 0:
                 break
             # Finished rows leave the batch. On the C++ kernels' path at once, through the cache's slot
-            # map (no copy); elsewhere dropping a row costs a copy of every layer's continuation cache, so
-            # a finished row is carried (its tokens ignored) until COMPACT_AT of the batch has finished.
+            # map (no copy; parked for their follow-ups); elsewhere dropping a row costs a copy of every
+            # layer's continuation cache, so a finished row is carried (its tokens ignored) until
+            # COMPACT_AT of the batch has finished, or to the end where follow-ups will read it.
             dropped = len(live) - n_live
-            if dropped and (lazy or dropped >= COMPACT_AT * len(live)):
+            if dropped and (lazy or (dropped >= COMPACT_AT * len(live) and not follow)):
                 keep = live.nonzero().flatten()
-                cache.select_rows(keep, lazy=lazy)
+                if lazy and follow:
+                    parked += alive[~live].tolist()
+                cache.select_rows(keep, lazy=lazy, park=lazy and bool(follow))
                 alive, nxt, last_pos, live = alive[keep], nxt[keep], last_pos[keep], live[keep]
                 temperature, top_p, budget = temperature[keep], top_p[keep], budget[keep]
             last_pos = last_pos + 1
             cache.add_suffix(torch.ones((len(nxt), 1), dtype=torch.bool, device=dev))
             logits = self._decode(cache, nxt, last_pos, buffers)
 
+        texts = [self.tokenizer.decode(t[:-1] if f else t, skip_special_tokens=True).strip()
+                 for t, f in zip(tokens, finished, strict=True)]
+        follow_probs: dict[int, list[float]] = {}
+        if follow:
+            if lazy:
+                cache.select_rows(alive[:0], lazy=True, park=True)  # the last rows to finish
+                parked += alive.tolist()
+            follow_probs = self._follow_ups(cache, [reqs[o] for o in owner.tolist()], follow, tokens, texts,
+                                            mask.sum(1)[owner], parked if lazy else None)
         start = 0
         for r in reqs:
-            texts, counts, fin = [], [], []
-            for j in range(start, start + r.n):
-                toks = tokens[j][:-1] if finished[j] else tokens[j]
-                texts.append(self.tokenizer.decode(toks, skip_special_tokens=True).strip())
-                counts.append(len(tokens[j]))
-                fin.append(finished[j])
+            samples = range(start, start + r.n)
             start += r.n
-            yield GenerationOutput(id=r.id, texts=texts, n_tokens=counts, finished=fin)
+            yield GenerationOutput(id=r.id, texts=[texts[j] for j in samples], n_tokens=[len(tokens[j]) for j in samples],
+                                   finished=[finished[j] for j in samples],
+                                   choice_probs=[follow_probs[j] for j in samples] if r.follow_up else None)
+
+    def _follow_ups(self, cache: SharedPrefixCache, row_requests: Sequence[GenerationRequest], follow: list[int],
+                    tokens: list[list[int]], texts: list[str], prompt_len: torch.Tensor,
+                    parked: list[int] | None) -> dict[int, list[float]]:
+        """Each follow-up row's choice probabilities, read from its own cache after decoding.
+
+        Row r's cache holds its prompt and its sampled tokens but the last (the cut or stop token is
+        never fed). The follow-up's context (``choice_context`` of ``follow_up.prefix(text)``, what
+        ``choice_probs`` would feed) agrees with those tokens up to their longest common prefix, so the
+        positions after it are masked and only the rest of the context is fed (at least its last token,
+        whose logits are read): typically the few tokens of ``"\nScore: "``; the whole text where
+        decoding and re-encoding it differ at its start. ``parked``: the rows in the cache's parking order
+        (the lazy path), None when the batch still holds every row in order (the path that never
+        compacts with follow-ups pending)."""
+        contexts, choice_ids, keep = [], [], []
+        for r in follow:
+            follow_up = row_requests[r].follow_up
+            context, ids = self.choice_context(follow_up.prefix(texts[r]), follow_up.choices)
+            fed = tokens[r][:-1]
+            common = 0
+            limit = min(len(fed), len(context) - 1)
+            while common < limit and fed[common] == context[common]:
+                common += 1
+            contexts.append(context)
+            choice_ids.append(ids)
+            keep.append(common)
+        written = cache.layers[0].suffix_len
+        valid = torch.zeros((len(follow), written), dtype=torch.bool, device=self.device)
+        for k, common in enumerate(keep):
+            valid[k, :common] = True
+        if parked is not None:
+            position = {row: k for k, row in enumerate(parked)}
+            cache.unpark(torch.tensor([position[r] for r in follow], device=self.device), valid)
+        else:
+            if len(follow) < len(cache.owner):
+                cache.select_rows(torch.tensor(follow, device=self.device))
+            cache.suffix_valid = valid
+            cache.suffix_all_valid = False
+        start = prompt_len[follow] + torch.tensor(keep, device=self.device)
+        logits = self._feed(cache, [c[k:] for c, k in zip(contexts, keep, strict=True)], start)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        out = {}
+        for k, r in enumerate(follow):
+            p = logprobs[k, choice_ids[k]].exp()
+            out[r] = [float(x) for x in p / p.sum()]
+        return out
+
+    def _feed(self, cache: SharedPrefixCache, seqs: Sequence[list[int]], start: torch.Tensor) -> torch.Tensor:
+        """Feed row j (rows phase) the tokens ``seqs[j]`` at positions ``start[j]``, ``start[j] + 1``, ...:
+        right-aligned, the left padding masked, ``FEED_CHUNK`` positions per forward (bounding the
+        attention scores' memory). Returns each row's float32 logits after its last token (undefined for
+        an empty sequence)."""
+        ids, mask = self._pad_left(seqs)
+        pos = (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        width = ids.shape[1]
+        logits = None
+        for a in range(width % FEED_CHUNK - FEED_CHUNK if width % FEED_CHUNK else 0, width, FEED_CHUNK):
+            cols = slice(max(a, 0), a + FEED_CHUNK)
+            cache.add_suffix(mask[:, cols])
+            logits = self._forward(cache, input_ids=ids[:, cols], position_ids=pos[:, cols])
+        return logits
 
     def cut_at_stop(self, seq: list[int]) -> tuple[list[int], bool]:
         """Generated tokens up to (not including) the first stop token, and whether one was hit."""
@@ -375,11 +456,8 @@ class HFEngine(Engine):
             last = logits[owner]
             if suffix_len:
                 cache.start_rows(owner, mask)
-                suf_ids, suf_mask = self._pad_left([contexts[i] for i in flat])
-                cache.add_suffix(suf_mask)
                 # suffix j of a row is at position len(prompt) + (real suffix tokens before j)
-                pos = (mask[owner].sum(1, keepdim=True) + suf_mask.cumsum(-1) - 1).clamp(min=0)
-                out = self._forward(cache, input_ids=suf_ids, position_ids=pos)
+                out = self._feed(cache, [contexts[i] for i in flat], mask[owner].sum(1))
                 has_suffix = torch.tensor([bool(contexts[i]) for i in flat], device=self.device)
                 last = torch.where(has_suffix[:, None], out, last)
             logprobs = torch.log_softmax(last, dim=-1)

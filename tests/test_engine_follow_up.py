@@ -1,0 +1,147 @@
+"""``ChoiceFollowUp``: the hf engine reads a choice distribution from each finished sample's own cache.
+
+* float32 (the torch path, which carries finished rows to the end of a batch): every sample's follow-up
+  probabilities equal an independent forward over the prompt plus ``choice_context(prefix(text))``,
+  whether the context shares all but a few tokens with what was sampled (``"\\nScore: "`` appended), none
+  (a preamble put before the text), or needs several feeding chunks (a preamble longer than
+  ``FEED_CHUNK``); a request without a follow-up in the same batch gets none;
+* bf16 with the C++ kernels (rows leave the batch at once and are parked, kept through the buffers'
+  growth): the texts are those drawn without follow-ups, and the probabilities are those ``choice_probs``
+  gives, to bf16 rounding;
+* chunk logs keep the probabilities, and a logged output without them loads as ``None``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metareward.engines.base import (
+    ChoiceFollowUp,
+    ChoiceRequest,
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+)
+from metareward.engines.hf import HFEngine
+from metareward.engines.hf import cache as cache_module
+from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf.kernels import load_decode_kernel
+from metareward.stages.judge import SCORE_CHOICES, ScorePrefix
+from metareward.store import ChunkedPasses
+from metareward.templates import judge_prompt
+
+CASES = [
+    ("What is 2+2?", "4"),
+    ("Write a haiku about autumn leaves.", "Leaves fall slowly\nred and gold upon the ground\nautumn whispers low"),
+    ("Explain why the sky is blue.", "Rayleigh scattering."),
+]
+PREAMBLE = "Reviewer notes, kept verbatim for the record. " * 12  # > FEED_CHUNK tokens
+
+
+class Preamble:
+    """A prefix that shares no leading token with the sampled text: the whole context is fed."""
+
+    def __init__(self, words: str):
+        self.words = words
+
+    def __call__(self, text: str) -> str:
+        return f"{self.words}{text}\nScore: "
+
+
+def requests(budgets=(10, 40, 45)) -> list[GenerationRequest]:
+    prefixes = [ScorePrefix(CASES[0][1]), Preamble("Note. "), Preamble(PREAMBLE)]
+    out = []
+    for i, ((question, response), prefix, budget) in enumerate(zip(CASES, prefixes, budgets, strict=True)):
+        out.append(GenerationRequest(
+            id=f"r{i}", messages=({"role": "user", "content": judge_prompt(question, response)},),
+            sampling=SamplingParams(temperature=0.9, top_p=0.95, max_tokens=budget), n=3, seed=i,
+            follow_up=ChoiceFollowUp(prefix, SCORE_CHOICES)))
+    out.append(GenerationRequest(id="plain", messages=({"role": "user", "content": "Say hi."},),
+                                 sampling=SamplingParams(temperature=0.9, top_p=0.95, max_tokens=12), n=2, seed=7))
+    return out
+
+
+def without_follow_ups(reqs):
+    return [GenerationRequest(id=r.id, messages=r.messages, sampling=r.sampling, n=r.n, seed=r.seed) for r in reqs]
+
+
+def independent_probs(engine: HFEngine, messages, prefix: str, choices) -> list[float]:
+    context, ids = engine.choice_context(prefix, choices)
+    seq = torch.tensor([engine.render(messages) + context])
+    with torch.inference_mode():
+        p = torch.softmax(engine.model(input_ids=seq).logits[0, -1].float(), -1)[ids]
+    return (p / p.sum()).tolist()
+
+
+@pytest.fixture(scope="module")
+def fp32_engine():
+    from metareward.models import resolve_model
+
+    eng = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=16)
+    yield eng
+    eng.close()
+
+
+@pytest.mark.slow
+def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatch):
+    fed = []
+    feed = engine_module.HFEngine._feed
+    monkeypatch.setattr(engine_module.HFEngine, "_feed",
+                        lambda self, cache, seqs, start: fed.append([len(s) for s in seqs]) or feed(self, cache, seqs, start))
+    reqs = requests()
+    outs = {o.id: o for o in fp32_engine.generate(reqs)}
+    assert outs["plain"].choice_probs is None and len(outs["plain"].texts) == 2
+    assert len(fed) == 1 and max(fed[0]) > engine_module.FEED_CHUNK and min(fed[0]) <= 6  # both kinds fed
+    for r in reqs[:3]:
+        out = outs[r.id]
+        assert len(out.choice_probs) == r.n
+        for text, probs in zip(out.texts, out.choice_probs, strict=True):
+            want = independent_probs(fp32_engine, r.messages, r.follow_up.prefix(text), SCORE_CHOICES)
+            np.testing.assert_allclose(probs, want, atol=1e-4)
+            assert abs(sum(probs) - 1) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.kernel
+def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engine, monkeypatch):
+    if load_decode_kernel() is None:
+        pytest.skip("the C++ decoding extension does not build here")
+    import copy
+
+    bf16 = HFEngine("", device="cpu", model=copy.deepcopy(fp32_engine.model).to(torch.bfloat16),
+                    tokenizer=fp32_engine.tokenizer, batch_size=16)
+    parked_at_growth = []
+    move = cache_module._SharedPrefixLayer._move
+    monkeypatch.setattr(cache_module._SharedPrefixLayer, "_move",
+                        lambda self, *a: parked_at_growth.append(len(getattr(self.cache, "parked_slots", ()))) or move(self, *a))
+    reqs = requests()
+    outs = {o.id: o for o in bf16.generate(reqs)}
+    assert max(parked_at_growth) > 0  # rows finished at 10 tokens were kept through a growth past 32
+    assert {o.id: o.texts for o in bf16.generate(without_follow_ups(reqs))} == {k: o.texts for k, o in outs.items()}
+    choice = [ChoiceRequest(id=f"{r.id}/{j}", messages=r.messages, assistant_prefix=r.follow_up.prefix(t),
+                            choices=SCORE_CHOICES) for r in reqs[:3] for j, t in enumerate(outs[r.id].texts)]
+    reread = {o.id: o.probs for o in bf16.choice_probs(choice)}
+    ours = np.array([p for r in reqs[:3] for p in outs[r.id].choice_probs])
+    theirs = np.array([reread[c.id] for c in choice])
+    truth = np.array([independent_probs(fp32_engine, c.messages, c.assistant_prefix, SCORE_CHOICES) for c in choice])
+    assert np.abs(ours - theirs).max() < 0.06
+    # as close to float32 as choice_probs' own re-prefill is
+    assert np.abs(ours - truth).mean() <= 1.5 * np.abs(theirs - truth).mean() + 2e-3
+
+
+def test_chunk_logs_keep_follow_up_probabilities(tmp_path):
+    class Answering:
+        def generate(self, reqs):
+            for r in reqs:
+                yield GenerationOutput(id=r.id, texts=["a"], n_tokens=[1], finished=[True],
+                                       choice_probs=[[0.25, 0.75]] if r.follow_up else None)
+
+    passes = ChunkedPasses(lambda: Answering(), lambda name: tmp_path / f"{name}.jsonl", chunk_size=1)
+    reqs = [GenerationRequest(id="x", messages=(), follow_up=ChoiceFollowUp(str, ("A", "B"))),
+            GenerationRequest(id="y", messages=())]
+    first = passes.generate("meta_judge", reqs)
+    again = ChunkedPasses(lambda: pytest.fail("all chunks are logged"), lambda name: tmp_path / f"{name}.jsonl",
+                          chunk_size=1).generate("meta_judge", reqs)
+    assert first == again and again["x"].choice_probs == [[0.25, 0.75]] and again["y"].choice_probs is None
