@@ -6,7 +6,8 @@ of one ``generate`` call: ``HFEngine._generate_batch`` (a batch starts: its rows
 returns) and ``SharedPrefixCache.select_rows`` (rows leave the batch: which original rows the batch
 rows are from now on). A row is live at step ``s`` of its batch while ``s`` is below its token count
 (``GenerationOutput.n_tokens``; the stop token is counted), so a finished row still carried in the
-batch is left out, as the loop leaves out its tokens.
+batch is left out, as the loop leaves out its tokens. A selection before the first step (prefix sharing
+across requests copies each request's row to its samples) does not renumber the rows.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def record_steps(engine, reqs) -> tuple[list, list[list[tuple[list[int], list[in
         state["raw"].append((list(state["alive"]), tokens.tolist(), logprobs))
         return tokens
 
-    def on_select(cache, rows, lazy=False):
+    def on_select(cache, rows, lazy=False, park=False):
         state = batches[-1]
-        state["alive"] = [state["alive"][i] for i in rows.tolist()]
-        return select_rows(cache, rows, lazy)
+        if state["alive"] is not None:  # before the first step: requests' rows copied to their samples
+            state["alive"] = [state["alive"][i] for i in rows.tolist()]
+        return select_rows(cache, rows, lazy, park)
 
     with mock.patch.object(engine, "_generate_batch", on_batch), mock.patch.object(engine, "_sample", on_sample), \
             mock.patch.object(SharedPrefixCache, "select_rows", on_select):

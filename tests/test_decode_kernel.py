@@ -352,3 +352,27 @@ def test_kernel_sampler_rejects_what_it_cannot_run(kernel):
             broken[1, 37] = bad
             with pytest.raises(RuntimeError, match="logits of row 1 hold a NaN or an infinity"):
                 kernel.sample_next(broken, t, p, u)
+
+
+@pytest.mark.parametrize("starts", [[0, 5, 31, 32, 33, 1, 0, 79], [70] * 8], ids=["mixed", "all-padded-but-10"])
+def test_kernel_skips_each_rows_leading_padding(kernel, starts):
+    """``row_start[b]``: row b attends to its continuation from that position on (a prompt remainder fed
+    left-padded by prefix sharing across requests): equal to the exact attention over the real keys,
+    and a padded key that is huge changes nothing."""
+    rows, written = 8, 80
+    query, pk, pv, valid, sk, sv, owner = make_case(11, rows, 3, 3, 3, 64, [57, 40, 64], written, 96)
+    start = torch.tensor(starts)
+    for b, s in enumerate(starts):
+        sk[b, :, :s] = 1e4  # masked: would dominate every score if it were attended to
+    scaling = 0.125
+    got = kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner,
+                           sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, start)
+    for b, s in enumerate(starts):
+        keys = torch.cat([pk[owner[b]][:, valid[owner[b]]], sk[b, :, s:written]], dim=1).double()
+        values = torch.cat([pv[owner[b]][:, valid[owner[b]]], sv[b, :, s:written]], dim=1).double()
+        q = (query[b : b + 1] * scaling).double().reshape(3, 3, 64)
+        want = (torch.softmax(q @ keys.transpose(-1, -2), -1) @ values).reshape(1, 9, 64)
+        assert (got[b].double() - want).abs().max() < 0.02, b
+    with pytest.raises(RuntimeError, match="starts at"):
+        kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner,
+                         sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, torch.full((rows,), written))

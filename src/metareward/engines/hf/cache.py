@@ -186,6 +186,7 @@ class SharedPrefixCache(Cache):
                  decode_attention=None, decode_kernel=None):
         super().__init__(layers=[_SharedPrefixLayer(self, i) for i in range(num_layers)])
         self.phase = "prefix"
+        self._identity = torch.zeros(0, dtype=torch.long)  # arange(rows), set by start_rows
         self.capacity = capacity
         self.pool = pool if pool is not None else RowBufferPool()
         self.decode_attention = decode_attention or rows_attention
@@ -199,6 +200,7 @@ class SharedPrefixCache(Cache):
         self.prompt_len = right_padded_lengths(self.prompt_valid)
         self.suffix_valid = torch.zeros((len(owner), 0), dtype=torch.bool, device=owner.device)
         self.suffix_all_valid = True
+        self.suffix_start = torch.zeros(len(owner), dtype=torch.long, device=owner.device)
         self.slots: torch.Tensor | None = None
         self._identity = torch.arange(len(owner), device=owner.device)
         self.parked_slots = torch.zeros(0, dtype=torch.long, device=owner.device)  # buffer rows kept for unpark
@@ -208,6 +210,8 @@ class SharedPrefixCache(Cache):
     def _set_owner(self, owner: torch.Tensor) -> None:
         # rows of each prompt as a padded [P, C] table (C = most rows of one prompt) for batched matmuls
         self.owner = owner
+        if len(owner) > len(self._identity):  # rows repeated (a prompt remainder's samples)
+            self._identity = torch.arange(len(owner), device=owner.device)
         counts = torch.bincount(owner, minlength=self.prompt_valid.shape[0])
         width = int(counts.max())
         first = torch.cumsum(counts, 0) - counts
@@ -221,19 +225,36 @@ class SharedPrefixCache(Cache):
 
     def add_suffix(self, valid: torch.Tensor) -> None:
         """Record which of the next positions of each row are real tokens ([B, q] bool)."""
-        self.suffix_valid = torch.cat([self.suffix_valid, valid.bool()], dim=1)
-        self.suffix_all_valid = self.suffix_all_valid and bool(valid.all())
+        valid = valid.bool()
+        self.suffix_valid = torch.cat([self.suffix_valid, valid], dim=1)
+        if not bool(valid.all()) or self.suffix_start is None:
+            self._suffix_form()
+
+    def set_suffix_valid(self, valid: torch.Tensor) -> None:
+        """Replace the record of which written continuation positions are real ([B, written] bool)."""
+        self.suffix_valid = valid.bool()
+        self._suffix_form()
+
+    def _suffix_form(self) -> None:
+        """``suffix_all_valid``: every written position is real; ``suffix_start``: [B] count of each row's
+        leading padded positions when those are its only padded ones (what the decoding kernel reads:
+        a prompt remainder fed left-padded, then decoding), else None."""
+        valid = self.suffix_valid
+        self.suffix_all_valid = bool(valid.all())
+        lead = (~valid).long().cumprod(1).sum(1)
+        self.suffix_start = lead if bool((valid.sum(1) + lead == valid.shape[1]).all()) else None
 
     def attend(self, index: int, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """Rows-phase attention of layer ``index``'s queries [B, heads, q, d] (its keys/values already
         appended): ``decode_attention`` for a decoding step (one query per row, no padding so far),
         ``rows_attention`` with the padding mask otherwise. Returns [B, q, heads, d]."""
         layer = self.layers[index]
-        decoding = query.shape[2] == 1 and self.suffix_all_valid
-        if (decoding and self.decode_kernel is not None and self.prompt_len is not None
+        if (query.shape[2] == 1 and self.suffix_start is not None and self.decode_kernel is not None
+                and self.prompt_len is not None
                 and kernel_supports(query, query.shape[-1], query.shape[1], layer.pk.shape[1])):
             return kernel_attention(self.decode_kernel, query, layer.pk, layer.pv, self.prompt_len, self.owner,
-                                    layer.sk, layer.sv, layer.suffix_len, scaling, self.row_slots())
+                                    layer.sk, layer.sv, layer.suffix_len, scaling, self.row_slots(), self.suffix_start)
+        decoding = query.shape[2] == 1 and self.suffix_all_valid
         attention = self.decode_attention if decoding else rows_attention
         return attention(
             query, layer.pk, layer.pv, layer.sk, layer.sv, self.table, self.row_slot, self.prompt_valid,
@@ -268,7 +289,7 @@ class SharedPrefixCache(Cache):
         self.owner = self.parked_owner[order]
         self.parked_slots = self.parked_slots[:0]
         self.parked_owner = self.parked_owner[:0]
-        self.suffix_valid = suffix_valid.bool()
+        self.suffix_valid = suffix_valid.bool()  # in the order of the rows, as materialize expects
         self.materialize()
 
     def materialize(self) -> None:
@@ -291,6 +312,7 @@ class SharedPrefixCache(Cache):
             self.slots = self.row_slots()[rows]
             self.owner = self.owner[rows]
             self.suffix_valid = self.suffix_valid[rows]
+            self.suffix_start = None if self.suffix_start is None else self.suffix_start[rows]
             self.table = self.row_slot = None  # the torch path's tables: rebuilt by materialize
             return
         buffer_rows = rows if self.slots is None else self.slots[rows]
@@ -307,9 +329,8 @@ class SharedPrefixCache(Cache):
             self.prompt_len = None if self.prompt_len is None else self.prompt_len[used]
         for layer in self.layers:
             layer.select(buffer_rows, prompts)
-        self.suffix_valid = self.suffix_valid[rows]
-        self.suffix_all_valid = bool(self.suffix_valid.all())
         self._set_owner(owner)
+        self.set_suffix_valid(self.suffix_valid[rows])
 
 
 def right_padded_lengths(valid: torch.Tensor) -> torch.Tensor | None:

@@ -95,6 +95,73 @@ def cache_argument(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def sharing_order(prompts: Sequence[list[int]], min_shared: int) -> list[int]:
+    """The order in which ``generate`` cuts requests into batches: prompts sharing at least
+    ``min_shared`` leading tokens with another (e.g. the meta-judge's battles of one response, the judge
+    prompts of one question) stay together, so their batch prefills the shared part once
+    (``shared_roots``); each such family shortest first, families and lone prompts by their shortest
+    prompt (little padding, as plain length order gives). Deterministic: a function of the prompts."""
+    lexical = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    units: list[list[int]] = []
+    for prev, i in zip([None, *lexical], lexical):
+        if prev is not None and common_prefix(prompts[prev], prompts[i]) >= min_shared:
+            units[-1].append(i)
+        else:
+            units.append([i])
+    units = [sorted(u, key=lambda i: (len(prompts[i]), i)) for u in units]
+    units.sort(key=lambda u: (len(prompts[u[0]]), u[0]))
+    return [i for u in units for i in u]
+
+
+def shared_roots(prompts: Sequence[list[int]], min_shared: int) -> tuple[list[int], list[int]]:
+    """Prefix sharing across the requests of one batch: (root group of each prompt, its root length).
+
+    Prompts sharing at least ``min_shared`` leading tokens form a group whose common prefix (the root;
+    capped so that every member keeps at least one token of its own) is prefilled once; each member's
+    remainder then runs against it. A prompt in no group is its own root, whole (remainder empty).
+    The sharing is used only where it shrinks the padded token rectangle the batch computes (roots x
+    widest root + requests with a remainder x widest remainder, against prompts x widest prompt);
+    otherwise every prompt is its own root. This is the two-level case of the prefix tree vLLM's
+    automatic prefix caching and SGLang's radix attention share on GPUs."""
+    count = len(prompts)
+    lexical = sorted(range(count), key=lambda i: prompts[i])
+    root_of, cut = list(range(count)), [len(p) for p in prompts]
+    group: list[int] = []
+    shared = 0
+
+    def close() -> None:
+        if len(group) > 1:
+            for i in group:
+                root_of[i], cut[i] = group[0], shared
+
+    for i in lexical:
+        if group:
+            limit = min(shared, len(prompts[i]) - 1)
+            length = common_prefix(prompts[group[0]][:limit], prompts[i])
+            if length >= min_shared:
+                group.append(i)
+                shared = length
+                continue
+            close()
+        group, shared = [i], len(prompts[i]) - 1
+    close()
+    groups = set(root_of)
+    remainders = [len(p) - c for p, c in zip(prompts, cut, strict=True)]
+    rectangle = len(groups) * max(cut) + sum(r > 0 for r in remainders) * max(remainders)
+    if max(remainders) == 0 or rectangle >= count * max(len(p) for p in prompts):
+        return list(range(count)), [len(p) for p in prompts]
+    return root_of, cut
+
+
 class HFEngine(Engine):
     """A transformers causal LM on one device, with its own decoding loop. See the module docstring."""
 
@@ -112,6 +179,7 @@ class HFEngine(Engine):
         compile: bool = False,
         fused_decoder: bool = True,
         decode_kernel: bool = True,
+        min_shared: int = 64,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,6 +190,7 @@ class HFEngine(Engine):
             keep_freed_memory()
         self.dtype = pick_dtype(dtype, self.device) if model is None else next(model.parameters()).dtype
         self.batch_size = batch_size
+        self.min_shared = min_shared  # leading tokens requests must share to be prefilled once (shared_roots)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -168,9 +237,10 @@ class HFEngine(Engine):
                 mask[i, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _batches(self, sizes: Sequence[int], costs: Sequence[int]) -> list[list[int]]:
-        """Indices grouped into batches of about ``batch_size`` sequences, shortest prompts first."""
-        order = sorted(range(len(sizes)), key=lambda i: costs[i])
+    def _batches(self, sizes: Sequence[int], costs: Sequence[int], order: Sequence[int] | None = None) -> list[list[int]]:
+        """Indices grouped into batches of about ``batch_size`` sequences, in ``order`` (default:
+        shortest prompts first)."""
+        order = sorted(range(len(sizes)), key=lambda i: costs[i]) if order is None else order
         batches: list[list[int]] = []
         cur: list[int] = []
         seqs = 0
@@ -282,7 +352,8 @@ class HFEngine(Engine):
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationOutput]:
         prompts = [self.render(r.messages) for r in requests]
-        for batch in self._batches([r.n for r in requests], [len(p) for p in prompts]):
+        order = sharing_order(prompts, self.min_shared)
+        for batch in self._batches([r.n for r in requests], [len(p) for p in prompts], order):
             yield from self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
 
     def _generate_batch(
@@ -293,13 +364,28 @@ class HFEngine(Engine):
         max_new = max(r.sampling.max_tokens for r in reqs)
         if self.fused is not None:
             self.fused.refresh()  # the model may have been trained since the last batch
-        logits, cache, mask, last_pos = self._prefill(prompts, max_new)
-
-        # One row per sample: row j continues prompt owner[j] (the prompt's keys are never copied).
+        # One row per sample: row j continues request owner[j]'s prompt (whose keys are never copied).
         owner = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor([r.n for r in reqs])).to(dev)
-        cache.start_rows(owner, mask)
+        root_of, cut = shared_roots(prompts, self.min_shared)
+        roots = sorted(set(root_of))
+        root_prompts = [prompts[g][: cut[g]] for g in roots]  # a group's root is its first member's cut
+        remainders = [p[c:] for p, c in zip(prompts, cut, strict=True)]
+        logits, cache, mask, _ = self._prefill(root_prompts, max_new + max(len(x) for x in remainders))
+        if any(remainders):
+            # Prefix sharing across requests: each root was prefilled once above; every request's own
+            # remainder runs once against it (into its row buffers), then is copied to its samples.
+            request_root = torch.tensor([roots.index(g) for g in root_of], device=dev)
+            cache.start_rows(request_root, mask)
+            fed = self._feed(cache, remainders, torch.tensor(cut, device=dev))
+            has = torch.tensor([bool(x) for x in remainders], device=dev)
+            logits = torch.where(has[:, None], fed, logits[request_root])[owner]
+            cache.select_rows(owner)
+        else:
+            cache.start_rows(owner, mask)
+            logits = logits[owner]
+        remainder_valid = cache.suffix_valid.clone()  # [rows, fed positions]: each row's remainder
+        last_pos = torch.tensor([len(p) - 1 for p in prompts], device=dev)[owner]
         lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
-        logits, last_pos = logits[owner], last_pos[owner]
         if self._sample_kernel:  # in the head's dtype, as the decoding steps hand logits over (exact)
             logits = logits.to(self.model.get_output_embeddings().weight.dtype)
         temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], dtype=torch.float32, device=dev)
@@ -353,7 +439,8 @@ class HFEngine(Engine):
                 cache.select_rows(alive[:0], lazy=True, park=True)  # the last rows to finish
                 parked += alive.tolist()
             follow_probs = self._follow_ups(cache, [reqs[o] for o in owner.tolist()], follow, tokens, texts,
-                                            mask.sum(1)[owner], parked if lazy else None)
+                                            torch.tensor([len(p) for p in prompts], device=dev)[owner],
+                                            remainder_valid, parked if lazy else None)
         start = 0
         for r in reqs:
             samples = range(start, start + r.n)
@@ -364,7 +451,7 @@ class HFEngine(Engine):
 
     def _follow_ups(self, cache: SharedPrefixCache, row_requests: Sequence[GenerationRequest], follow: list[int],
                     tokens: list[list[int]], texts: list[str], prompt_len: torch.Tensor,
-                    parked: list[int] | None) -> dict[int, list[float]]:
+                    remainder_valid: torch.Tensor, parked: list[int] | None) -> dict[int, list[float]]:
         """Each follow-up row's choice probabilities, read from its own cache after decoding.
 
         Row r's cache holds its prompt and its sampled tokens but the last (the cut or stop token is
@@ -374,7 +461,9 @@ class HFEngine(Engine):
         whose logits are read): typically the few tokens of ``"\nScore: "``; the whole text where
         decoding and re-encoding it differ at its start. ``parked``: the rows in the cache's parking order
         (the lazy path), None when the batch still holds every row in order (the path that never
-        compacts with follow-ups pending)."""
+        compacts with follow-ups pending). ``prompt_len``: each row's whole prompt length;
+        ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's buffers start
+        with (prefix sharing across requests; R = 0 without), its samples' tokens following at R."""
         contexts, choice_ids, keep = [], [], []
         for r in follow:
             follow_up = row_requests[r].follow_up
@@ -387,18 +476,18 @@ class HFEngine(Engine):
             contexts.append(context)
             choice_ids.append(ids)
             keep.append(common)
-        written = cache.layers[0].suffix_len
+        written, offset = cache.layers[0].suffix_len, remainder_valid.shape[1]
         valid = torch.zeros((len(follow), written), dtype=torch.bool, device=self.device)
+        valid[:, :offset] = remainder_valid[follow]
         for k, common in enumerate(keep):
-            valid[k, :common] = True
+            valid[k, offset : offset + common] = True
         if parked is not None:
             position = {row: k for k, row in enumerate(parked)}
             cache.unpark(torch.tensor([position[r] for r in follow], device=self.device), valid)
         else:
             if len(follow) < len(cache.owner):
                 cache.select_rows(torch.tensor(follow, device=self.device))
-            cache.suffix_valid = valid
-            cache.suffix_all_valid = False
+            cache.set_suffix_valid(valid)
         start = prompt_len[follow] + torch.tensor(keep, device=self.device)
         logits = self._feed(cache, [c[k:] for c, k in zip(contexts, keep, strict=True)], start)
         logprobs = torch.log_softmax(logits, dim=-1)

@@ -91,11 +91,12 @@ def kernel_supports(like: torch.Tensor, head_dim: int, heads: int, kv_heads: int
 def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, prompt_values: torch.Tensor,
                      prompt_len: torch.Tensor, owner: torch.Tensor, row_keys_t: torch.Tensor,
                      row_values: torch.Tensor, written: int, scaling: float,
-                     slots: torch.Tensor | None = None) -> torch.Tensor:
+                     slots: torch.Tensor | None = None, row_start: torch.Tensor | None = None) -> torch.Tensor:
     """One decoding step's attention through ``kernel``: queries [B, heads, 1, d] (head h uses KV head
     h // groups) against prompt ``owner[b]``'s first ``prompt_len`` keys (``prompt_keys_t`` [P, kv, d, Lp],
     values [P, kv, Lp, d]) and row b's first ``written`` continuation keys, in row ``slots[b]`` of the row
     buffers (``row_keys_t`` [S, kv, d, W], values [S, kv, W, d]; ``slots`` None: row b's own, S = B).
+    Row b does not attend to its first ``row_start[b]`` continuation positions (None: it attends to all).
     Returns [B, 1, heads, d] in bf16, as ``rows_attention`` does.
 
     The queries are scaled in bf16 before the kernel sees them, as the batched-matmul path does."""
@@ -104,6 +105,8 @@ def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, p
     grouped = (query * scaling).reshape(rows, kv_heads, heads // kv_heads, dim).contiguous()
     if slots is None:
         slots = torch.arange(rows, device=query.device)
+    if row_start is None:
+        row_start = torch.zeros(rows, dtype=torch.long, device=query.device)
     out = kernel.decode_attention(grouped, prompt_keys_t, prompt_values, prompt_len, owner, row_keys_t, row_values,
-                                  written, slots)
+                                  written, slots, row_start)
     return out.reshape(rows, 1, heads, dim)

@@ -19,8 +19,10 @@
 // ``weighted_values``). The tests run both where the CPU has AVX512-BF16.
 //
 // Assumptions: all tensors contiguous; prompts right-padded (prompt p's real keys are 0..plen[p]-1);
-// every row has written the same number n of continuation positions (decoding runs rows in lockstep);
-// row b's continuation lies in row slots[b] of the row buffers (see row_slots.h).
+// every row has written the same number n of continuation positions (decoding runs rows in lockstep),
+// of which row b's first start[b] are padding it does not attend to (the left padding of a prompt
+// remainder fed into the row buffers: the engine's cross-request prefix sharing); row b's continuation
+// lies in row slots[b] of the row buffers (see row_slots.h).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -156,8 +158,9 @@ inline int64_t round_up(int64_t x) { return (x + CHUNK - 1) / CHUNK * CHUNK; }
 
 template <int G, int D>
 void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
-                const int64_t* owner, const int64_t* slots, const uint16_t* skt, const uint16_t* sv, uint16_t* out,
-                int64_t rows, int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
+                const int64_t* owner, const int64_t* slots, const int64_t* start, const uint16_t* skt,
+                const uint16_t* sv, uint16_t* out, int64_t rows, int64_t kv_heads, int64_t lp, int64_t width,
+                int64_t n) {
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     float qf[G * D];
@@ -165,7 +168,7 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
     float total[G];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, h = task % kv_heads, p = owner[b], slot = slots[b];
-      const int64_t l1 = plen[p], len = l1 + n;
+      const int64_t l1 = plen[p], len = l1 + n, pad_end = l1 + start[b];  // [l1, pad_end): padding
       // row g's scores at s[g * stride ...]; the score blocks write whole CHUNKs past their ends
       const int64_t stride = std::max(round_up(l1), l1 + round_up(n));
       buf.resize(static_cast<size_t>(G * stride));
@@ -181,11 +184,12 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
 #endif
       for (int g = 0; g < G; ++g) {
         float* sg = s + g * stride;
-        float peak = -INFINITY;
-        for (int64_t j = 0; j < len; ++j) peak = std::max(peak, sg[j]);
+        // padding gets probability 0 outright (no -inf arithmetic: the build uses -ffast-math)
+        float peak = sg[0];  // every prompt has a token
+        for (int64_t j = 0; j < len; j = (j + 1 == l1 ? pad_end : j + 1)) peak = std::max(peak, sg[j]);
         float sum = 0.f;
         for (int64_t j = 0; j < len; ++j) {
-          const float e = std::exp(sg[j] - peak);
+          const float e = (j >= l1 && j < pad_end) ? 0.f : std::exp(sg[j] - peak);
           sum += e;
           sg[j] = e;
         }
@@ -212,10 +216,11 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
 
 template <int D>
 void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
-                     const int64_t* owner, const int64_t* slots, const uint16_t* skt, const uint16_t* sv, uint16_t* out,
-                     int64_t rows, int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
+                     const int64_t* owner, const int64_t* slots, const int64_t* start, const uint16_t* skt,
+                     const uint16_t* sv, uint16_t* out, int64_t rows, int64_t kv_heads, int64_t lp, int64_t width,
+                     int64_t n) {
   switch (groups) {
-#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, slots, skt, sv, out, rows, kv_heads, lp, width, n); return;
+#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, slots, start, skt, sv, out, rows, kv_heads, lp, width, n); return;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
     default: TORCH_CHECK(false, "decode_attention: unsupported query heads per KV head: ", groups);
@@ -226,10 +231,11 @@ void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, con
 
 // query [B, kv, G, D]; prompt_keys_t [P, kv, D, Lp]; prompt_values [P, kv, Lp, D]; prompt_len [P] int64;
 // owner [B] int64; row_keys_t [S, kv, D, W]; row_values [S, kv, W, D]; n continuation positions written;
-// slots [B] int64: row b's continuation is row slots[b] of the row buffers. Returns [B, kv, G, D] bf16.
+// slots [B] int64: row b's continuation is row slots[b] of the row buffers; start [B] int64: row b does
+// not attend to its first start[b] continuation positions (0 <= start[b] < n). Returns [B, kv, G, D] bf16.
 torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t, torch::Tensor prompt_values,
                                torch::Tensor prompt_len, torch::Tensor owner, torch::Tensor row_keys_t,
-                               torch::Tensor row_values, int64_t n, torch::Tensor slots) {
+                               torch::Tensor row_values, int64_t n, torch::Tensor slots, torch::Tensor start) {
   for (const auto& t : {query, prompt_keys_t, prompt_values, row_keys_t, row_values}) {
     TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(),
                 "decode_attention: bf16 contiguous CPU tensors expected");
@@ -241,15 +247,24 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   TORCH_CHECK(lp % CHUNK == 0 && width % CHUNK == 0, "decode_attention: key buffers must hold whole blocks of ", CHUNK);
   const int64_t* slot = metareward::checked_slots(slots, rows, row_keys_t.size(0), "decode_attention");
   TORCH_CHECK(row_values.size(0) == row_keys_t.size(0), "decode_attention: key and value buffers hold different rows");
+  TORCH_CHECK(start.scalar_type() == at::kLong && start.is_contiguous() && start.device().is_cpu() && start.dim() == 1
+                  && start.size(0) == rows, "decode_attention: start must be a contiguous int64 CPU vector, one per row");
+  const int64_t* first = start.data_ptr<int64_t>();
+  for (int64_t b = 0; b < rows; ++b) {
+    TORCH_CHECK(first[b] >= 0 && first[b] < n, "decode_attention: row ", b, " starts at ", first[b], " of ", n,
+                " written positions");
+  }
   auto out = torch::empty_like(query);
   auto ptr = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<bf16>()); };
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<bf16>());
   if (dim == 64) {
     dispatch_groups<64>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
-                        owner.data_ptr<int64_t>(), slot, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
+                        owner.data_ptr<int64_t>(), slot, first, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width,
+                        n);
   } else if (dim == 128) {
     dispatch_groups<128>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
-                         owner.data_ptr<int64_t>(), slot, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width, n);
+                         owner.data_ptr<int64_t>(), slot, first, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width,
+                         n);
   } else {
     TORCH_CHECK(false, "decode_attention: unsupported head dimension ", dim);
   }

@@ -1,0 +1,143 @@
+"""Prefix sharing across requests in the hf engine (``shared_roots``, ``sharing_order``).
+
+Requests whose prompts share a long prefix (the meta-judge's battles of one response, the judge prompts
+of one question) are batched together, the shared root is prefilled once and each request's remainder
+runs against it. Unit tests give the grouping exact expected values and properties; on the real model,
+every decoding step's distribution equals an independent forward over that sample's prompt and tokens
+(so remainders, their left padding, their copies to the samples and the positions are right), and the
+follow-up reads stay exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hf_trace import record_steps
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metareward.engines.base import ChoiceFollowUp, GenerationRequest, SamplingParams
+from metareward.engines.hf import HFEngine
+from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf.engine import common_prefix, shared_roots, sharing_order
+from metareward.stages.meta_judge import VERDICT_CHOICES, verdict_prefix
+from metareward.templates import meta_judge_prompt
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([5], [6]) == 0
+
+
+def test_shared_roots_groups_prompts_with_a_long_common_prefix():
+    base = list(range(100))
+    prompts = [base + [7, 8], [999] * 50, base + [9], base[:80] + [1, 2, 3]]
+    root_of, cut = shared_roots(prompts, min_shared=64)
+    assert root_of == [3, 1, 3, 3] and cut == [80, 50, 80, 80]  # group root: its lexically first member
+    # the root never swallows a whole member: a prompt that is a prefix of another keeps one token
+    root_of, cut = shared_roots([base, base + [1, 2]], min_shared=64)
+    assert cut == [99, 99] and root_of[0] == root_of[1]
+
+
+def test_shared_roots_declines_sharing_that_does_not_pay():
+    shared = list(range(65))
+    # one root of 65 + two remainders padded to 1000 = 2065 positions, against 2 x 1065 whole: shared
+    assert shared_roots([shared + [1] * 1000, shared + [2] * 1000], 64) == ([0, 0], [65, 65])
+    # with a lone 1065-token prompt the roots are padded to its width: 2 x 1065 + 2 x 1000 > 3 x 1065
+    prompts = [shared + [1] * 1000, shared + [2] * 1000, [500] * 1065]
+    assert shared_roots(prompts, 64) == ([0, 1, 2], [1065, 1065, 1065])
+    assert shared_roots([shared + [1], shared + [2]], 200) == ([0, 1], [66, 66])  # below min_shared
+
+
+def test_sharing_order_keeps_families_together_shortest_first():
+    fam = list(range(70))
+    prompts = [[9] * 10, fam + [5, 5, 5], [8] * 3, fam + [1], fam + [4, 4]]
+    assert sharing_order(prompts, 64) == [2, 0, 3, 4, 1]
+    assert sharing_order(prompts, 10**6) == [2, 0, 3, 4, 1][:2] + [3, 4, 1]  # lone prompts by length too
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=12), min_size=1, max_size=12),
+       st.integers(1, 6))
+def test_shared_roots_properties(prompts, min_shared):
+    root_of, cut = shared_roots(prompts, min_shared)
+    assert sorted(sharing_order(prompts, min_shared)) == list(range(len(prompts)))
+    for i, p in enumerate(prompts):
+        g = root_of[i]
+        assert prompts[g][: cut[g]] == p[: cut[i]] and cut[i] == cut[g]  # members start with their root
+        if g == i and root_of.count(i) == 1:
+            assert cut[i] == len(p)  # a lone prompt is its own whole root
+        else:
+            assert min_shared <= cut[i] < len(p)  # a member keeps at least one token of its own
+
+
+JUDGMENTS = ["The response is correct and concise. Score: 4", "It answers but lacks detail.\nScore: 3",
+             "Wrong answer entirely. Score: 1"]
+
+
+def battles(follow_up: bool) -> list[GenerationRequest]:
+    """The meta-judge's six battles of one response (n=2 samples each, to exercise the copies), and one
+    unrelated request in the same batch."""
+    reqs = [GenerationRequest(
+        id=f"{a}-{b}", messages=({"role": "user", "content": meta_judge_prompt("What is 2+2?", "4", JUDGMENTS[a],
+                                                                               JUDGMENTS[b])},),
+        sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=12 + 3 * a + b), n=2, seed=3 * a + b,
+        follow_up=ChoiceFollowUp(verdict_prefix, VERDICT_CHOICES) if follow_up else None)
+        for a in range(3) for b in range(3) if a != b]
+    reqs.append(GenerationRequest(id="lone", messages=({"role": "user", "content": "Name a colour."},),
+                                  sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=8), n=2, seed=99))
+    return reqs
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from metareward.models import resolve_model
+
+    eng = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=64)
+    yield eng
+    eng.close()
+
+
+@pytest.mark.slow
+def test_shared_roots_decode_each_samples_true_distribution(engine, monkeypatch):
+    fed = []
+    feed = engine_module.HFEngine._feed
+    monkeypatch.setattr(engine_module.HFEngine, "_feed",
+                        lambda self, cache, seqs, start: fed.append(seqs) or feed(self, cache, seqs, start))
+    reqs = battles(follow_up=False)
+    outs, (steps,) = record_steps(engine, reqs)
+    prompts = [engine.render(r.messages) for r in reqs]
+    assert len(fed) == 1 and max(len(s) for s in fed[0]) < 200 < min(len(p) for p in prompts[:6])  # shared
+    order = sharing_order(prompts, engine.min_shared)
+    rows = [prompts[i] for i in order for _ in range(reqs[i].n)]  # batch-row order
+    per_row: dict[int, list] = {}
+    for alive, tokens, logprobs in steps:
+        for b, (row, token) in enumerate(zip(alive, tokens)):
+            per_row.setdefault(row, []).append((token, logprobs[b]))
+    assert sorted(per_row) == list(range(len(rows)))
+    for row, seen in per_row.items():
+        ids = torch.tensor([rows[row] + [t for t, _ in seen]])
+        with torch.inference_mode():
+            want = torch.log_softmax(engine.model(input_ids=ids).logits[0, len(rows[row]) - 1 : -1].float(), -1)
+        got = torch.stack([lp for _, lp in seen])
+        assert (got.exp() - want.exp()).abs().max() < 1e-4, row
+    # the texts do not depend on whether the roots were shared (float32, the same sampler draws)
+    monkeypatch.setattr(engine, "min_shared", 10**9)
+    assert {o.id: o.texts for o in engine.generate(reqs)} == {o.id: o.texts for o in outs}
+
+
+@pytest.mark.slow
+def test_shared_roots_follow_ups_equal_an_independent_forward(engine):
+    reqs = battles(follow_up=True)
+    outs = {o.id: o for o in engine.generate(reqs)}
+    assert outs["lone"].choice_probs is None
+    for r in reqs[:6]:
+        for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
+            context, ids = engine.choice_context(verdict_prefix(text), VERDICT_CHOICES)
+            seq = torch.tensor([engine.render(r.messages) + context])
+            with torch.inference_mode():
+                p = torch.softmax(engine.model(input_ids=seq).logits[0, -1].float(), -1)[ids]
+            np.testing.assert_allclose(probs, (p / p.sum()).tolist(), atol=1e-4)
