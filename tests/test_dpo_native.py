@@ -39,13 +39,22 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The embedded model's tokenizer and architecture (its config: tied embeddings, RoPE, grouped KV
+    heads, vocabulary) at a tiny size, randomly initialised: the native step and TRL's must agree on any
+    model, and the 135M one made these comparisons cost over a minute (the real model is trained and
+    saved in ``test_native_backend_from_path_saves_a_model_that_loads``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from metareward.models import resolve_model
 
     path = resolve_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(path)
+    config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 16})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert model.config.tie_word_embeddings and model.config.vocab_size == len(tok) == 49152
     return model, tok
 
 
