@@ -4,7 +4,11 @@ complete, changed model folder.
 
 On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes 2`` starts two processes
 that the Trainer (``use_cpu``) joins as MULTI_CPU with the gloo backend; accelerate's own ``--cpu`` flag
-runs one process unless mpirun is configured."""
+runs one process unless mpirun is configured.
+
+The model is a tiny random Llama with the embedded model's tokenizer (``train_fixtures.save_tiny_llama``):
+what is tested is the launch, the collective save and the folder, which do not depend on the model's size
+(the 135M model made each test ~30 s)."""
 
 from __future__ import annotations
 
@@ -13,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import iteration_with_actor_pairs
+from train_fixtures import iteration_with_actor_pairs, save_tiny_llama
 
 from metareward.config import IterationConfig, RunConfig, TrainingConfig, dump_config
 from metareward.loop import Runner
-from metareward.models import resolve_model
 from metareward.store import IterationStore
 
 pytestmark = pytest.mark.slow
@@ -31,8 +34,13 @@ QA = [
 ]
 
 
-def test_two_process_dpo_through_the_loop_launcher(tmp_path):
-    model = resolve_model("smollm2-135m")
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def test_two_process_dpo_through_the_loop_launcher(tmp_path, tiny_llama):
+    model = tiny_llama
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(q for q, _, _ in QA) + "\n")
     cfg = RunConfig(
@@ -64,11 +72,11 @@ def test_two_process_dpo_through_the_loop_launcher(tmp_path):
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_two_process_sft_step_through_the_loop_launcher(tmp_path):
+def test_two_process_sft_step_through_the_loop_launcher(tmp_path, tiny_llama):
     """SFT step 0 under the same launcher: two processes, one collective save of a changed model."""
     from metareward.training.sft import SFTConfig
 
-    model = resolve_model("smollm2-135m")
+    model = tiny_llama
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(
         json.dumps({"prompt": q, "completion": c + "\nScore: 5", "score": 5.0}) + "\n" for q, c, _ in QA

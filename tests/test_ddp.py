@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import iteration_with_actor_pairs
+from train_fixtures import iteration_with_actor_pairs, save_tiny_llama
 
 from metareward.config import IterationConfig, RunConfig, TrainingConfig
 from metareward.store import IterationStore
@@ -61,19 +61,7 @@ if os.environ.get("METAREWARD_TEST_DIE_AFTER_STEP"):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> str:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from metareward.models import resolve_model
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def prepare_run(run_dir: Path, model: str, batch_size: int, launcher: str, save_steps: int = 1000) -> IterationStore:

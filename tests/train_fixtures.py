@@ -1,4 +1,5 @@
-"""Shared set-up of the training tests: an iteration directory whose pairs stage is done."""
+"""Shared set-up of the training tests: an iteration directory whose pairs stage is done, and a tiny
+random Llama folder with the embedded model's tokenizer (training it costs seconds, not minutes)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,21 @@ def iteration_with_actor_pairs(
     write_jsonl_atomic(store.path("actor_pairs.jsonl"), pairs)
     write_jsonl_atomic(store.path("judge_pairs.jsonl"), [])
     return store, pairs
+
+
+def save_tiny_llama(out: Path) -> str:
+    """Save a tiny randomly initialised Llama (2 layers, width 32, tied embeddings, seed 0) with the
+    embedded model's tokenizer to ``out``: a model folder the trainers and launchers load like the real one."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from metareward.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
