@@ -105,6 +105,25 @@ def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatc
 
 
 @pytest.mark.slow
+def test_a_row_whose_whole_text_must_be_fed_is_left_to_the_caller_when_that_is_cheaper(fp32_engine):
+    """Twelve samples need ~5 tokens fed, one ~1,000 (its context shares nothing with its text): padding
+    every row to 1,000 would cost more than that one sample's re-prefill, so its entry is None (the stage
+    reads it in its choice pass) and the others are still exact."""
+    reqs = [
+        GenerationRequest(id=f"s{i}", messages=r.messages, sampling=r.sampling, n=3, seed=i,
+                          follow_up=ChoiceFollowUp(ScorePrefix(CASES[i][1]), SCORE_CHOICES))
+        for i, r in enumerate(requests()[:3])]
+    reqs.append(GenerationRequest(id="long", messages=reqs[0].messages, sampling=SamplingParams(0.9, 0.95, 12), seed=5,
+                                  follow_up=ChoiceFollowUp(Preamble(PREAMBLE * 8), SCORE_CHOICES)))
+    outs = {o.id: o for o in fp32_engine.generate(reqs)}
+    assert outs["long"].choice_probs == [None]
+    for r in reqs[:3]:
+        for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
+            np.testing.assert_allclose(probs, independent_probs(fp32_engine, r.messages, r.follow_up.prefix(text),
+                                                                SCORE_CHOICES), atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.kernel
 def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engine, monkeypatch):
     if load_decode_kernel() is None:

@@ -131,6 +131,7 @@ class ScriptedPasses:
         """``answered``: request ids whose follow-up the generation pass answers itself (as the hf engine
         does), from ``probs`` keyed by ``<request id>/j<index>`` or the request id (one sample)."""
         self.texts, self.probs, self.answered = texts, probs or {}, answered
+        self.declined: set[str] = set()  # samples whose read an answering engine leaves to the caller
         self.calls: list[tuple[str, list[str]]] = []
         self.requests: dict[str, list] = {}
 
@@ -145,7 +146,8 @@ class ScriptedPasses:
     def _answer(self, request):
         assert request.follow_up is not None
         n = len(self.texts[request.id])
-        return [self.probs[f"{request.id}/j{i}" if n > 1 else request.id] for i in range(n)]
+        keys = [f"{request.id}/j{i}" if n > 1 else request.id for i in range(n)]
+        return [None if key in self.declined else self.probs[key] for key in keys]
 
     def choices(self, name, requests):
         self.calls.append((name, [r.id for r in requests]))
@@ -258,3 +260,17 @@ def test_constrained_meta_judge_uses_the_engines_follow_up_answers():
     follow_up = passes.requests["meta_judge"][0].follow_up
     assert follow_up.choices == meta_judge.VERDICT_CHOICES
     assert follow_up.prefix("Hmm.\nWinner: Judgment A or B") == "Hmm.\nWinner: Judgment "
+
+
+def test_constrained_judge_reads_the_samples_the_engine_declined():
+    """An engine may answer a request's follow-up for some samples and leave others (None): only those
+    are read in ``judge_score``."""
+    prompts = {"p": Prompt("p", "Q?")}
+    rs = [Response("p/r0", "p", 0, "A.")]
+    texts = {"p/r0": ["Fine.\nScore: 4", "Meh."]}
+    probs = {"p/r0/j0": [0, 0, 0.25, 0.75, 0, 0], "p/r0/j1": [0.5, 0, 0, 0, 0, 0.5]}
+    passes = ScriptedPasses(texts, probs, {"p/r0"})
+    passes.declined = {"p/r0/j1"}
+    js = judge.run(prompts, rs, JudgeConfig(n=2, scoring="constrained"), 0, 1, passes)
+    assert passes.calls == [("judge", ["p/r0"]), ("judge_score", ["p/r0/j1"])]
+    assert [j.score for j in js] == [2.75, 2.5]

@@ -67,14 +67,14 @@ class GenerationOutput:
     """The ``n`` completions of one request: text (end-of-turn token removed), token counts, and
     whether each stopped on its own (False: cut at ``max_tokens``). ``choice_probs``: for a request
     with a ``follow_up`` the engine answered, each sample's probabilities over the follow-up's choices
-    (renormalised, as ``ChoiceOutput.probs``); None when there was none or the engine left it to the
-    caller."""
+    (renormalised, as ``ChoiceOutput.probs``), an entry None where the engine left that sample's read
+    to the caller; None when there was no follow-up or the engine left all of it to the caller."""
 
     id: str
     texts: list[str]
     n_tokens: list[int]
     finished: list[bool]
-    choice_probs: list[list[float]] | None = None
+    choice_probs: list[list[float] | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Protocol
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, GenerationOutput, GenerationRequest, Message
 from metareward.seeds import request_seed
 
-__all__ = ["Passes", "request_seed", "user_turn"]
+__all__ = ["Passes", "answered", "request_seed", "user_turn"]
 
 
 class Passes(Protocol):
@@ -33,3 +33,9 @@ class Passes(Protocol):
 def user_turn(text: str) -> tuple[Message, ...]:
     """Single-turn chat messages: the paper puts every prompt (actor, judge, meta-judge) in the user turn."""
     return ({"role": "user", "content": text},)
+
+
+def answered(out: GenerationOutput, sample: int) -> list[float] | None:
+    """The engine's answer to sample ``sample``'s ``ChoiceFollowUp`` (the constrained score or verdict),
+    or None where it left that read to the caller (the stage then reads it in its choice pass)."""
+    return None if out.choice_probs is None else out.choice_probs[sample]

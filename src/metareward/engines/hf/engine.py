@@ -433,7 +433,7 @@ class HFEngine(Engine):
 
         texts = [self.tokenizer.decode(t[:-1] if f else t, skip_special_tokens=True).strip()
                  for t, f in zip(tokens, finished, strict=True)]
-        follow_probs: dict[int, list[float]] = {}
+        follow_probs: dict[int, list[float] | None] = {}
         if follow:
             if lazy:
                 cache.select_rows(alive[:0], lazy=True, park=True)  # the last rows to finish
@@ -451,7 +451,7 @@ class HFEngine(Engine):
 
     def _follow_ups(self, cache: SharedPrefixCache, row_requests: Sequence[GenerationRequest], follow: list[int],
                     tokens: list[list[int]], texts: list[str], prompt_len: torch.Tensor,
-                    remainder_valid: torch.Tensor, parked: list[int] | None) -> dict[int, list[float]]:
+                    remainder_valid: torch.Tensor, parked: list[int] | None) -> dict[int, list[float] | None]:
         """Each follow-up row's choice probabilities, read from its own cache after decoding.
 
         Row r's cache holds its prompt and its sampled tokens but the last (the cut or stop token is
@@ -459,12 +459,14 @@ class HFEngine(Engine):
         ``choice_probs`` would feed) agrees with those tokens up to their longest common prefix, so the
         positions after it are masked and only the rest of the context is fed (at least its last token,
         whose logits are read): typically the few tokens of ``"\nScore: "``; the whole text where
-        decoding and re-encoding it differ at its start. ``parked``: the rows in the cache's parking order
+        decoding and re-encoding it differ at its start; rows left out, whose whole re-prefill costs less
+        than padding every row to their width, get None). ``parked``: the rows in the cache's parking order
         (the lazy path), None when the batch still holds every row in order (the path that never
         compacts with follow-ups pending). ``prompt_len``: each row's whole prompt length;
         ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's buffers start
         with (prefix sharing across requests; R = 0 without), its samples' tokens following at R."""
         contexts, choice_ids, keep = [], [], []
+        follow_all = list(follow)
         for r in follow:
             follow_up = row_requests[r].follow_up
             context, ids = self.choice_context(follow_up.prefix(texts[r]), follow_up.choices)
@@ -476,6 +478,17 @@ class HFEngine(Engine):
             contexts.append(context)
             choice_ids.append(ids)
             keep.append(common)
+        # Every row of the feed is padded to the widest remainder of context: where a few rows need
+        # their whole text fed (decoding and re-encoding differ at its start) and the rest a few tokens,
+        # those few are left to the caller's re-prefill if that computes fewer positions.
+        need = [len(c) - k for c, k in zip(contexts, keep, strict=True)]
+        reprefill = [int(prompt_len[r]) + len(c) for r, c in zip(follow, contexts, strict=True)]
+        width = min(sorted(set(need)), key=lambda w: sum(n <= w for n in need) * w
+                    + sum(cost for n, cost in zip(need, reprefill, strict=True) if n > w))
+        fed = [k for k, n in enumerate(need) if n <= width]
+        follow, contexts, choice_ids, keep = ([x[k] for k in fed] for x in (follow, contexts, choice_ids, keep))
+        if not follow:
+            return dict.fromkeys(follow_all)
         written, offset = cache.layers[0].suffix_len, remainder_valid.shape[1]
         valid = torch.zeros((len(follow), written), dtype=torch.bool, device=self.device)
         valid[:, :offset] = remainder_valid[follow]
@@ -491,7 +504,7 @@ class HFEngine(Engine):
         start = prompt_len[follow] + torch.tensor(keep, device=self.device)
         logits = self._feed(cache, [c[k:] for c, k in zip(contexts, keep, strict=True)], start)
         logprobs = torch.log_softmax(logits, dim=-1)
-        out = {}
+        out: dict[int, list[float] | None] = dict.fromkeys(row for row in follow_all)
         for k, r in enumerate(follow):
             p = logprobs[k, choice_ids[k]].exp()
             out[r] = [float(x) for x in p / p.sum()]
