@@ -5,8 +5,14 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 ``num_return_sequences`` prefills that prompt N times. What it does with a stage's requests:
 
 * applies the model's chat template (``add_generation_prompt``) to each request's messages;
-* sorts requests by prompt length and cuts them into batches of about ``batch_size`` sequences
-  (a request with ``n`` samples counts ``n``), so padding stays small (*bucketing*);
+* orders requests so that prompts sharing at least ``min_shared`` leading tokens stay together, each
+  such family and the lone prompts by length (``sharing_order``), and cuts them into batches of about
+  ``batch_size`` sequences (a request with ``n`` samples counts ``n``), so padding stays small;
+* shares prefixes across a batch's requests where that computes fewer padded positions
+  (``shared_roots``): the common root of a family is prefilled once, each request's remainder runs once
+  against it into its row buffers (left-padded; the C++ decoding kernel skips each row's leading
+  padding) and is copied to its samples (the meta-judge's battles of one response, the judge prompts of
+  one question);
 * prefills each batch's prompts ONCE (right padded: causal SDPA needs no mask; logits only at each
   prompt's last token), then samples the ``n`` continuations of each prompt against that one copy of
   its keys/values (*prefix sharing*, ``SharedPrefixCache`` + ``shared_prefix_attention``: the prompt is
