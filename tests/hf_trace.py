@@ -60,3 +60,25 @@ def record_steps(engine, reqs) -> tuple[list, list[list[tuple[list[int], list[in
             batch_steps.append(([alive[b] for b in live], [tokens[b] for b in live], logprobs[live]))
         steps.append(batch_steps)
     return outputs, steps
+
+
+def record_feeds(monkeypatch) -> list[list[list[int]]]:
+    """For the rest of the test, the token sequences of every ``HFEngine._feed`` call (prompt remainders
+    after their shared root, follow-up contexts), one list per call."""
+    from metareward.engines.hf import engine as engine_module
+
+    feeds: list[list[list[int]]] = []
+    feed = engine_module.HFEngine._feed
+    monkeypatch.setattr(engine_module.HFEngine, "_feed",
+                        lambda self, cache, seqs, start: feeds.append(list(seqs)) or feed(self, cache, seqs, start))
+    return feeds
+
+
+def independent_choice_probs(engine, messages, prefix: str, choices) -> list[float]:
+    """The choices' probabilities after ``prefix`` from one plain forward of ``engine.model`` over the
+    rendered prompt plus ``choice_context(prefix)``, renormalised (what the engine's reads must equal)."""
+    context, ids = engine.choice_context(prefix, choices)
+    seq = torch.tensor([engine.render(messages) + context])
+    with torch.inference_mode():
+        p = torch.softmax(engine.model(input_ids=seq).logits[0, -1].float(), -1)[ids]
+    return (p / p.sum()).tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_trace import independent_choice_probs, record_feeds
 
 from metareward.engines.base import (
     ChoiceFollowUp,
@@ -67,14 +68,6 @@ def without_follow_ups(reqs):
     return [GenerationRequest(id=r.id, messages=r.messages, sampling=r.sampling, n=r.n, seed=r.seed) for r in reqs]
 
 
-def independent_probs(engine: HFEngine, messages, prefix: str, choices) -> list[float]:
-    context, ids = engine.choice_context(prefix, choices)
-    seq = torch.tensor([engine.render(messages) + context])
-    with torch.inference_mode():
-        p = torch.softmax(engine.model(input_ids=seq).logits[0, -1].float(), -1)[ids]
-    return (p / p.sum()).tolist()
-
-
 @pytest.fixture(scope="module")
 def fp32_engine():
     from metareward.models import resolve_model
@@ -86,20 +79,18 @@ def fp32_engine():
 
 @pytest.mark.slow
 def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatch):
-    fed = []
-    feed = engine_module.HFEngine._feed
-    monkeypatch.setattr(engine_module.HFEngine, "_feed",
-                        lambda self, cache, seqs, start: fed.append([len(s) for s in seqs]) or feed(self, cache, seqs, start))
+    fed = record_feeds(monkeypatch)
     reqs = requests()
     outs = {o.id: o for o in fp32_engine.generate(reqs)}
     assert outs["plain"].choice_probs is None and len(outs["plain"].texts) == 2
     # the last feed is the follow-ups' (an earlier one feeds the prompts' remainders after their shared root)
-    assert len(fed[-1]) == 9 and max(fed[-1]) > engine_module.FEED_CHUNK and min(fed[-1]) <= 6  # both kinds
+    lengths = [len(seq) for seq in fed[-1]]
+    assert len(lengths) == 9 and max(lengths) > engine_module.FEED_CHUNK and min(lengths) <= 6  # both kinds
     for r in reqs[:3]:
         out = outs[r.id]
         assert len(out.choice_probs) == r.n
         for text, probs in zip(out.texts, out.choice_probs, strict=True):
-            want = independent_probs(fp32_engine, r.messages, r.follow_up.prefix(text), SCORE_CHOICES)
+            want = independent_choice_probs(fp32_engine, r.messages, r.follow_up.prefix(text), SCORE_CHOICES)
             np.testing.assert_allclose(probs, want, atol=1e-4)
             assert abs(sum(probs) - 1) < 1e-6
 
@@ -119,7 +110,7 @@ def test_a_row_whose_whole_text_must_be_fed_is_left_to_the_caller_when_that_is_c
     assert outs["long"].choice_probs == [None]
     for r in reqs[:3]:
         for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
-            np.testing.assert_allclose(probs, independent_probs(fp32_engine, r.messages, r.follow_up.prefix(text),
+            np.testing.assert_allclose(probs, independent_choice_probs(fp32_engine, r.messages, r.follow_up.prefix(text),
                                                                 SCORE_CHOICES), atol=1e-4)
 
 
@@ -145,7 +136,7 @@ def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engi
     reread = {o.id: o.probs for o in bf16.choice_probs(choice)}
     ours = np.array([p for r in reqs[:3] for p in outs[r.id].choice_probs])
     theirs = np.array([reread[c.id] for c in choice])
-    truth = np.array([independent_probs(fp32_engine, c.messages, c.assistant_prefix, SCORE_CHOICES) for c in choice])
+    truth = np.array([independent_choice_probs(fp32_engine, c.messages, c.assistant_prefix, SCORE_CHOICES) for c in choice])
     assert np.abs(ours - theirs).max() < 0.06
     # as close to float32 as choice_probs' own re-prefill is
     assert np.abs(ours - truth).mean() <= 1.5 * np.abs(theirs - truth).mean() + 2e-3

@@ -13,13 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hf_trace import record_steps
+from hf_trace import independent_choice_probs, record_feeds, record_steps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metareward.engines.base import ChoiceFollowUp, GenerationRequest, SamplingParams
 from metareward.engines.hf import HFEngine
-from metareward.engines.hf import engine as engine_module
 from metareward.engines.hf.engine import common_prefix, shared_roots, sharing_order
 from metareward.stages.meta_judge import VERDICT_CHOICES, verdict_prefix
 from metareward.templates import meta_judge_prompt
@@ -103,10 +102,7 @@ def engine():
 
 @pytest.mark.slow
 def test_shared_roots_decode_each_samples_true_distribution(engine, monkeypatch):
-    fed = []
-    feed = engine_module.HFEngine._feed
-    monkeypatch.setattr(engine_module.HFEngine, "_feed",
-                        lambda self, cache, seqs, start: fed.append(seqs) or feed(self, cache, seqs, start))
+    fed = record_feeds(monkeypatch)
     reqs = battles(follow_up=False)
     outs, (steps,) = record_steps(engine, reqs)
     prompts = [engine.render(r.messages) for r in reqs]
@@ -136,8 +132,5 @@ def test_shared_roots_follow_ups_equal_an_independent_forward(engine):
     assert outs["lone"].choice_probs is None
     for r in reqs[:6]:
         for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
-            context, ids = engine.choice_context(verdict_prefix(text), VERDICT_CHOICES)
-            seq = torch.tensor([engine.render(r.messages) + context])
-            with torch.inference_mode():
-                p = torch.softmax(engine.model(input_ids=seq).logits[0, -1].float(), -1)[ids]
-            np.testing.assert_allclose(probs, (p / p.sum()).tolist(), atol=1e-4)
+            np.testing.assert_allclose(
+                probs, independent_choice_probs(engine, r.messages, verdict_prefix(text), VERDICT_CHOICES), atol=1e-4)

@@ -390,7 +390,8 @@ class HFEngine(Engine):
             cache.start_rows(owner, mask)
             logits = logits[owner]
         remainder_valid = cache.suffix_valid.clone()  # [rows, fed positions]: each row's remainder
-        last_pos = torch.tensor([len(p) - 1 for p in prompts], device=dev)[owner]
+        prompt_len = torch.tensor([len(p) for p in prompts], device=dev)[owner]  # each row's whole prompt
+        last_pos = prompt_len - 1
         lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
         if self._sample_kernel:  # in the head's dtype, as the decoding steps hand logits over (exact)
             logits = logits.to(self.model.get_output_embeddings().weight.dtype)
@@ -445,8 +446,7 @@ class HFEngine(Engine):
                 cache.select_rows(alive[:0], lazy=True, park=True)  # the last rows to finish
                 parked += alive.tolist()
             follow_probs = self._follow_ups(cache, [reqs[o] for o in owner.tolist()], follow, tokens, texts,
-                                            torch.tensor([len(p) for p in prompts], device=dev)[owner],
-                                            remainder_valid, parked if lazy else None)
+                                            prompt_len, remainder_valid, parked if lazy else None)
         start = 0
         for r in reqs:
             samples = range(start, start + r.n)
