@@ -354,11 +354,13 @@ def test_kernel_sampler_rejects_what_it_cannot_run(kernel):
                 kernel.sample_next(broken, t, p, u)
 
 
-@pytest.mark.parametrize("starts", [[0, 5, 31, 32, 33, 1, 0, 79], [70] * 8], ids=["mixed", "all-padded-but-10"])
+@pytest.mark.parametrize("starts", [[0, 5, 31, 32, 33, 1, 0, 79], [70] * 8, [80, 0, 80, 79, 80, 3, 80, 80]],
+                         ids=["mixed", "all-padded-but-10", "some-all-padded"])
 def test_kernel_skips_each_rows_leading_padding(kernel, starts):
     """``row_start[b]``: row b attends to its continuation from that position on (a prompt remainder fed
     left-padded by prefix sharing across requests): equal to the exact attention over the real keys,
-    and a padded key that is huge changes nothing."""
+    and a padded key that is huge changes nothing. A row whose written positions are all padding (its
+    remainder's feed has not reached its first token) attends to its prompt alone."""
     rows, written = 8, 80
     query, pk, pv, valid, sk, sv, owner = make_case(11, rows, 3, 3, 3, 64, [57, 40, 64], written, 96)
     start = torch.tensor(starts)
@@ -375,4 +377,7 @@ def test_kernel_skips_each_rows_leading_padding(kernel, starts):
         assert (got[b].double() - want).abs().max() < 0.02, b
     with pytest.raises(RuntimeError, match="starts at"):
         kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner,
-                         sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, torch.full((rows,), written))
+                         sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, torch.full((rows,), written + 1))
+    with pytest.raises(RuntimeError, match="prompt without keys"):
+        kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, torch.tensor([57, 0, 64]), owner,
+                         sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, start)

@@ -10,6 +10,8 @@ follow-up reads stay exact.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,52 @@ def test_shared_roots_follow_ups_equal_an_independent_forward(engine):
         for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
             np.testing.assert_allclose(
                 probs, independent_choice_probs(engine, r.messages, verdict_prefix(text), VERDICT_CHOICES), atol=1e-4)
+
+
+def remainders_one_apart_from_a_feed_chunk(engine) -> list[GenerationRequest]:
+    """Two requests on one shared root whose remainders are a few tokens and 1 + k * FEED_CHUNK tokens:
+    the remainder feed's first forward is one position wide, where the short remainder is all padding
+    (a row with no real continuation position yet, attending to its root alone)."""
+    from metareward.engines.hf.engine import FEED_CHUNK
+
+    question = "Summarise the rules of chess for a beginner in plain words. " * 12
+    short = [{"role": "user", "content": question}]
+    for words in range(1, 200):
+        long = [{"role": "user", "content": question + "Also mention castling. " * words}]
+        root_of, cut = shared_roots([engine.render(short), engine.render(long)], engine.min_shared)
+        width = max(len(p) - c for p, c in zip([engine.render(short), engine.render(long)], cut, strict=True))
+        if root_of[0] == root_of[1] and width % FEED_CHUNK == 1 and width > FEED_CHUNK:
+            break
+    else:
+        pytest.fail("no remainder width of the form 1 + k * FEED_CHUNK found")
+    return [GenerationRequest(id=name, messages=tuple(m), sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=6),
+                              n=2, seed=i, follow_up=ChoiceFollowUp(verdict_prefix, VERDICT_CHOICES))
+            for i, (name, m) in enumerate([("short", short), ("long", long)])]
+
+
+@pytest.mark.slow
+@pytest.mark.kernel
+def test_bf16_kernel_path_feeds_a_remainder_that_is_all_padding_at_first(engine, monkeypatch):
+    """Regression: the decoding kernel refused a row whose written continuation positions were all
+    padding (its remainder not begun), which a one-position feed step gives (found in a 3-iteration
+    run's meta-judge). Such a row attends to its root alone; its first sampled distribution is the same
+    as with no sharing (bf16 both ways, up to bf16 rounding)."""
+    import copy
+
+    from metareward.engines.hf.kernels import load_decode_kernel
+
+    if load_decode_kernel() is None:
+        pytest.skip("the C++ decoding extension does not build here")
+    bf16 = HFEngine("", device="cpu", model=copy.deepcopy(engine.model).to(torch.bfloat16),
+                    tokenizer=engine.tokenizer, batch_size=16)
+    assert bf16._decode_kernel is not None
+    reqs = remainders_one_apart_from_a_feed_chunk(bf16)
+    fed = record_feeds(monkeypatch)
+    outs = list(bf16.generate(reqs))
+    assert len(fed[0]) == 2 and len(fed[0][0]) < len(fed[0][1])  # shared: both remainders fed
+    assert all(p is not None for o in outs for p in o.choice_probs)
+    plain = [dataclasses.replace(r, follow_up=None) for r in reqs]
+    _, (steps,) = record_steps(bf16, plain)
+    monkeypatch.setattr(bf16, "min_shared", 10**9)
+    _, (alone,) = record_steps(bf16, plain)
+    assert (steps[0][2].exp() - alone[0][2].exp()).abs().max() < 0.03

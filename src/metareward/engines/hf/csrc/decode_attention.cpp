@@ -21,7 +21,9 @@
 // Assumptions: all tensors contiguous; prompts right-padded (prompt p's real keys are 0..plen[p]-1);
 // every row has written the same number n of continuation positions (decoding runs rows in lockstep),
 // of which row b's first start[b] are padding it does not attend to (the left padding of a prompt
-// remainder fed into the row buffers: the engine's cross-request prefix sharing); row b's continuation
+// remainder fed into the row buffers: the engine's cross-request prefix sharing; start[b] == n while a
+// short remainder's feed has not reached its first token, and the row attends to its prompt alone);
+// every prompt has at least one real key; row b's continuation
 // lies in row slots[b] of the row buffers (see row_slots.h).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -232,7 +234,7 @@ void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, con
 // query [B, kv, G, D]; prompt_keys_t [P, kv, D, Lp]; prompt_values [P, kv, Lp, D]; prompt_len [P] int64;
 // owner [B] int64; row_keys_t [S, kv, D, W]; row_values [S, kv, W, D]; n continuation positions written;
 // slots [B] int64: row b's continuation is row slots[b] of the row buffers; start [B] int64: row b does
-// not attend to its first start[b] continuation positions (0 <= start[b] < n). Returns [B, kv, G, D] bf16.
+// not attend to its first start[b] continuation positions (0 <= start[b] <= n). Returns [B, kv, G, D] bf16.
 torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t, torch::Tensor prompt_values,
                                torch::Tensor prompt_len, torch::Tensor owner, torch::Tensor row_keys_t,
                                torch::Tensor row_values, int64_t n, torch::Tensor slots, torch::Tensor start) {
@@ -250,9 +252,13 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   TORCH_CHECK(start.scalar_type() == at::kLong && start.is_contiguous() && start.device().is_cpu() && start.dim() == 1
                   && start.size(0) == rows, "decode_attention: start must be a contiguous int64 CPU vector, one per row");
   const int64_t* first = start.data_ptr<int64_t>();
+  const int64_t* plen = prompt_len.data_ptr<int64_t>();
+  const int64_t* own = owner.data_ptr<int64_t>();
   for (int64_t b = 0; b < rows; ++b) {
-    TORCH_CHECK(first[b] >= 0 && first[b] < n, "decode_attention: row ", b, " starts at ", first[b], " of ", n,
+    TORCH_CHECK(first[b] >= 0 && first[b] <= n, "decode_attention: row ", b, " starts at ", first[b], " of ", n,
                 " written positions");
+    TORCH_CHECK(own[b] >= 0 && own[b] < prompt_len.size(0) && plen[own[b]] >= 1 && plen[own[b]] <= lp,
+                "decode_attention: row ", b, " has no prompt, or a prompt without keys");
   }
   auto out = torch::empty_like(query);
   auto ptr = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<bf16>()); };
