@@ -120,3 +120,21 @@ def test_a_checkpointed_layer_keeps_less_for_backward(tiny):
             sequence_logps(policy, seqs, tok.pad_token_id)
         kept[count] = total[0]
     assert kept[3] < kept[0]
+
+
+def test_no_gradient_is_held_through_a_steps_forward(tiny):
+    """Each optimizer step frees the gradients (``zero_grad(set_to_none=True)``): the next step's forward
+    runs beside the weights and the AdamW states only, not beside a full set of zeroed gradients."""
+    model, tok = tiny
+    policy = copy.deepcopy(model)
+    held = []
+    handle = policy.get_decoder().register_forward_pre_hook(
+        lambda module, args: held.append(sum(p.grad is not None for p in policy.parameters())))
+    try:
+        train_dpo_native(policy, tok, PAIRS, beta=0.1, lr=1e-3, epochs=2, batch_size=2, grad_accum=1, max_length=256,
+                         warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    finally:
+        handle.remove()
+    assert len(held) == 2 + 4  # the reference pass (2 micro-batches), then 2 epochs x 2 steps x 1 micro-batch
+    assert held == [0] * 6
+    assert all(p.grad is None for p in policy.parameters())  # and none is left after training

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import platform
 import warnings
 
 import numpy as np
@@ -359,3 +360,35 @@ def test_keep_freed_memory_takes_effect_on_linux():
 
     assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert keep_freed_memory() is keep_freed_memory()  # once per process
+
+
+ARENA_PROBE = """
+import ctypes, sys, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+if sys.argv[1] == "keep":
+    from metareward.engines.hf.device import keep_freed_memory
+    assert keep_freed_memory()
+def work():
+    for _ in range(50):
+        libc.free(libc.malloc(1 << 20))
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.malloc_stats()  # one "Arena N:" block per heap, on stderr
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc")
+def test_keep_freed_memory_serves_every_thread_from_one_heap():
+    """New threads that allocate get no heap of their own once the engine's setting is in force (by
+    default each does, and part of each stays resident after the engine closes)."""
+    import subprocess
+    import sys
+
+    def arenas(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True)
+        return done.stderr.count("Arena ")
+
+    assert arenas("default") > 1  # the probe can tell: four threads got heaps of their own
+    assert arenas("keep") == 1

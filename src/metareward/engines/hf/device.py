@@ -28,12 +28,14 @@ def cpu_has_native_bf16() -> bool:
 
 
 MALLOC_KEEP_BYTES = 32 << 20  # glibc's largest heap (not mmap) allocation; freed heap is kept up to 1 GiB
+MALLOC_ARENAS = 1  # every thread allocates from glibc's main heap
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc (once per process; Linux only) to serve allocations up to 32 MiB from its heap
-    and to keep freed heap memory instead of returning it to the OS. True if it took effect.
+    """Ask glibc's malloc (once per process; Linux only) to serve allocations up to 32 MiB from its heap,
+    to keep freed heap memory instead of returning it to the OS, and to serve every thread from that one
+    heap. True if it took effect.
 
     Why: by default glibc hands a tensor of more than ~128 KiB-32 MiB fresh pages from the OS and
     returns them when it is freed, so the next one page-faults again. A prefill's temporaries are
@@ -42,7 +44,12 @@ def keep_freed_memory() -> bool:
     the process keeps its peak heap mapped while the engine runs. ``HFEngine.close`` hands it back
     (``memory.release_freed_memory``: ``malloc_trim(0)``), and so does the run loop between generation
     and training, so training does not start on top of the engine's leftovers. Tensors the engine
-    reuses itself (``RowBufferPool``) never reach malloc."""
+    reuses itself (``RowBufferPool``) never reach malloc.
+
+    One heap for all threads: by default each new thread that allocates (the decoding kernels' worker
+    threads, oneDNN's) gets a heap of its own, up to 8 per core, and some of each stays resident after
+    the engine closes: in the tiny run a closed engine left ~64 MiB more behind each time it was built
+    again (``docs/performance.md``, "Iteration costs: DPO warm-up and memory")."""
     import ctypes
     import ctypes.util
 
@@ -51,8 +58,9 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_threshold, MALLOC_KEEP_BYTES)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
+        return (bool(libc.mallopt(m_mmap_threshold, MALLOC_KEEP_BYTES)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+                and bool(libc.mallopt(m_arena_max, MALLOC_ARENAS)))
     except (OSError, AttributeError):  # not glibc
         return False
 
