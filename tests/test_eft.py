@@ -151,13 +151,13 @@ def test_constrained_mode_uses_choice_probs(tmp_path):
 
 def test_resume_after_crash_gives_the_same_files(tmp_path):
     src = write_ranked(tmp_path / "ranked.jsonl", ROWS)
-    s = EFTSettings(n=3, chunk_size=4, eval_fraction=0.34)
+    s = EFTSettings(n=3, chunk_size=12, eval_fraction=0.34)
     build_eft(src, tmp_path / "ref", KnownScoreEngine(), s)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_eft(src, tmp_path / "run", KnownScoreEngine(crash_after=9), s)
     again = KnownScoreEngine()
     build_eft(src, tmp_path / "run", again, s)
-    assert again.generated == 14 - 8  # two chunks of 4 were logged before the crash
+    assert again.generated == 14 - 8  # two chunks of 12 sequences (4 requests of n = 3) were logged before the crash
     for name in ("train.jsonl", "eval.jsonl", "judgments.jsonl"):
         assert (tmp_path / "run" / name).read_text() == (tmp_path / "ref" / name).read_text()
 

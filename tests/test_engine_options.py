@@ -55,8 +55,8 @@ def test_eft_build_on_vllm_with_a_run_configs_engine_section(calls, tmp_path):
     assert main(["eft", "build", "ranked.jsonl", "--out", str(tmp_path / "eft"), "--model", model,
                  "--engine-config", "configs/tiny-cpu.yaml", "--engine", "vllm", "--threads", "1"]) == 0
     (cfg, _), = seen
-    # the file's settings (tiny-cpu: cpu, batch 128, chunk 32), then the flags (engine, threads)
-    assert (cfg.name, cfg.device, cfg.batch_size, cfg.chunk_size, cfg.threads) == ("vllm", "cpu", 128, 32, 1)
+    # the file's settings (tiny-cpu: cpu, batch 128, chunk 128), then the flags (engine, threads)
+    assert (cfg.name, cfg.device, cfg.batch_size, cfg.chunk_size, cfg.threads) == ("vllm", "cpu", 128, 128, 1)
 
 
 def test_default_engine_is_hf_with_the_default_settings(calls, tmp_path):

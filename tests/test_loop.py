@@ -305,6 +305,8 @@ def test_chunked_passes_log_count_and_build_the_engine_only_when_needed(tmp_path
     assert first.generated_tokens == sum(j.n_tokens for j in js)
     chunks = [json.loads(line)["chunk"] for line in (tmp_path / "judge_score.log").read_text().splitlines()]
     assert chunks == [0, 1, 2]  # 10 choice requests in chunks of 4
+    chunks = [len(json.loads(line)["outputs"]) for line in (tmp_path / "judge.log").read_text().splitlines()]
+    assert chunks == [1] * 5  # 5 requests of n = 2 samples, in chunks of at most 2 sequences
     built.clear()
     again = passes()
     assert judge.run(prompts, responses, cfg, 0, 1, again) == js

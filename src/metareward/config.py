@@ -50,7 +50,7 @@ class EngineConfig:
     name: Literal["hf", "vllm", "openai"] = "hf"  # hf: transformers, CPU or one GPU (the default)
 
     # every engine
-    chunk_size: int = _setting(64, ENGINES)  # requests per resumable unit written to disk; smaller = finer resume
+    chunk_size: int = _setting(256, ENGINES)  # sequences (a request of n samples counts n) per resumable unit written to disk; smaller = finer resume
 
     # hf and vllm (the model runs here)
     device: str = _setting("auto", IN_PROCESS)  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...

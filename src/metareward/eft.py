@@ -84,7 +84,7 @@ class EFTSettings:
     downsample_ratio: float | None = 1.0  # most common score <= ratio * second most common; None: off
     eval_fraction: float = 0.25
     seed: int = 0
-    chunk_size: int = 64  # requests per resumable chunk
+    chunk_size: int = 64  # sequences (a request of n samples counts n) per resumable chunk
 
     def validate(self) -> None:
         checks = [

@@ -150,6 +150,24 @@ class ChunkLog:
         self.path.unlink(missing_ok=True)
 
 
+def cut_chunks(requests: Sequence[Req], size: int, weight: Callable[[Req], int] = lambda r: 1) -> list[Sequence[Req]]:
+    """``requests`` cut, in order, into consecutive chunks whose ``weight`` sums to at most ``size``
+    (a request heavier than ``size`` alone). Generation passes weigh a request by its samples, so a
+    chunk holds about ``size`` sequences whether a request asks for 1 (a meta-judge battle) or 11 (a
+    judge's N judgments) and the engine's batches stay full."""
+    chunks: list[Sequence[Req]] = []
+    start, total = 0, 0
+    for i, r in enumerate(requests):
+        w = weight(r)
+        if i > start and total + w > size:
+            chunks.append(requests[start:i])
+            start, total = i, 0
+        total += w
+    if start < len(requests):
+        chunks.append(requests[start:])
+    return chunks
+
+
 def run_chunked(
     log_path: Path,
     requests: Sequence[Req],
@@ -158,14 +176,16 @@ def run_chunked(
     chunk_size: int,
     desc: str,
     request_id: Callable[[Req], str] = lambda r: r.id,  # type: ignore[attr-defined]
+    weight: Callable[[Req], int] = lambda r: 1,
 ) -> dict[str, dict[str, Any]]:
     """Run ``requests`` through ``call`` in fixed chunks, logging each finished chunk.
 
     Returns every output (encoded as a dict with an ``id``) keyed by request id, whether computed
-    now or found in the log from an earlier, interrupted attempt.
+    now or found in the log from an earlier, interrupted attempt. ``chunk_size`` bounds a chunk's total
+    ``weight`` (``cut_chunks``).
     """
     log = ChunkLog(log_path)
-    chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
+    chunks = cut_chunks(requests, chunk_size, weight)
     done_requests = sum(len(chunks[c]) for c in log.done if c < len(chunks))
     # A chunk counts as done only if it holds exactly this chunk's request ids (same order).
     bar = tqdm(total=len(requests), initial=done_requests, desc=desc, unit="req", dynamic_ncols=True)
@@ -196,8 +216,8 @@ class ChunkedPasses:
     chunk of each pass and a rerun produces the same records.
 
     Pass ``name`` runs through ``run_chunked`` with the log ``log_path(name)`` and the progress label
-    ``label(name)``; generation passes in chunks of ``chunk_size`` requests, choice passes of
-    ``choice_chunk_size`` (default: the same). The chunking must not change between a kill and its rerun
+    ``label(name)``; generation passes in chunks of at most ``chunk_size`` sequences (a request of n
+    samples counts n), choice passes of ``choice_chunk_size`` requests (default: ``chunk_size``). The chunking must not change between a kill and its rerun
     (a chunk counts as done only if it holds the same request ids), and an engine may seed a whole chunk
     from one generator, so it is part of what fixes the records. ``engine()`` is called only when a chunk
     must run: a stage whose chunks are all logged needs no model. ``generated_tokens`` sums the tokens of
@@ -222,7 +242,7 @@ class ChunkedPasses:
         self.logs: list[Path] = []
 
     def generate(self, name: str, requests: Sequence[GenerationRequest]) -> dict[str, GenerationOutput]:
-        done = self._run(name, requests, lambda rs: self.engine().generate(rs), self.chunk_size)
+        done = self._run(name, requests, lambda rs: self.engine().generate(rs), self.chunk_size, lambda r: r.n)
         outs = {rid: GenerationOutput(**enc) for rid, enc in done.items()}
         self.generated_tokens += sum(sum(o.n_tokens) for o in outs.values())
         return outs
@@ -231,10 +251,11 @@ class ChunkedPasses:
         done = self._run(name, requests, lambda rs: self.engine().choice_probs(rs), self.choice_chunk_size)
         return {rid: ChoiceOutput(**enc) for rid, enc in done.items()}
 
-    def _run(self, name: str, requests: Sequence[Any], call: Callable, chunk_size: int) -> dict[str, dict[str, Any]]:
+    def _run(self, name: str, requests: Sequence[Any], call: Callable, chunk_size: int,
+             weight: Callable[[Any], int] = lambda r: 1) -> dict[str, dict[str, Any]]:
         path = self.log_path(name)
         self.logs.append(path)
-        return run_chunked(path, requests, call, dataclasses.asdict, chunk_size, self.label(name))
+        return run_chunked(path, requests, call, dataclasses.asdict, chunk_size, self.label(name), weight=weight)
 
     def remove_logs(self) -> None:
         for path in self.logs:

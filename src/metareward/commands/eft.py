@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="most common score <= ratio x second most common; 0 turns it off")
     b.add_argument("--eval-fraction", type=float, default=0.25)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--chunk-size", type=int, default=64, help="requests per resumable chunk")
+    b.add_argument("--chunk-size", type=int, default=64, help="sequences per resumable chunk (a request of n samples counts n)")
     add_engine_arguments(b)
     b.set_defaults(func=run_build)
 
