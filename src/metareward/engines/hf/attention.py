@@ -114,7 +114,10 @@ def rows_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suf
     else:  # decoding: only the unwritten tail to mask
         unwritten = torch.arange(width, device=query.device) >= ls
         s2 = s2.masked_fill_(unwritten, float("-inf"))
-    m2, l2, o2 = _softmax_parts(s2.reshape(bsz, kv_heads, groups * q_len, width), sv, maybe_empty=q_len > 1)
+    # a row may have every continuation key masked: a query of several positions, or one position of a
+    # padded feed (a short remainder whose tokens come later); only an unpadded decoding step cannot
+    m2, l2, o2 = _softmax_parts(s2.reshape(bsz, kv_heads, groups * q_len, width), sv,
+                                maybe_empty=q_len > 1 or suffix_valid is not None)
     # 3. merge
     peak = torch.maximum(m1, m2)
     a1, a2 = torch.exp(m1 - peak), torch.exp(m2 - peak)
