@@ -78,9 +78,16 @@ def test_judge_stage_survives_losing_a_node(tmp_path, monkeypatch):
     try:
         second = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
+        # SPREAD places the replicas over the nodes the scheduler sees: on a loaded machine the second
+        # node's CPU may reach it late, and both replicas then land on the head; wait until it is seen
+        ray.init(address=cluster.address, include_dashboard=False, configure_logging=False)
+        deadline = time.monotonic() + 60
+        while ray.available_resources().get("CPU", 0) < 3:
+            assert time.monotonic() < deadline, f"the cluster's CPUs never showed: {ray.available_resources()}"
+            time.sleep(0.1)
         cfg = EngineConfig(device="cpu", threads=1, data_parallel_size=2, ray_address=cluster.address)
         dp = RayDataParallelEngine.from_config(cfg, functools.partial(SlowNodeEngine, str(marks), 0.4))
-        assert not dp.started_ray  # joined the cluster at ray_address, did not start its own Ray
+        assert not dp.started_ray  # used the connection to the cluster, did not start its own Ray
         log_path = tmp_path / "judge.chunks.jsonl"
         result: dict = {}
 
