@@ -10,6 +10,9 @@ import torch
 from metareward.training.common import checkpointing_kwargs
 from metareward.training.dpo_native import (
     dpo_loss,
+    micro_batch_logps,
+    packs_pairs,
+    pair_logps,
     reference_logps,
     sequence_logps,
     tokenize_pair,
@@ -101,8 +104,8 @@ def test_loss_and_gradients_match_trl(model_and_tokenizer, max_length):
     policy = copy.deepcopy(model)
     policy.train()
     ref = reference_logps(model, items, batch_size=2, pad_id=tok.pad_token_id)
-    seqs = [s for t in items for s in t.sequences()]
-    logps = sequence_logps(policy, seqs, tok.pad_token_id).view(-1, 2)
+    assert packs_pairs(policy)  # the packed path training takes is the one compared with TRL
+    logps = micro_batch_logps(policy, items, tok.pad_token_id)
     loss, _, _ = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta)
     loss.mean().backward()
     assert abs(float(loss.mean()) - trl_loss) < 1e-5
@@ -212,3 +215,30 @@ def test_target_logps_equal_log_softmax_gather_in_value_and_gradient(monkeypatch
     fused = grads(dpo_native._TargetLogps.apply)
     for a, b in zip(plain, fused):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_pairs_equal_two_rows_per_pair_in_value_and_gradient(model_and_tokenizer, attention):
+    """``pair_logps`` runs each pair as one row (prompt once, chosen, then rejected masked from the chosen
+    tokens, positions continuing the prompt's): the same log-probs and gradients as prompt+chosen and
+    prompt+rejected as two rows, for both attention implementations that take its 4D mask; pairs of
+    different lengths, so rows are padded."""
+    model, tok = model_and_tokenizer
+    items = [tokenize_pair(tok, p, None) for p in PAIRS]
+    out = []
+    for packed in (True, False):
+        policy = copy.deepcopy(model).train()
+        policy.config._attn_implementation = attention
+        if packed:
+            logps = pair_logps(policy, items, tok.pad_token_id)
+        else:
+            logps = sequence_logps(policy, [s for t in items for s in t.sequences()], tok.pad_token_id).view(-1, 2)
+        (logps * torch.tensor([[1.0, -0.5]])).sum().backward()
+        out.append((logps.detach(), torch.cat([p.grad.flatten() for p in policy.parameters()])))
+    (packed, packed_grad), (rows, rows_grad) = out
+    assert torch.allclose(packed, rows, rtol=0, atol=1e-4), (packed - rows).abs().max()
+    assert float((packed_grad - rows_grad).norm() / rows_grad.norm()) < 1e-5
+    # the chosen completion changes the rejected one's log-probs if the mask lets it be seen
+    swapped = [tokenize_pair(tok, {**p, "chosen": "Completely different words here."}, None) for p in PAIRS]
+    with torch.no_grad():
+        assert torch.allclose(pair_logps(model, swapped, tok.pad_token_id)[:, 1], rows[:, 1], rtol=0, atol=1e-4)
