@@ -82,3 +82,29 @@ def independent_choice_probs(engine, messages, prefix: str, choices) -> list[flo
     with torch.inference_mode():
         p = torch.softmax(engine.model(input_ids=seq).logits[0, -1].float(), -1)[ids]
     return (p / p.sum()).tolist()
+
+
+def embedded_engine(batch_size: int):
+    """The embedded model on the hf engine in float32 on the CPU (the exact reference path)."""
+    from metareward.engines.hf import HFEngine
+    from metareward.models import resolve_model
+
+    return HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=batch_size)
+
+
+def bf16_twin(engine, batch_size: int):
+    """A bf16 copy of ``engine``'s model on an engine that runs the C++ decoding kernels; the test is
+    skipped where the extension does not build."""
+    import copy
+
+    import pytest
+
+    from metareward.engines.hf import HFEngine
+    from metareward.engines.hf.kernels import load_decode_kernel
+
+    if load_decode_kernel() is None:
+        pytest.skip("the C++ decoding extension does not build here")
+    twin = HFEngine("", device="cpu", model=copy.deepcopy(engine.model).to(torch.bfloat16), tokenizer=engine.tokenizer,
+                    batch_size=batch_size)
+    assert twin._decode_kernel is not None
+    return twin

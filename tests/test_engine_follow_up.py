@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from hf_trace import independent_choice_probs, record_feeds
+from hf_trace import bf16_twin, embedded_engine, independent_choice_probs, record_feeds
 
 from metareward.engines.base import (
     ChoiceFollowUp,
@@ -25,10 +24,8 @@ from metareward.engines.base import (
     GenerationRequest,
     SamplingParams,
 )
-from metareward.engines.hf import HFEngine
 from metareward.engines.hf import cache as cache_module
 from metareward.engines.hf import engine as engine_module
-from metareward.engines.hf.kernels import load_decode_kernel
 from metareward.stages.judge import SCORE_CHOICES, ScorePrefix
 from metareward.store import ChunkedPasses
 from metareward.templates import judge_prompt
@@ -70,9 +67,7 @@ def without_follow_ups(reqs):
 
 @pytest.fixture(scope="module")
 def fp32_engine():
-    from metareward.models import resolve_model
-
-    eng = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=16)
+    eng = embedded_engine(batch_size=16)
     yield eng
     eng.close()
 
@@ -117,12 +112,7 @@ def test_a_row_whose_whole_text_must_be_fed_is_left_to_the_caller_when_that_is_c
 @pytest.mark.slow
 @pytest.mark.kernel
 def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engine, monkeypatch):
-    if load_decode_kernel() is None:
-        pytest.skip("the C++ decoding extension does not build here")
-    import copy
-
-    bf16 = HFEngine("", device="cpu", model=copy.deepcopy(fp32_engine.model).to(torch.bfloat16),
-                    tokenizer=fp32_engine.tokenizer, batch_size=16)
+    bf16 = bf16_twin(fp32_engine, batch_size=16)
     parked_at_growth = []
     move = cache_module._SharedPrefixLayer._move
     monkeypatch.setattr(cache_module._SharedPrefixLayer, "_move",

@@ -15,12 +15,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from hf_trace import independent_choice_probs, record_feeds, record_steps
+from hf_trace import bf16_twin, embedded_engine, independent_choice_probs, record_feeds, record_steps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metareward.engines.base import ChoiceFollowUp, GenerationRequest, SamplingParams
-from metareward.engines.hf import HFEngine
 from metareward.engines.hf.engine import common_prefix, shared_roots, sharing_order
 from metareward.stages.meta_judge import VERDICT_CHOICES, verdict_prefix
 from metareward.templates import meta_judge_prompt
@@ -95,9 +94,7 @@ def battles(follow_up: bool) -> list[GenerationRequest]:
 
 @pytest.fixture(scope="module")
 def engine():
-    from metareward.models import resolve_model
-
-    eng = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=64)
+    eng = embedded_engine(batch_size=64)
     yield eng
     eng.close()
 
@@ -166,15 +163,7 @@ def test_bf16_kernel_path_feeds_a_remainder_that_is_all_padding_at_first(engine,
     padding (its remainder not begun), which a one-position feed step gives (found in a 3-iteration
     run's meta-judge). Such a row attends to its root alone; its first sampled distribution is the same
     as with no sharing (bf16 both ways, up to bf16 rounding)."""
-    import copy
-
-    from metareward.engines.hf.kernels import load_decode_kernel
-
-    if load_decode_kernel() is None:
-        pytest.skip("the C++ decoding extension does not build here")
-    bf16 = HFEngine("", device="cpu", model=copy.deepcopy(engine.model).to(torch.bfloat16),
-                    tokenizer=engine.tokenizer, batch_size=16)
-    assert bf16._decode_kernel is not None
+    bf16 = bf16_twin(engine, batch_size=16)
     reqs = remainders_one_apart_from_a_feed_chunk(bf16)
     fed = record_feeds(monkeypatch)
     outs = list(bf16.generate(reqs))

@@ -38,20 +38,18 @@ was fixed before it.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 
 import numpy as np
 import pytest
 import torch
-from hf_trace import independent_choice_probs, record_steps
+from hf_trace import bf16_twin, embedded_engine, independent_choice_probs, record_steps
 
 from metareward.engines.base import ChoiceFollowUp, ChoiceRequest, GenerationRequest, SamplingParams
 from metareward.engines.hf import HFEngine
 from metareward.engines.hf import engine as engine_module
 from metareward.engines.hf.engine import FEED_CHUNK, common_prefix, shared_roots
-from metareward.engines.hf.kernels import load_decode_kernel
 from metareward.stages.meta_judge import VERDICT_CHOICES, verdict_prefix
 
 TOPICS = [
@@ -165,20 +163,14 @@ def per_sample(outs, steps) -> dict[tuple[str, int], list[tuple[int, torch.Tenso
 
 @pytest.fixture(scope="module")
 def fp32():
-    from metareward.models import resolve_model
-
-    eng = HFEngine(resolve_model("smollm2-135m"), device="cpu", dtype="float32", batch_size=64)
+    eng = embedded_engine(batch_size=64)
     yield eng
     eng.close()
 
 
 @pytest.fixture(scope="module")
 def bf16(fp32):
-    if load_decode_kernel() is None:
-        pytest.skip("the C++ decoding extension does not build here")
-    eng = HFEngine("", device="cpu", model=copy.deepcopy(fp32.model).to(torch.bfloat16), tokenizer=fp32.tokenizer,
-                   batch_size=64)
-    assert eng._decode_kernel is not None
+    eng = bf16_twin(fp32, batch_size=64)
     yield eng
     eng.close()
 
