@@ -242,3 +242,17 @@ def test_packed_pairs_equal_two_rows_per_pair_in_value_and_gradient(model_and_to
     swapped = [tokenize_pair(tok, {**p, "chosen": "Completely different words here."}, None) for p in PAIRS]
     with torch.no_grad():
         assert torch.allclose(pair_logps(model, swapped, tok.pad_token_id)[:, 1], rows[:, 1], rtol=0, atol=1e-4)
+
+
+def test_packed_pairs_with_an_empty_completion(model_and_tokenizer):
+    """A completion with no tokens has log-prob 0 and leaves its pair's other completion as it was."""
+    from metareward.training.dpo_native import PairTokens
+
+    model, tok = model_and_tokenizer
+    full = tokenize_pair(tok, PAIRS[0], None)
+    items = [PairTokens(full.prompt, full.chosen, []), PairTokens(full.prompt, [], full.rejected)]
+    with torch.no_grad():
+        packed = pair_logps(model, items, tok.pad_token_id)
+        rows = sequence_logps(model, [s for t in items for s in t.sequences()], tok.pad_token_id).view(-1, 2)
+    assert packed[0, 1] == 0 and packed[1, 0] == 0
+    assert torch.allclose(packed, rows, rtol=0, atol=1e-4)

@@ -172,7 +172,7 @@ def pair_logps(model, items: Sequence[PairTokens], pad_id: int) -> torch.Tensor:
         # chosen token k is predicted at p - 1 + k; rejected token 0 at p - 1, token k at p + c - 1 + k
         rows.extend([i] * (c + len(t.rejected)))
         cols.extend(range(p - 1, p + c - 1))
-        cols.extend([p - 1, *range(p + c, n - 1)])
+        cols.extend([p - 1, *range(p + c, n - 1)][: len(t.rejected)])  # none for an empty completion
         owner.extend([2 * i] * c + [2 * i + 1] * len(t.rejected))
     if model.config._attn_implementation == "sdpa":
         mask = allowed[:, None].to(device)
