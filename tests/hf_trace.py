@@ -44,7 +44,9 @@ def record_steps(engine, reqs) -> tuple[list, list[list[tuple[list[int], list[in
 
     def on_select(cache, rows, lazy=False, park=False):
         state = batches[-1]
-        if state["alive"] is not None:  # before the first step: requests' rows copied to their samples
+        # before the first step: requests' rows copied to their samples; after decoding, the follow-ups'
+        # unparking makes other rows the batch's (the cache then no longer holds the decoding rows)
+        if state["alive"] is not None and len(state["alive"]) == len(cache.owner):
             state["alive"] = [state["alive"][i] for i in rows.tolist()]
         return select_rows(cache, rows, lazy, park)
 

@@ -4,7 +4,9 @@
   probabilities equal an independent forward over the prompt plus ``choice_context(prefix(text))``,
   whether the context shares all but a few tokens with what was sampled (``"\\nScore: "`` appended), none
   (a preamble put before the text), or needs several feeding chunks (a preamble longer than
-  ``FEED_CHUNK``); a request without a follow-up in the same batch gets none;
+  ``FEED_CHUNK``); rows needing few tokens and rows needing many are fed apart (``feed_groups``); a
+  request without a follow-up in the same batch gets none;
+* ``feed_groups``: exact partitions for small cases, and never costlier than any other split;
 * bf16 with the C++ kernels (rows leave the batch at once and are parked, kept through the buffers'
   growth): the texts are those drawn without follow-ups, and the probabilities are those ``choice_probs``
   gives, to bf16 rounding;
@@ -78,9 +80,13 @@ def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatc
     reqs = requests()
     outs = {o.id: o for o in fp32_engine.generate(reqs)}
     assert outs["plain"].choice_probs is None and len(outs["plain"].texts) == 2
-    # the last feed is the follow-ups' (an earlier one feeds the prompts' remainders after their shared root)
-    lengths = [len(seq) for seq in fed[-1]]
-    assert len(lengths) == 9 and max(lengths) > engine_module.FEED_CHUNK and min(lengths) <= 6  # both kinds
+    # the last feeds are the follow-ups' (an earlier one feeds the prompts' remainders after their shared
+    # root), grouped by width: the few tokens of "\nScore: " apart from the preambles' whole contexts
+    follow_feeds = []
+    while sum(map(len, follow_feeds)) < 9:
+        follow_feeds.insert(0, [len(seq) for seq in fed[len(fed) - 1 - len(follow_feeds)]])
+    assert sum(map(len, follow_feeds)) == 9 and len(follow_feeds) >= 2
+    assert max(follow_feeds[0]) <= 6 and min(follow_feeds[-1]) > engine_module.FEED_CHUNK  # both kinds, apart
     for r in reqs[:3]:
         out = outs[r.id]
         assert len(out.choice_probs) == r.n
@@ -91,10 +97,11 @@ def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatc
 
 
 @pytest.mark.slow
-def test_a_row_whose_whole_text_must_be_fed_is_left_to_the_caller_when_that_is_cheaper(fp32_engine):
-    """Twelve samples need ~5 tokens fed, one ~1,000 (its context shares nothing with its text): padding
-    every row to 1,000 would cost more than that one sample's re-prefill, so its entry is None (the stage
-    reads it in its choice pass) and the others are still exact."""
+def test_a_row_whose_whole_text_must_be_fed_gets_a_feed_of_its_own(fp32_engine, monkeypatch):
+    """Nine samples need a few tokens fed (a sample whose text re-encodes differently, a few dozen), one
+    ~1,000 (its context shares nothing with its text): the short ones are fed together, the long one
+    alone (not padding every row to 1,000), and all are exact."""
+    fed = record_feeds(monkeypatch)
     reqs = [
         GenerationRequest(id=f"s{i}", messages=r.messages, sampling=r.sampling, n=3, seed=i,
                           follow_up=ChoiceFollowUp(ScorePrefix(CASES[i][1]), SCORE_CHOICES))
@@ -102,8 +109,12 @@ def test_a_row_whose_whole_text_must_be_fed_is_left_to_the_caller_when_that_is_c
     reqs.append(GenerationRequest(id="long", messages=reqs[0].messages, sampling=SamplingParams(0.9, 0.95, 12), seed=5,
                                   follow_up=ChoiceFollowUp(Preamble(PREAMBLE * 8), SCORE_CHOICES)))
     outs = {o.id: o for o in fp32_engine.generate(reqs)}
-    assert outs["long"].choice_probs == [None]
-    for r in reqs[:3]:
+    follow_feeds = []  # the last feeds, the follow-ups' (narrowest first)
+    while sum(map(len, follow_feeds)) < 10:
+        follow_feeds.insert(0, [len(seq) for seq in fed[len(fed) - 1 - len(follow_feeds)]])
+    assert sum(map(len, follow_feeds)) == 10 and follow_feeds[-1][0] > 900 and len(follow_feeds[-1]) == 1
+    assert len(follow_feeds[0]) >= 5 and max(follow_feeds[0]) <= 12  # the "\nScore: " rows, fed together
+    for r in reqs:
         for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
             np.testing.assert_allclose(probs, independent_choice_probs(fp32_engine, r.messages, r.follow_up.prefix(text),
                                                                 SCORE_CHOICES), atol=1e-4)
@@ -146,3 +157,34 @@ def test_chunk_logs_keep_follow_up_probabilities(tmp_path):
     again = ChunkedPasses(lambda: pytest.fail("all chunks are logged"), lambda name: tmp_path / f"{name}.jsonl",
                           chunk_size=1).generate("meta_judge", reqs)
     assert first == again and again["x"].choice_probs == [[0.25, 0.75]] and again["y"].choice_probs is None
+
+
+def split_cost(need, feeds, forward_cost):
+    return sum(len(f) * max(need[i] for i in f) + forward_cost * -(-max(need[i] for i in f) // engine_module.FEED_CHUNK)
+               for f in feeds)
+
+
+def test_feed_groups_exact_partitions():
+    assert engine_module.feed_groups([]) == []
+    assert engine_module.feed_groups([5, 5, 5]) == [[0, 1, 2]]
+    # 9 rows of 5 and one of 200: one feed would cost 10 * 200 + 4 * 32 = 2,128 positions; apart
+    # 9 * 5 + 32 + 200 + 4 * 32 = 405
+    assert engine_module.feed_groups([5, 200, 5, 5, 5, 5, 5, 5, 5, 5]) == [[0, 2, 3, 4, 5, 6, 7, 8, 9], [1]]
+    # widths 4 and 6: joining costs 2 rows * 2 more positions, a second forward 32: together
+    assert engine_module.feed_groups([6, 4, 4]) == [[1, 2, 0]]
+    # with a zero fixed cost every distinct width is its own feed
+    assert engine_module.feed_groups([6, 4, 4], forward_cost=0) == [[1, 2], [0]]
+
+
+def test_feed_groups_is_never_costlier_than_any_contiguous_split():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        need = [int(x) for x in rng.integers(1, 150, size=int(rng.integers(1, 8)))]
+        cost = int(rng.integers(0, 64))
+        feeds = engine_module.feed_groups(need, forward_cost=cost)
+        assert sorted(i for f in feeds for i in f) == list(range(len(need)))
+        order = sorted(range(len(need)), key=lambda i: need[i])
+        for mask in range(2 ** (len(need) - 1)):  # every split of the sorted rows into contiguous feeds
+            cuts = [0] + [k + 1 for k in range(len(need) - 1) if mask >> k & 1] + [len(need)]
+            other = [order[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+            assert split_cost(need, feeds, cost) <= split_cost(need, other, cost)

@@ -97,11 +97,12 @@ class _SharedPrefixLayer(DynamicLayer):
             return key_states, value_states
         if self.cache.slots is not None:  # rows left lazily (the kernel path's way): this path needs them gone
             self.cache.materialize()
-        q_len = key_states.shape[2]
+        rows, _, q_len, _ = key_states.shape
         end = self.suffix_len + q_len
         self.reserve(q_len, key_states)
-        self.sk[..., self.suffix_len : end] = key_states.transpose(-1, -2)
-        self.sv[:, :, self.suffix_len : end] = value_states
+        # buffer rows past the batch's are parked rows (``SharedPrefixCache.unpark``): not written
+        self.sk[:rows, ..., self.suffix_len : end] = key_states.transpose(-1, -2)
+        self.sv[:rows, :, self.suffix_len : end] = value_states
         self.suffix_len = end
         return self.sk, self.sv
 
@@ -256,9 +257,10 @@ class SharedPrefixCache(Cache):
                                     layer.sk, layer.sv, layer.suffix_len, scaling, self.row_slots(), self.suffix_start)
         decoding = query.shape[2] == 1 and self.suffix_all_valid
         attention = self.decode_attention if decoding else rows_attention
+        rows = query.shape[0]  # buffer rows past these are parked (contiguous slices: no copy)
         return attention(
-            query, layer.pk, layer.pv, layer.sk, layer.sv, self.table, self.row_slot, self.prompt_valid,
-            None if decoding else self.suffix_valid, layer.suffix_len, scaling,
+            query, layer.pk, layer.pv, layer.sk[:rows], layer.sv[:rows], self.table, self.row_slot,
+            self.prompt_valid, None if decoding else self.suffix_valid, layer.suffix_len, scaling,
         )
 
     def row_slots(self) -> torch.Tensor:
@@ -281,14 +283,20 @@ class SharedPrefixCache(Cache):
             live = len(self.owner)
             self.parked_slots = torch.arange(live, live + parked, device=self.parked_slots.device)
 
-    def unpark(self, order: torch.Tensor, suffix_valid: torch.Tensor) -> None:
-        """Make parked rows the batch's rows: ``order`` indexes the parking order (rows not in it and the
-        live rows are dropped); ``suffix_valid`` [len(order), written] says which of each one's written
-        continuation positions later queries may attend to. The buffers are gathered at once."""
+    def unpark(self, order: torch.Tensor, suffix_valid: torch.Tensor, keep_rest: bool = False) -> None:
+        """Make parked rows the batch's rows: ``order`` indexes the parking order (the live rows are
+        dropped); ``suffix_valid`` [len(order), written] says which of each one's written continuation
+        positions later queries may attend to. The buffers are gathered at once. The parked rows not in
+        ``order`` are dropped too, or with ``keep_rest`` stay parked (in their order, behind the batch's
+        rows: forwards leave their buffers unwritten) for a later ``unpark``."""
+        rest = torch.ones(len(self.parked_slots), dtype=torch.bool, device=self.parked_slots.device)
+        rest[order] = False
+        if not keep_rest:
+            rest[:] = False
         self.slots = self.parked_slots[order]
         self.owner = self.parked_owner[order]
-        self.parked_slots = self.parked_slots[:0]
-        self.parked_owner = self.parked_owner[:0]
+        self.parked_slots = self.parked_slots[rest]
+        self.parked_owner = self.parked_owner[rest]
         self.suffix_valid = suffix_valid.bool()  # in the order of the rows, as materialize expects
         self.materialize()
 
@@ -318,13 +326,18 @@ class SharedPrefixCache(Cache):
         buffer_rows = rows if self.slots is None else self.slots[rows]
         self.slots = None
         owner = self.owner[rows]
-        used = torch.unique(owner)
+        parked = len(self.parked_slots)
+        if parked:  # kept, gathered behind the batch's rows in parking order
+            buffer_rows = torch.cat([buffer_rows, self.parked_slots])
+            self.parked_slots = torch.arange(len(rows), len(rows) + parked, device=rows.device)
+        used = torch.unique(torch.cat([owner, self.parked_owner]))
         prompts = None
         if len(used) < self.prompt_valid.shape[0]:
             prompts = used
             remap = torch.full((self.prompt_valid.shape[0],), -1, dtype=torch.long, device=owner.device)
             remap[used] = torch.arange(len(used), device=owner.device)
             owner = remap[owner]
+            self.parked_owner = remap[self.parked_owner]
             self.prompt_valid = self.prompt_valid[used]
             self.prompt_len = None if self.prompt_len is None else self.prompt_len[used]
         for layer in self.layers:

@@ -91,6 +91,7 @@ from metareward.engines.memory import release_freed_memory
 from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_ids
 
 FEED_CHUNK = 64  # positions per forward when rows are fed several known tokens (choice contexts, follow-ups)
+FEED_FORWARD_COST = 32  # a forward's fixed cost (weights read, per-layer dispatch) in fed positions: ``feed_groups``
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
 
 
@@ -126,6 +127,30 @@ def sharing_order(prompts: Sequence[list[int]], min_shared: int) -> list[int]:
     units = [sorted(u, key=lambda i: (len(prompts[i]), i)) for u in units]
     units.sort(key=lambda u: (len(prompts[u[0]]), u[0]))
     return [i for u in units for i in u]
+
+
+def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST) -> list[list[int]]:
+    """Split rows to be fed ``need[i]`` tokens each into feeds, at the least computed positions.
+
+    A feed pads its rows to its widest need, so one feed for all would cost ``len(need) * max(need)``:
+    where most rows need the few tokens of ``"\nScore: "`` and a few need their whole text, those few
+    go to a feed of their own. A feed of width w costs ``rows * w`` positions plus ``forward_cost`` per
+    forward (``FEED_CHUNK`` positions each). Exact minimum over contiguous runs of the rows sorted by
+    need (dynamic programming, O(rows^2)); a feed always beats leaving a row to a re-prefill, which
+    computes its prompt too. Returns the feeds, each a list of row indices in ascending need, the
+    narrowest feed first."""
+    order = sorted(range(len(need)), key=lambda i: need[i])
+    best = [0] * (len(order) + 1)  # best[i]: least cost of the i narrowest rows
+    start = [0] * (len(order) + 1)  # where the last feed of that least cost starts
+    for i in range(1, len(order) + 1):
+        width = need[order[i - 1]]
+        fixed = forward_cost * -(-width // FEED_CHUNK)
+        best[i], start[i] = min((best[j] + (i - j) * width + fixed, j) for j in range(i))
+    feeds, i = [], len(order)
+    while i:
+        feeds.append(order[start[i] : i])
+        i = start[i]
+    return feeds[::-1]
 
 
 def shared_roots(prompts: Sequence[list[int]], min_shared: int) -> tuple[list[int], list[int]]:
@@ -440,7 +465,7 @@ class HFEngine(Engine):
 
         texts = [self.tokenizer.decode(t[:-1] if f else t, skip_special_tokens=True).strip()
                  for t, f in zip(tokens, finished, strict=True)]
-        follow_probs: dict[int, list[float] | None] = {}
+        follow_probs: dict[int, list[float]] = {}
         if follow:
             if lazy:
                 cache.select_rows(alive[:0], lazy=True, park=True)  # the last rows to finish
@@ -457,22 +482,22 @@ class HFEngine(Engine):
 
     def _follow_ups(self, cache: SharedPrefixCache, row_requests: Sequence[GenerationRequest], follow: list[int],
                     tokens: list[list[int]], texts: list[str], prompt_len: torch.Tensor,
-                    remainder_valid: torch.Tensor, parked: list[int] | None) -> dict[int, list[float] | None]:
+                    remainder_valid: torch.Tensor, parked: list[int] | None) -> dict[int, list[float]]:
         """Each follow-up row's choice probabilities, read from its own cache after decoding.
 
         Row r's cache holds its prompt and its sampled tokens but the last (the cut or stop token is
         never fed). The follow-up's context (``choice_context`` of ``follow_up.prefix(text)``, what
         ``choice_probs`` would feed) agrees with those tokens up to their longest common prefix, so the
         positions after it are masked and only the rest of the context is fed (at least its last token,
-        whose logits are read): typically the few tokens of ``"\nScore: "``; the whole text where
-        decoding and re-encoding it differ at its start; rows left out, whose whole re-prefill costs less
-        than padding every row to their width, get None). ``parked``: the rows in the cache's parking order
+        whose logits are read): typically the few tokens of ``"\nScore: "``, the whole text where
+        decoding and re-encoding it differ at its start. Rows are fed in groups of similar width
+        (``feed_groups``): each group is unparked, fed, and dropped, the rest staying parked. ``parked``: the rows in the cache's parking order
         (the lazy path), None when the batch still holds every row in order (the path that never
-        compacts with follow-ups pending). ``prompt_len``: each row's whole prompt length;
-        ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's buffers start
-        with (prefix sharing across requests; R = 0 without), its samples' tokens following at R."""
-        contexts, choice_ids, keep = [], [], []
-        follow_all = list(follow)
+        compacts with follow-ups pending: all are parked here). ``prompt_len``: each row's whole prompt
+        length; ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's
+        buffers start with (prefix sharing across requests; R = 0 without), its samples' tokens
+        following at R."""
+        contexts, choice_ids, keep = {}, {}, {}
         for r in follow:
             follow_up = row_requests[r].follow_up
             context, ids = self.choice_context(follow_up.prefix(texts[r]), follow_up.choices)
@@ -481,39 +506,31 @@ class HFEngine(Engine):
             limit = min(len(fed), len(context) - 1)
             while common < limit and fed[common] == context[common]:
                 common += 1
-            contexts.append(context)
-            choice_ids.append(ids)
-            keep.append(common)
-        # Every row of the feed is padded to the widest remainder of context: where a few rows need
-        # their whole text fed (decoding and re-encoding differ at its start) and the rest a few tokens,
-        # those few are left to the caller's re-prefill if that computes fewer positions.
-        need = [len(c) - k for c, k in zip(contexts, keep, strict=True)]
-        reprefill = [int(prompt_len[r]) + len(c) for r, c in zip(follow, contexts, strict=True)]
-        width = min(sorted(set(need)), key=lambda w: sum(n <= w for n in need) * w
-                    + sum(cost for n, cost in zip(need, reprefill, strict=True) if n > w))
-        fed = [k for k, n in enumerate(need) if n <= width]
-        follow, contexts, choice_ids, keep = ([x[k] for k in fed] for x in (follow, contexts, choice_ids, keep))
-        if not follow:
-            return dict.fromkeys(follow_all)
-        written, offset = cache.layers[0].suffix_len, remainder_valid.shape[1]
-        valid = torch.zeros((len(follow), written), dtype=torch.bool, device=self.device)
-        valid[:, :offset] = remainder_valid[follow]
-        for k, common in enumerate(keep):
-            valid[k, offset : offset + common] = True
-        if parked is not None:
+            contexts[r], choice_ids[r], keep[r] = context, ids, common
+        groups = feed_groups([len(contexts[r]) - keep[r] for r in follow])
+        out: dict[int, list[float]] = {}
+        if parked is None:
+            parked = list(range(len(cache.owner)))
+            cache.select_rows(cache.owner[:0], lazy=True, park=True)
+        offset = remainder_valid.shape[1]
+        for n, group in enumerate(groups):
+            rows = [follow[k] for k in group]
+            written = cache.layers[0].suffix_len  # earlier groups' feeds included, masked for this one
+            valid = torch.zeros((len(rows), written), dtype=torch.bool, device=self.device)
+            valid[:, :offset] = remainder_valid[rows]
+            for k, r in enumerate(rows):
+                valid[k, offset : offset + keep[r]] = True
             position = {row: k for k, row in enumerate(parked)}
-            cache.unpark(torch.tensor([position[r] for r in follow], device=self.device), valid)
-        else:
-            if len(follow) < len(cache.owner):
-                cache.select_rows(torch.tensor(follow, device=self.device))
-            cache.set_suffix_valid(valid)
-        start = prompt_len[follow] + torch.tensor(keep, device=self.device)
-        logits = self._feed(cache, [c[k:] for c, k in zip(contexts, keep, strict=True)], start)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        out: dict[int, list[float] | None] = dict.fromkeys(row for row in follow_all)
-        for k, r in enumerate(follow):
-            p = logprobs[k, choice_ids[k]].exp()
-            out[r] = [float(x) for x in p / p.sum()]
+            cache.unpark(torch.tensor([position[r] for r in rows], device=self.device), valid,
+                         keep_rest=n + 1 < len(groups))
+            chosen = set(rows)
+            parked = [row for row in parked if row not in chosen]
+            start = prompt_len[rows] + torch.tensor([keep[r] for r in rows], device=self.device)
+            logits = self._feed(cache, [contexts[r][keep[r]:] for r in rows], start)
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for k, r in enumerate(rows):
+                p = logprobs[k, choice_ids[r]].exp()
+                out[r] = [float(x) for x in p / p.sum()]
         return out
 
     def _feed(self, cache: SharedPrefixCache, seqs: Sequence[list[int]], start: torch.Tensor) -> torch.Tensor:
