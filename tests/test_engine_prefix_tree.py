@@ -52,6 +52,20 @@ def test_shared_roots_declines_sharing_that_does_not_pay():
     assert shared_roots([shared + [1], shared + [2]], 200) == ([0, 1], [66, 66])  # below min_shared
 
 
+def test_shared_roots_cuts_at_the_depth_that_computes_least():
+    """The meta-judge's shape: every battle shares the rubric (100 tokens), those of one response also
+    its question and response (200 more), and each has its own 20 tokens of judgments. Rooted at the
+    rubric: 1 x 100 + 12 x 220 = 2,740 positions; rooted at each response: 2 x 300 + 12 x 20 = 840."""
+    rubric = [0] * 100
+    responses = [[1] * 200, [2] * 200]
+    prompts = [rubric + responses[r] + [3 + b] * 20 for r in range(2) for b in range(6)]
+    root_of, cut = shared_roots(prompts, min_shared=64)
+    assert cut == [300] * 12 and root_of == [0] * 6 + [6] * 6
+    # with short responses the rubric is the better root: 1 x 100 + 12 x 25 = 400 < 2 x 105 + 12 x 20 = 450
+    prompts = [rubric + [1 + r] * 5 + [3 + b] * 20 for r in range(2) for b in range(6)]
+    assert shared_roots(prompts, min_shared=64) == ([0] * 12, [100] * 12)
+
+
 def test_sharing_order_keeps_families_together_shortest_first():
     fam = list(range(70))
     prompts = [[9] * 10, fam + [5, 5, 5], [8] * 3, fam + [1], fam + [4, 4]]

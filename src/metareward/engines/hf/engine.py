@@ -156,41 +156,53 @@ def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST) -> l
 def shared_roots(prompts: Sequence[list[int]], min_shared: int) -> tuple[list[int], list[int]]:
     """Prefix sharing across the requests of one batch: (root group of each prompt, its root length).
 
-    Prompts sharing at least ``min_shared`` leading tokens form a group whose common prefix (the root;
-    capped so that every member keeps at least one token of its own) is prefilled once; each member's
-    remainder then runs against it. A prompt in no group is its own root, whole (remainder empty).
-    The sharing is used only where it shrinks the padded token rectangle the batch computes (roots x
-    widest root + requests with a remainder x widest remainder, against prompts x widest prompt);
-    otherwise every prompt is its own root. This is the two-level case of the prefix tree vLLM's
-    automatic prefix caching and SGLang's radix attention share on GPUs."""
+    Prompts sharing a long common prefix form a group whose common prefix (the root; capped so that
+    every member keeps at least one token of its own, and at least ``min_shared`` tokens) is prefilled
+    once; each member's remainder then runs against it. A prompt in no group is its own root, whole
+    (remainder empty). How deep the roots reach is chosen: the meta-judge's battles all share the
+    rubric, and those of one response also its question and response; cutting at the rubric prefills
+    it once but feeds every battle its question and response, cutting deeper prefills the rubric once
+    per response but each response once. Every depth at which the lexically sorted prompts' runs
+    change is tried (runs of adjacent common prefixes at least that long), and the one that computes
+    the smallest padded token rectangle (roots x widest root + requests with a remainder x widest
+    remainder) is kept, or no sharing where that computes less (prompts x widest prompt). This is the
+    two-level case of the prefix tree vLLM's automatic prefix caching and SGLang's radix attention
+    share on GPUs."""
     count = len(prompts)
+    whole = [len(p) for p in prompts]
     lexical = sorted(range(count), key=lambda i: prompts[i])
-    root_of, cut = list(range(count)), [len(p) for p in prompts]
-    group: list[int] = []
-    shared = 0
-
-    def close() -> None:
-        if len(group) > 1:
-            for i in group:
-                root_of[i], cut[i] = group[0], shared
-
-    for i in lexical:
-        if group:
-            limit = min(shared, len(prompts[i]) - 1)
-            length = common_prefix(prompts[group[0]][:limit], prompts[i])
-            if length >= min_shared:
-                group.append(i)
-                shared = length
+    # in lexical order the common prefix of a run is the least common prefix of its neighbours
+    adjacent = [common_prefix(prompts[a], prompts[b]) for a, b in zip(lexical, lexical[1:], strict=False)]
+    best = (count * max(whole), list(range(count)), whole)
+    for depth in sorted({d for d in adjacent if d >= min_shared}):
+        root_of, cut = list(range(count)), list(whole)
+        run = [lexical[0]]
+        shared = None
+        for k, i in enumerate(lexical[1:]):
+            if adjacent[k] >= depth:
+                run.append(i)
+                shared = adjacent[k] if shared is None else min(shared, adjacent[k])
                 continue
-            close()
-        group, shared = [i], len(prompts[i]) - 1
-    close()
-    groups = set(root_of)
-    remainders = [len(p) - c for p, c in zip(prompts, cut, strict=True)]
-    rectangle = len(groups) * max(cut) + sum(r > 0 for r in remainders) * max(remainders)
-    if max(remainders) == 0 or rectangle >= count * max(len(p) for p in prompts):
-        return list(range(count)), [len(p) for p in prompts]
-    return root_of, cut
+            _root_run(run, shared, prompts, min_shared, root_of, cut)
+            run, shared = [i], None
+        _root_run(run, shared, prompts, min_shared, root_of, cut)
+        remainders = [w - c for w, c in zip(whole, cut, strict=True)]
+        cost = len(set(root_of)) * max(cut) + sum(r > 0 for r in remainders) * max(remainders)
+        if cost < best[0]:
+            best = (cost, root_of, cut)
+    return best[1], best[2]
+
+
+def _root_run(run: list[int], shared: int | None, prompts: Sequence[list[int]], min_shared: int,
+              root_of: list[int], cut: list[int]) -> None:
+    """Make the prompts of ``run`` (lexically sorted, common prefix ``shared``) one group rooted at its
+    first member, if the root, capped to leave each member a token, is ``min_shared`` tokens or more."""
+    if len(run) < 2:
+        return
+    root = min(shared, min(len(prompts[i]) for i in run) - 1)
+    if root >= min_shared:
+        for i in run:
+            root_of[i], cut[i] = run[0], root
 
 
 class HFEngine(Engine):
