@@ -2,7 +2,8 @@
 
 On a tiny random Llama with the embedded model's tokenizer (no model weights loaded): training with
 every layer, some layers or no layer checkpointed gives exactly the same weights and metrics, and a
-checkpointed layer keeps less for backward.
+checkpointed layer keeps less for backward; a micro-batch over the budget even with every layer
+checkpointed runs in halves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from metareward.training.dpo_native import (
     checkpointed_layer_count,
     layer_activation_bytes,
     sequence_logps,
+    split_to_budget,
     tokenize_pair,
     train_dpo_native,
 )
@@ -64,12 +66,19 @@ def test_layer_activation_bytes_of_smollm2_135m_shape():
     assert layer_activation_bytes(config, 4800, 4) == 4800 * 56832
 
 
-def _train(model, tok, budget):
+def _train(model, tok, budget, batch_size=1, grad_accum=2):
     policy = copy.deepcopy(model)
-    metrics = train_dpo_native(policy, tok, PAIRS, beta=0.1, lr=1e-3, epochs=2, batch_size=2, grad_accum=1,
-                               max_length=256, warmup_ratio=0.0, lr_scheduler="constant", seed=0,
-                               activation_budget=budget)
+    metrics = train_dpo_native(policy, tok, PAIRS, beta=0.1, lr=1e-3, epochs=2, batch_size=batch_size,
+                               grad_accum=grad_accum, max_length=256, warmup_ratio=0.0, lr_scheduler="constant",
+                               seed=0, activation_budget=budget)
     return policy, metrics
+
+
+def assert_same_training(a, b, a_metrics, b_metrics):
+    for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(x, y), name
+    for key in ("first", "last"):
+        assert a_metrics[key] == b_metrics[key]
 
 
 def test_checkpointing_changes_no_bit_of_the_trained_model(tiny):
@@ -78,12 +87,29 @@ def test_checkpointing_changes_no_bit_of_the_trained_model(tiny):
     other, metrics = _train(model, tok, 1)  # a 1-byte budget: every layer checkpointed
     assert set(plain_metrics["checkpointed_layers"]) == {0}
     assert set(metrics["checkpointed_layers"]) == {3}
-    assert len(metrics["checkpointed_layers"]) == 4  # 2 epochs x 2 steps x 1 micro-batch
-    for (name, a), (_, b) in zip(plain.named_parameters(), other.named_parameters()):
-        assert torch.equal(a, b), name
-    for key in ("first", "last"):
-        assert metrics[key] == plain_metrics[key]
+    assert len(metrics["checkpointed_layers"]) == 8  # 2 epochs x 2 steps x 2 micro-batches of one pair
+    assert_same_training(plain, other, plain_metrics, metrics)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))  # it did train
+
+
+def test_split_to_budget_halves_until_it_fits():
+    assert split_to_budget([4, 2, 7, 1], lambda m: True) == [[4, 2, 7, 1]]
+    assert split_to_budget([4, 2, 7, 1], lambda m: False) == [[4], [2], [7], [1]]
+    assert split_to_budget([4, 2, 7], lambda m: len(m) <= 2) == [[4, 2], [7]]
+    assert split_to_budget([4, 2, 7, 1, 9], lambda m: 9 not in m or len(m) == 1) == [[4, 2, 7], [1], [9]]
+
+
+def test_a_micro_batch_over_the_budget_even_checkpointed_is_split(tiny):
+    """Two pairs per micro-batch, but even with every layer checkpointed they keep more than a 1-byte
+    budget: each runs as two micro-batches of one pair, the same training bit for bit as micro-batches
+    of one pair to begin with (both sort a step's pairs by length)."""
+    model, tok = tiny
+    split, split_metrics = _train(model, tok, 1, batch_size=2, grad_accum=1)
+    single, single_metrics = _train(model, tok, 1, batch_size=1, grad_accum=2)
+    assert split_metrics["checkpointed_layers"] == [3] * 8  # 2 epochs x 2 steps x 2 halves
+    assert_same_training(split, single, split_metrics, single_metrics)
+    roomy, roomy_metrics = _train(model, tok, None, batch_size=2, grad_accum=1)
+    assert len(roomy_metrics["checkpointed_layers"]) == 4  # no budget: no split
 
 
 def test_some_layers_checkpointed_gives_the_same_gradients(tiny):

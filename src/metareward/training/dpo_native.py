@@ -33,7 +33,9 @@ What it does, and why it is fast without changing the result:
 * bounds the memory a micro-batch's saved activations take (``activation_budget``): when the decoder
   layers' activations for backward would exceed it, the first layers run under activation
   checkpointing (their activations recomputed in backward, bit for bit the same, so the loss and the
-  gradients do not change: ``tests/test_dpo_native_memory.py``), just enough of them to fit. Without it, a
+  gradients do not change: ``tests/test_dpo_native_memory.py``), just enough of them to fit; a
+  micro-batch that does not fit even with every layer checkpointed (long judge pairs) runs in halves
+  (``split_to_budget``: the same gradients up to the sum's rounding). Without it, a
   micro-batch of four ~600-token judge pairs saved ~7.6 GiB of activations on SmolLM2-135M, which was
   most of the tiny run's peak memory and, freshly page-faulted, much of its first step's time
   (``docs/performance.md``, "Iteration costs: DPO warm-up and memory").
@@ -300,6 +302,17 @@ def checkpointed_layer_count(n_layers: int, per_layer: int, saved_input: int, bu
     return min(n_layers, -(-need // (per_layer - saved_input)))
 
 
+def split_to_budget(micro: list[int], fits) -> list[list[int]]:
+    """``micro`` (pairs sorted by length) halved, and its halves halved, until ``fits(part)`` or one pair is
+    left. Used where even every layer checkpointed keeps more than the activation budget for backward
+    (long judge pairs): the pairs then run as several backward passes into the same gradients, which
+    changes the sum's rounding only, and the peak shrinks with the micro-batch."""
+    if len(micro) == 1 or fits(micro):
+        return [micro]
+    half = (len(micro) + 1) // 2
+    return split_to_budget(micro[:half], fits) + split_to_budget(micro[half:], fits)
+
+
 def _checkpointed(forward):
     def run(*args, **kwargs):
         return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
@@ -403,12 +416,20 @@ def train_dpo_native(
         chunk, order = order[:global_batch], order[global_batch:]
         optimizer.zero_grad(set_to_none=True)  # no gradients held through the forward (see module docstring)
         losses, chosen_r, rejected_r = [], [], []
-        for micro in _micro_batches(chunk, items, batch_size):
+        def kept(micro: list[int]) -> tuple[int, int]:  # (per layer, per checkpointed layer) bytes
+            padded = micro_batch_positions(model, [items[i] for i in micro])
+            return (layer_activation_bytes(model.config, padded, itemsize),
+                    padded * model.config.hidden_size * itemsize)
+
+        def fits(micro: list[int]) -> bool:  # every layer checkpointed, one recomputed: within the budget
+            per_layer, saved = kept(micro)
+            return activation_budget is None or len(layers) * saved + per_layer <= activation_budget
+
+        parts = [part for micro in _micro_batches(chunk, items, batch_size) for part in split_to_budget(micro, fits)]
+        for micro in parts:
             pairs_in = [items[i] for i in micro]
             step_tokens += sum(len(s) for t in pairs_in for s, _ in t.sequences())
-            padded = micro_batch_positions(model, pairs_in)
-            count = checkpointed_layer_count(len(layers), layer_activation_bytes(model.config, padded, itemsize),
-                                             padded * model.config.hidden_size * itemsize, activation_budget)
+            count = checkpointed_layer_count(len(layers), *kept(micro), activation_budget)
             checkpointed.append(count)
             with activation_checkpointing(layers, count):
                 logps = micro_batch_logps(model, pairs_in, pad_id)
