@@ -133,8 +133,8 @@ def test_shared_roots_decode_each_samples_true_distribution(engine, monkeypatch)
             want = torch.log_softmax(engine.model(input_ids=ids).logits[0, len(rows[row]) - 1 : -1].float(), -1)
         got = torch.stack([lp for _, lp in seen])
         assert (got.exp() - want.exp()).abs().max() < 1e-4, row
-    # the texts do not depend on whether the roots were shared (float32, the same sampler draws)
-    monkeypatch.setattr(engine, "min_shared", 10**9)
+    # the same requests give the same texts (what resuming relies on); without sharing the distributions
+    # are equal only within float rounding (above), so a draw near a tie may differ
     assert {o.id: o.texts for o in engine.generate(reqs)} == {o.id: o.texts for o in outs}
 
 

@@ -85,6 +85,8 @@ def rows_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suf
     positions of them real). ``suffix_valid`` [B, >= written]
     marks real continuation positions; None means decoding (one query per row, no padding), where
     only the unwritten tail needs masking. Returns [B, q, heads, d] in the query's dtype."""
+    if suffix_valid is not None:
+        return _feed_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suffix_valid, written, scaling)
     bsz, heads, q_len, dim = query.shape
     kv_heads = pk_t.shape[1]
     groups = heads // kv_heads
@@ -125,6 +127,30 @@ def rows_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suf
     out = out.reshape(bsz, heads, q_len, dim)
     return out.transpose(1, 2).to(query.dtype, memory_format=torch.contiguous_format).contiguous()
 
+
+
+def _feed_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suffix_valid, written: int,
+                    scaling: float) -> torch.Tensor:
+    """``rows_attention`` for a padded feed (several known tokens per row: prompt remainders, follow-up
+    contexts, choice passes): each row's prompt keys/values and its own continuation are concatenated
+    and attended to in one ``scaled_dot_product_attention`` call (PyTorch's fused CPU/GPU kernels) with
+    the padding and causal mask. Copying a prompt's keys once per row costs little beside a feed's many
+    queries, where the decomposed softmax of ``rows_attention`` (float32 scores, masked, exponentiated
+    and merged in separate passes) cost more than the decoder's matrix products on a CPU
+    (``docs/performance.md``). Every query sees at least its prompt's real keys, so no row is fully masked.
+    Returns [B, q, heads, d] in the query's dtype."""
+    bsz, heads, q_len, dim = query.shape
+    width = sk_t.shape[3]
+    owner = row_slot // table.shape[1]  # each row's prompt (row_slot = owner * C + slot)
+    keys = torch.cat([pk_t[owner].transpose(-1, -2), sk_t.transpose(-1, -2)], dim=2)  # [B, kv, Lk + W, d]
+    values = torch.cat([pv[owner], sv], dim=2)
+    causal = torch.ones((q_len, width), dtype=torch.bool, device=query.device).tril(written - q_len)
+    valid = torch.zeros((bsz, width), dtype=torch.bool, device=query.device)
+    valid[:, :written] = suffix_valid[:, :written]
+    mask = torch.cat([prompt_valid[owner][:, None, :].expand(bsz, q_len, -1), causal[None] & valid[:, None, :]], dim=2)
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask[:, None], scale=scaling,
+                                         enable_gqa=keys.shape[1] != heads)
+    return out.transpose(1, 2).contiguous()
 
 
 class CompileFallbackWarning(UserWarning):
