@@ -60,7 +60,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 HEAD_CHUNK = 256  # completion positions per LM-head slice when no gradient is needed (50 MB of logits)
-ACTIVATION_BUDGET = 256 << 20  # bytes of decoder-layer activations a micro-batch may keep for backward
+ACTIVATION_BUDGET = 128 << 20  # bytes of decoder-layer activations a micro-batch may keep for backward
 
 
 @dataclass
