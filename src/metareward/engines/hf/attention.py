@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from metareward.engines.hf.cache import SharedPrefixCache
 
 ATTENTION = "metareward_shared_prefix"
+# queries per row from which a padded feed attends through one fused call over copied keys
+# (``_feed_attention``); below it the copy costs more than the decomposed softmax saves
+FUSED_MIN_QUERIES = 16
 
 
 @functools.cache
@@ -85,7 +88,7 @@ def rows_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suf
     positions of them real). ``suffix_valid`` [B, >= written]
     marks real continuation positions; None means decoding (one query per row, no padding), where
     only the unwritten tail needs masking. Returns [B, q, heads, d] in the query's dtype."""
-    if suffix_valid is not None:
+    if suffix_valid is not None and query.shape[2] >= FUSED_MIN_QUERIES:
         return _feed_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suffix_valid, written, scaling)
     bsz, heads, q_len, dim = query.shape
     kv_heads = pk_t.shape[1]
@@ -131,8 +134,8 @@ def rows_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suf
 
 def _feed_attention(query, pk_t, pv, sk_t, sv, table, row_slot, prompt_valid, suffix_valid, written: int,
                     scaling: float) -> torch.Tensor:
-    """``rows_attention`` for a padded feed (several known tokens per row: prompt remainders, follow-up
-    contexts, choice passes): each row's prompt keys/values and its own continuation are concatenated
+    """``rows_attention`` for a padded feed of ``FUSED_MIN_QUERIES`` or more positions per row (prompt
+    remainders, long follow-up contexts, choice passes): each row's prompt keys/values and its own continuation are concatenated
     and attended to in one ``scaled_dot_product_attention`` call (PyTorch's fused CPU/GPU kernels) with
     the padding and causal mask. Copying a prompt's keys once per row costs little beside a feed's many
     queries, where the decomposed softmax of ``rows_attention`` (float32 scores, masked, exponentiated
