@@ -503,22 +503,19 @@ class HFEngine(Engine):
         positions after it are masked and only the rest of the context is fed (at least its last token,
         whose logits are read): typically the few tokens of ``"\nScore: "``, the whole text where
         decoding and re-encoding it differ at its start. Rows are fed in groups of similar width
-        (``feed_groups``): each group is unparked, fed, and dropped, the rest staying parked. ``parked``: the rows in the cache's parking order
-        (the lazy path), None when the batch still holds every row in order (the path that never
-        compacts with follow-ups pending: all are parked here). ``prompt_len``: each row's whole prompt
-        length; ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's
+        (``feed_groups``): each group is unparked, fed, and dropped, the rest staying parked.
+        ``parked``: the rows in the cache's parking order (the lazy path), None when the batch still
+        holds every row in order (the path that never compacts with follow-ups pending: all are
+        parked here). ``prompt_len``: each row's whole prompt length; ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's
         buffers start with (prefix sharing across requests; R = 0 without), its samples' tokens
         following at R."""
         contexts, choice_ids, keep = {}, {}, {}
         for r in follow:
             follow_up = row_requests[r].follow_up
             context, ids = self.choice_context(follow_up.prefix(texts[r]), follow_up.choices)
-            fed = tokens[r][:-1]
-            common = 0
-            limit = min(len(fed), len(context) - 1)
-            while common < limit and fed[common] == context[common]:
-                common += 1
-            contexts[r], choice_ids[r], keep[r] = context, ids, common
+            # the last context token is always fed: its logits are the ones read
+            contexts[r], choice_ids[r] = context, ids
+            keep[r] = common_prefix(tokens[r][:-1], context[: len(context) - 1])
         groups = feed_groups([len(contexts[r]) - keep[r] for r in follow])
         out: dict[int, list[float]] = {}
         if parked is None:
