@@ -381,3 +381,36 @@ def test_kernel_skips_each_rows_leading_padding(kernel, starts):
     with pytest.raises(RuntimeError, match="prompt without keys"):
         kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, torch.tensor([57, 0, 64]), owner,
                          sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, start)
+
+
+@pytest.mark.parametrize("pattern", ["holes", "none-valid", "wider-mask"])
+def test_kernel_attends_to_exactly_the_positions_a_valid_mask_marks(kernel, pattern):
+    """``row_valid`` (a follow-up's rows: the sampled tokens its context does not repeat are masked,
+    anywhere in the continuation): equal to the exact attention over the prompt and the marked keys, a
+    huge unmarked key changes nothing, ``row_start`` is ignored, and the mask may be wider than what
+    is written. A row with nothing marked attends to its prompt alone."""
+    rows, written = 8, 80
+    query, pk, pv, valid, sk, sv, owner = make_case(12, rows, 3, 3, 3, 64, [57, 40, 64], written, 96)
+    gen = torch.Generator().manual_seed(5)
+    width = written + (17 if pattern == "wider-mask" else 0)
+    marks = torch.rand(rows, width, generator=gen) < 0.6
+    marks[0, :] = True
+    marks[1, 40:60] = False  # one run of holes in the middle
+    if pattern == "none-valid":
+        marks[2:5, :] = False
+    for b in range(rows):
+        sk[b, :, :written][:, ~marks[b, :written]] = 1e4  # would dominate every score if it were attended to
+    scaling = 0.125
+    got = kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner,
+                           sk.transpose(-1, -2).contiguous(), sv, written, scaling, None,
+                           torch.full((rows,), written), marks)
+    for b in range(rows):
+        kept = marks[b, :written]
+        keys = torch.cat([pk[owner[b]][:, valid[owner[b]]], sk[b, :, :written][:, kept]], dim=1).double()
+        values = torch.cat([pv[owner[b]][:, valid[owner[b]]], sv[b, :, :written][:, kept]], dim=1).double()
+        q = (query[b : b + 1] * scaling).double().reshape(3, 3, 64)
+        want = (torch.softmax(q @ keys.transpose(-1, -2), -1) @ values).reshape(1, 9, 64)
+        assert (got[b].double() - want).abs().max() < 0.02, b
+    with pytest.raises(RuntimeError, match="valid must be"):
+        kernel_attention(kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner,
+                         sk.transpose(-1, -2).contiguous(), sv, written, scaling, None, None, marks[:, : written - 1])

@@ -8,8 +8,9 @@
   request without a follow-up in the same batch gets none;
 * ``feed_groups``: exact partitions for small cases, and never costlier than any other split;
 * bf16 with the C++ kernels (rows leave the batch at once and are parked, kept through the buffers'
-  growth): the texts are those drawn without follow-ups, and the probabilities are those ``choice_probs``
-  gives, to bf16 rounding;
+  growth; the shared remainders promoted into the prompts; narrow contexts fed as decoding steps through
+  the kernel's masked attention): the texts are those drawn without follow-ups, and the probabilities are
+  those ``choice_probs`` gives, to bf16 rounding;
 * chunk logs keep the probabilities, and a logged output without them loads as ``None``.
 """
 
@@ -128,9 +129,15 @@ def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engi
     move = cache_module._SharedPrefixLayer._move
     monkeypatch.setattr(cache_module._SharedPrefixLayer, "_move",
                         lambda self, *a: parked_at_growth.append(len(getattr(self.cache, "parked_slots", ()))) or move(self, *a))
+    stepped, promoted = [], []
+    feed_steps, promote = engine_module.HFEngine._feed_steps, cache_module.SharedPrefixCache.promote_rows
+    monkeypatch.setattr(engine_module.HFEngine, "_feed_steps",
+                        lambda self, cache, seqs, start: stepped.append(len(seqs)) or feed_steps(self, cache, seqs, start))
+    monkeypatch.setattr(cache_module.SharedPrefixCache, "promote_rows", lambda self: promoted.append(1) or promote(self))
     reqs = requests()
     outs = {o.id: o for o in bf16.generate(reqs)}
     assert max(parked_at_growth) > 0  # rows finished at 10 tokens were kept through a growth past 32
+    assert stepped and promoted  # narrow contexts fed as kernel decoding steps; the judge prompts' remainders promoted
     assert {o.id: o.texts for o in bf16.generate(without_follow_ups(reqs))} == {k: o.texts for k, o in outs.items()}
     choice = [ChoiceRequest(id=f"{r.id}/{j}", messages=r.messages, assistant_prefix=r.follow_up.prefix(t),
                             choices=SCORE_CHOICES) for r in reqs[:3] for j, t in enumerate(outs[r.id].texts)]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 from metareward.engines.hf.attention import rows_attention
-from metareward.engines.hf.kernels import KEY_BLOCK, kernel_attention, kernel_supports
+from metareward.engines.hf.kernels import KEY_BLOCK, NO_MASK, kernel_attention, kernel_supports
 
 SUFFIX_BLOCK = 32  # a row's continuation keys/values grow by this many positions at a time
 assert SUFFIX_BLOCK % KEY_BLOCK == 0, "row buffers must hold whole blocks of the decoding kernel's keys"
@@ -141,6 +141,23 @@ class _SharedPrefixLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.prompt_width + self.suffix_len
 
+    def promote(self, owner: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, target: torch.Tensor,
+                tokens: int) -> None:
+        """``SharedPrefixCache.promote_rows`` for this layer: prompt i := prompt ``owner[i]``'s keys, then
+        row ``rows[m]``'s continuation position ``cols[m]`` at position ``target[m]``; the rows emptied."""
+        _, heads, dim, old_width = self.pk.shape
+        width = _key_width(tokens)
+        pk = self.pk.new_zeros((len(owner), heads, dim, width))
+        pv = self.pv.new_zeros((len(owner), heads, width, dim))
+        pk[..., :old_width] = self.pk[owner]  # zero past each prompt's end: the real keys come next
+        pv[:, :, :old_width] = self.pv[owner]
+        pk[rows, :, :, target] = self.sk[rows, :, :, cols]
+        pv[rows, :, target] = self.sv[rows, :, cols]
+        self.pk, self.pv = pk, pv
+        self.prompt_width = tokens
+        self.suffix_len = 0
+        del self.sk, self.sv  # the next growth lays out fresh row buffers
+
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
         """Keep buffer rows ``rows`` (in that order) and, if given, prompts ``prompts``."""
         if hasattr(self, "sk"):
@@ -250,11 +267,11 @@ class SharedPrefixCache(Cache):
         appended): ``decode_attention`` for a decoding step (one query per row, no padding so far),
         ``rows_attention`` with the padding mask otherwise. Returns [B, q, heads, d]."""
         layer = self.layers[index]
-        if (query.shape[2] == 1 and self.suffix_start is not None and self.decode_kernel is not None
-                and self.prompt_len is not None
+        if (query.shape[2] == 1 and self.decode_kernel is not None and self.prompt_len is not None
                 and kernel_supports(query, query.shape[-1], query.shape[1], layer.pk.shape[1])):
+            start, valid = self.kernel_mask()
             return kernel_attention(self.decode_kernel, query, layer.pk, layer.pv, self.prompt_len, self.owner,
-                                    layer.sk, layer.sv, layer.suffix_len, scaling, self.row_slots(), self.suffix_start)
+                                    layer.sk, layer.sv, layer.suffix_len, scaling, self.row_slots(), start, valid)
         decoding = query.shape[2] == 1 and self.suffix_all_valid
         attention = self.decode_attention if decoding else rows_attention
         rows = query.shape[0]  # buffer rows past these are parked (contiguous slices: no copy)
@@ -262,6 +279,41 @@ class SharedPrefixCache(Cache):
             query, layer.pk, layer.pv, layer.sk[:rows], layer.sv[:rows], self.table, self.row_slot,
             self.prompt_valid, None if decoding else self.suffix_valid, layer.suffix_len, scaling,
         )
+
+    def promote_rows(self) -> torch.Tensor:
+        """Make each row's real continuation part of a prompt of its own: prompt i := prompt ``owner[i]``'s
+        tokens followed by row i's real (unmasked) continuation positions, right-padded as prefilled
+        prompts are; the rows are emptied. Returns the new prompts' padding mask [rows, L] (1 = token),
+        for ``start_rows``, which opens the rows phase over them.
+
+        Why: with prefix sharing across requests, each request's prompt remainder is fed into a row of
+        its own; its N samples would otherwise each decode over a copy of that row, reading the
+        remainder's keys once per sample and step (per row, from memory: the copies do not stay in
+        cache). As part of a prompt they are read once per prompt and KV head by all its samples.
+        Assumes right-padded prompts (``prompt_len`` known) and equal keys/values whichever way they
+        are read (they are copied, not recomputed)."""
+        if self.prompt_len is None:
+            raise ValueError("promote_rows needs right-padded prompts")
+        self.materialize()
+        owner, valid = self.owner, self.suffix_valid
+        base = self.prompt_len[owner]
+        total = base + valid.sum(1)
+        rows, cols = valid.nonzero(as_tuple=True)
+        target = base[rows] + (valid.long().cumsum(1) - 1)[rows, cols]
+        tokens = int(total.max())
+        for layer in self.layers:
+            layer.promote(owner, rows, cols, target, tokens)
+        self.phase = "prefix"
+        return (torch.arange(tokens, device=owner.device)[None, :] < total[:, None]).long()
+
+    def kernel_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoding kernel's view of which written continuation positions each row attends to:
+        (``start`` [B], ``valid``) where ``valid`` is empty when each row's only masked positions lead
+        (``suffix_start``), else the whole [B, written] mask (a follow-up's holes)."""
+        if self.suffix_start is not None:
+            return self.suffix_start, NO_MASK
+        start = torch.zeros(len(self.owner), dtype=torch.long, device=self.owner.device)  # unread
+        return start, self.suffix_valid.contiguous()
 
     def row_slots(self) -> torch.Tensor:
         """Each batch row's buffer row, [B] int64 (what the C++ kernels take)."""
@@ -283,12 +335,15 @@ class SharedPrefixCache(Cache):
             live = len(self.owner)
             self.parked_slots = torch.arange(live, live + parked, device=self.parked_slots.device)
 
-    def unpark(self, order: torch.Tensor, suffix_valid: torch.Tensor, keep_rest: bool = False) -> None:
+    def unpark(self, order: torch.Tensor, suffix_valid: torch.Tensor, keep_rest: bool = False,
+               lazy: bool = False) -> None:
         """Make parked rows the batch's rows: ``order`` indexes the parking order (the live rows are
         dropped); ``suffix_valid`` [len(order), written] says which of each one's written continuation
-        positions later queries may attend to. The buffers are gathered at once. The parked rows not in
-        ``order`` are dropped too, or with ``keep_rest`` stay parked (in their order, behind the batch's
-        rows: forwards leave their buffers unwritten) for a later ``unpark``."""
+        positions later queries may attend to. The buffers are gathered at once, or with ``lazy`` left
+        as they are, the rows reached through the slot map (for the C++ kernels' path, which reads and
+        writes through it). The parked rows not in ``order`` are dropped too, or with ``keep_rest`` stay
+        parked (in their order, behind the batch's rows: forwards leave their buffers unwritten) for a
+        later ``unpark``."""
         rest = torch.ones(len(self.parked_slots), dtype=torch.bool, device=self.parked_slots.device)
         rest[order] = False
         if not keep_rest:
@@ -298,7 +353,11 @@ class SharedPrefixCache(Cache):
         self.parked_slots = self.parked_slots[rest]
         self.parked_owner = self.parked_owner[rest]
         self.suffix_valid = suffix_valid.bool()  # in the order of the rows, as materialize expects
-        self.materialize()
+        if lazy:
+            self.table = self.row_slot = None  # the torch path's tables: rebuilt by materialize
+            self._suffix_form()
+        else:
+            self.materialize()
 
     def materialize(self) -> None:
         """Gather the row buffers down to the live rows' slots, so that buffer row b is batch row b."""

@@ -10,9 +10,10 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
   ``batch_size`` sequences (a request with ``n`` samples counts ``n``), so padding stays small;
 * shares prefixes across a batch's requests where that computes fewer padded positions
   (``shared_roots``): the common root of a family is prefilled once, each request's remainder runs once
-  against it into its row buffers (left-padded; the C++ decoding kernel skips each row's leading
-  padding) and is copied to its samples (the meta-judge's battles of one response, the judge prompts of
-  one question);
+  against it into a row of its own (left-padded, masked; the meta-judge's battles of one response, the
+  judge prompts of one question); where requests have several samples, root and remainder then become
+  that request's prompt (``SharedPrefixCache.promote_rows``: keys copied, not recomputed), read once per
+  decoding step by all its samples (the judge's N judgments of one response);
 * prefills each batch's prompts ONCE (right padded: causal SDPA needs no mask; logits only at each
   prompt's last token), then samples the ``n`` continuations of each prompt against that one copy of
   its keys/values (*prefix sharing*, ``SharedPrefixCache`` + ``shared_prefix_attention``: the prompt is
@@ -81,7 +82,13 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
-from metareward.engines.hf.attention import ATTENTION, compiled_or_eager, register_attention, rows_attention
+from metareward.engines.hf.attention import (
+    ATTENTION,
+    FUSED_MIN_QUERIES,
+    compiled_or_eager,
+    register_attention,
+    rows_attention,
+)
 from metareward.engines.hf.cache import RowBufferPool, SharedPrefixCache
 from metareward.engines.hf.device import keep_freed_memory, pick_device, pick_dtype
 from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
@@ -92,6 +99,7 @@ from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_id
 
 FEED_CHUNK = 64  # positions per forward when rows are fed several known tokens (choice contexts, follow-ups)
 FEED_FORWARD_COST = 32  # a forward's fixed cost (weights read, per-layer dispatch) in fed positions: ``feed_groups``
+FEED_STEP_COST = 20  # a decoding step's fixed cost in rows (rough: ~25 ms against ~1.4 ms a judge row): ``feed_groups``
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
 
 
@@ -129,22 +137,25 @@ def sharing_order(prompts: Sequence[list[int]], min_shared: int) -> list[int]:
     return [i for u in units for i in u]
 
 
-def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST) -> list[list[int]]:
+def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST,
+                step_cost: int | None = None) -> list[list[int]]:
     """Split rows to be fed ``need[i]`` tokens each into feeds, at the least computed positions.
 
     A feed pads its rows to its widest need, so one feed for all would cost ``len(need) * max(need)``:
     where most rows need the few tokens of ``"\nScore: "`` and a few need their whole text, those few
     go to a feed of their own. A feed of width w costs ``rows * w`` positions plus ``forward_cost`` per
-    forward (``FEED_CHUNK`` positions each). Exact minimum over contiguous runs of the rows sorted by
-    need (dynamic programming, O(rows^2)); a feed always beats leaving a row to a re-prefill, which
-    computes its prompt too. Returns the feeds, each a list of row indices in ascending need, the
-    narrowest feed first."""
+    forward (``FEED_CHUNK`` positions each), or, with ``step_cost`` and w below ``FUSED_MIN_QUERIES``
+    (a feed ``_follow_ups`` runs as w decoding steps), ``step_cost`` per step. Exact minimum over
+    contiguous runs of the rows sorted by need (dynamic programming, O(rows^2)); a feed always beats
+    leaving a row to a re-prefill, which computes its prompt too. Returns the feeds, each a list of row
+    indices in ascending need, the narrowest feed first."""
     order = sorted(range(len(need)), key=lambda i: need[i])
     best = [0] * (len(order) + 1)  # best[i]: least cost of the i narrowest rows
     start = [0] * (len(order) + 1)  # where the last feed of that least cost starts
     for i in range(1, len(order) + 1):
         width = need[order[i - 1]]
-        fixed = forward_cost * -(-width // FEED_CHUNK)
+        stepped = step_cost is not None and width < FUSED_MIN_QUERIES
+        fixed = step_cost * width if stepped else forward_cost * -(-width // FEED_CHUNK)
         best[i], start[i] = min((best[j] + (i - j) * width + fixed, j) for j in range(i))
     feeds, i = [], len(order)
     while i:
@@ -416,17 +427,25 @@ class HFEngine(Engine):
         logits, cache, mask, _ = self._prefill(root_prompts, max_new + max(len(x) for x in remainders))
         if any(remainders):
             # Prefix sharing across requests: each root was prefilled once above; every request's own
-            # remainder runs once against it (into its row buffers), then is copied to its samples.
+            # remainder runs once against it (into a row of its own). Where requests have several
+            # samples, root and remainder then become the request's prompt (``promote_rows``: copied,
+            # not recomputed), read once for all its samples; a single sample keeps its row (copying
+            # the root for it would only add memory traffic).
             request_root = torch.tensor([roots.index(g) for g in root_of], device=dev)
             cache.start_rows(request_root, mask)
             fed = self._feed(cache, remainders, torch.tensor(cut, device=dev))
             has = torch.tensor([bool(x) for x in remainders], device=dev)
             logits = torch.where(has[:, None], fed, logits[request_root])[owner]
-            cache.select_rows(owner)
+            if len(owner) > len(reqs):
+                mask = cache.promote_rows()
+                cache.capacity = max_new  # the samples' row buffers hold their own tokens only
+                cache.start_rows(owner, mask)
+            else:  # one sample per request: it keeps its remainder in its row, the roots stay shared
+                cache.select_rows(owner)
         else:
-            cache.start_rows(owner, mask)
             logits = logits[owner]
-        remainder_valid = cache.suffix_valid.clone()  # [rows, fed positions]: each row's remainder
+            cache.start_rows(owner, mask)
+        remainder_valid = cache.suffix_valid.clone()  # [rows, fed positions]: a row's own remainder
         prompt_len = torch.tensor([len(p) for p in prompts], device=dev)[owner]  # each row's whole prompt
         last_pos = prompt_len - 1
         lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
@@ -503,12 +522,16 @@ class HFEngine(Engine):
         positions after it are masked and only the rest of the context is fed (at least its last token,
         whose logits are read): typically the few tokens of ``"\nScore: "``, the whole text where
         decoding and re-encoding it differ at its start. Rows are fed in groups of similar width
-        (``feed_groups``): each group is unparked, fed, and dropped, the rest staying parked.
+        (``feed_groups``): each group is unparked, fed, and dropped, the rest staying parked. On the C++
+        kernels' path a group narrower than ``FUSED_MIN_QUERIES`` is fed as decoding steps
+        (``_feed_steps``: no buffer copied, the decoding kernel's attention), a wider one as ``_feed``'s
+        batched forwards (fused attention over many queries per row).
         ``parked``: the rows in the cache's parking order (the lazy path), None when the batch still
         holds every row in order (the path that never compacts with follow-ups pending: all are
-        parked here). ``prompt_len``: each row's whole prompt length; ``remainder_valid`` [rows, R]: the real positions of the prompt remainder a row's
-        buffers start with (prefix sharing across requests; R = 0 without), its samples' tokens
-        following at R."""
+        parked here). ``prompt_len``: each row's whole prompt length; ``remainder_valid`` [rows, R]: the
+        real positions of the prompt remainder a row's buffers start with (prefix sharing across
+        requests of one sample each; R = 0 without, or where ``promote_rows`` made it part of the
+        prompt), its sampled tokens following at R."""
         contexts, choice_ids, keep = {}, {}, {}
         for r in follow:
             follow_up = row_requests[r].follow_up
@@ -516,7 +539,9 @@ class HFEngine(Engine):
             # the last context token is always fed: its logits are the ones read
             contexts[r], choice_ids[r] = context, ids
             keep[r] = common_prefix(tokens[r][:-1], context[: len(context) - 1])
-        groups = feed_groups([len(contexts[r]) - keep[r] for r in follow])
+        lazy = parked is not None  # the C++ kernels' path: narrow feeds run as decoding steps
+        need = [len(contexts[r]) - keep[r] for r in follow]
+        groups = feed_groups(need, step_cost=FEED_STEP_COST if lazy else None)
         out: dict[int, list[float]] = {}
         if parked is None:
             parked = list(range(len(cache.owner)))
@@ -530,12 +555,14 @@ class HFEngine(Engine):
             for k, r in enumerate(rows):
                 valid[k, offset : offset + keep[r]] = True
             position = {row: k for k, row in enumerate(parked)}
+            stepped = lazy and max(len(contexts[r]) - keep[r] for r in rows) < FUSED_MIN_QUERIES
             cache.unpark(torch.tensor([position[r] for r in rows], device=self.device), valid,
-                         keep_rest=n + 1 < len(groups))
+                         keep_rest=n + 1 < len(groups), lazy=stepped)
             chosen = set(rows)
             parked = [row for row in parked if row not in chosen]
             start = prompt_len[rows] + torch.tensor([keep[r] for r in rows], device=self.device)
-            logits = self._feed(cache, [contexts[r][keep[r]:] for r in rows], start)
+            feed = self._feed_steps if stepped else self._feed
+            logits = feed(cache, [contexts[r][keep[r]:] for r in rows], start)
             logprobs = torch.log_softmax(logits, dim=-1)
             for k, r in enumerate(rows):
                 p = logprobs[k, choice_ids[r]].exp()
@@ -556,6 +583,21 @@ class HFEngine(Engine):
             cache.add_suffix(mask[:, cols])
             logits = self._forward(cache, input_ids=ids[:, cols], position_ids=pos[:, cols])
         return logits
+
+    def _feed_steps(self, cache: SharedPrefixCache, seqs: Sequence[list[int]], start: torch.Tensor) -> torch.Tensor:
+        """``_feed`` as decoding steps through the C++ kernels (``FusedDecoder.kernel_step``), one position
+        per row per step: for the few tokens of a follow-up's context. Their attention goes through the
+        decoding kernel, which takes the holes in a follow-up row's mask (the sampled tokens its context
+        does not repeat); ``_feed``'s batched forward would run it through torch's far slower small-query
+        attention (``docs/performance.md``). The rows are read and written through the cache's slot map,
+        so unparking them copies no buffer. Assumes ``self.fused.kernels_apply(cache)``."""
+        ids, mask = self._pad_left(seqs)
+        pos = (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = None
+        for t in range(ids.shape[1]):
+            cache.add_suffix(mask[:, t : t + 1])
+            hidden = self.fused.kernel_step(cache, ids[:, t], pos[:, t])
+        return torch.mm(hidden, self.model.get_output_embeddings().weight.t()).float()
 
     def cut_at_stop(self, seq: list[int]) -> tuple[list[int], bool]:
         """Generated tokens up to (not including) the first stop token, and whether one was hit."""

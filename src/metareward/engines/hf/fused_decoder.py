@@ -173,10 +173,9 @@ class FusedDecoder:
     def kernels_apply(self, cache) -> bool:
         """Whether ``kernel_step`` can run this decoding step: the C++ extension is there, the model's
         shape and dtype are ones the kernels take (``kernel_supports``; checked at ``refresh``, with no
-        output or MLP biases), and the cache is one the attention kernel reads (right-padded prompts, each
-        row's padded continuation positions leading: ``SharedPrefixCache.suffix_start``)."""
+        output or MLP biases), and the cache is one the attention kernel reads (right-padded prompts)."""
         return (self.kernels is not None and self._kernel_shape and cache.decode_kernel is not None
-                and cache.prompt_len is not None and cache.suffix_start is not None)
+                and cache.prompt_len is not None)
 
     def step(self, cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The final-normed hidden state [B, hidden] after feeding ``tokens`` [B] at ``positions`` [B];
@@ -213,6 +212,7 @@ class FusedDecoder:
         dim = cos.shape[1]
         cache.reserve(1, x.new_empty((rows, self.kv_heads, 0, dim)))  # may gather the buffers' live slots
         slots = cache.row_slots()  # row b's keys/values go to and come from buffer row slots[b]
+        start, valid = cache.kernel_mask()
         for index, w in enumerate(self.layers):
             layer = cache.layers[index]
             qkv = F.linear(kernels.rms_norm(x, w.norm_in, w.eps_in), w.qkv, w.qkv_bias)
@@ -220,7 +220,7 @@ class FusedDecoder:
                                               layer.sv, layer.suffix_len, slots)
             layer.suffix_len += 1
             attended = kernels.decode_attention(query, layer.pk, layer.pv, cache.prompt_len, cache.owner, layer.sk,
-                                                layer.sv, layer.suffix_len, slots, cache.suffix_start)
+                                                layer.sv, layer.suffix_len, slots, start, valid)
             x = torch.addmm(x, attended.view(rows, -1), w.o.t())
             gate_up = F.linear(kernels.rms_norm(x, w.norm_post, w.eps_post), w.gate_up)
             x = torch.addmm(x, kernels.silu_mul(gate_up), w.down.t())

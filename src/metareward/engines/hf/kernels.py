@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+NO_MASK = torch.zeros(0, dtype=torch.bool)  # the attention kernel's ``valid`` when ``start`` says it all
 KEY_BLOCK = 32  # the kernel scores keys in blocks of this many positions (CHUNK in the C++ file)
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "decode_layer.cpp", "sample.cpp")]
 HEADERS = [Path(__file__).parent / "csrc" / name for name in ("bf16.h", "row_slots.h")]  # in the build's hash, not compiled on their own
@@ -91,13 +92,14 @@ def kernel_supports(like: torch.Tensor, head_dim: int, heads: int, kv_heads: int
 def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, prompt_values: torch.Tensor,
                      prompt_len: torch.Tensor, owner: torch.Tensor, row_keys_t: torch.Tensor,
                      row_values: torch.Tensor, written: int, scaling: float,
-                     slots: torch.Tensor | None = None, row_start: torch.Tensor | None = None) -> torch.Tensor:
+                     slots: torch.Tensor | None = None, row_start: torch.Tensor | None = None,
+                     row_valid: torch.Tensor | None = None) -> torch.Tensor:
     """One decoding step's attention through ``kernel``: queries [B, heads, 1, d] (head h uses KV head
     h // groups) against prompt ``owner[b]``'s first ``prompt_len`` keys (``prompt_keys_t`` [P, kv, d, Lp],
     values [P, kv, Lp, d]) and row b's first ``written`` continuation keys, in row ``slots[b]`` of the row
     buffers (``row_keys_t`` [S, kv, d, W], values [S, kv, W, d]; ``slots`` None: row b's own, S = B).
-    Row b does not attend to its first ``row_start[b]`` continuation positions (None: it attends to all).
-    Returns [B, 1, heads, d] in bf16, as ``rows_attention`` does.
+    Row b does not attend to its first ``row_start[b]`` continuation positions (None: it attends to all),
+    or, where ``row_valid`` (bool [B, >= written]) is given, to those it leaves False. Returns [B, 1, heads, d] in bf16, as ``rows_attention`` does.
 
     The queries are scaled in bf16 before the kernel sees them, as the batched-matmul path does."""
     rows, heads, _, dim = query.shape
@@ -107,6 +109,8 @@ def kernel_attention(kernel, query: torch.Tensor, prompt_keys_t: torch.Tensor, p
         slots = torch.arange(rows, device=query.device)
     if row_start is None:
         row_start = torch.zeros(rows, dtype=torch.long, device=query.device)
+    if row_valid is None:
+        row_valid = NO_MASK
     out = kernel.decode_attention(grouped, prompt_keys_t, prompt_values, prompt_len, owner, row_keys_t, row_values,
-                                  written, slots, row_start)
+                                  written, slots, row_start, row_valid)
     return out.reshape(rows, 1, heads, dim)

@@ -22,7 +22,9 @@
 // every row has written the same number n of continuation positions (decoding runs rows in lockstep),
 // of which row b's first start[b] are padding it does not attend to (the left padding of a prompt
 // remainder fed into the row buffers: the engine's cross-request prefix sharing; start[b] == n while a
-// short remainder's feed has not reached its first token, and the row attends to its prompt alone);
+// short remainder's feed has not reached its first token, and the row attends to its prompt alone),
+// or, where a valid mask is given, those it leaves unmarked (anywhere: a follow-up's
+// context fed after a finished sample, whose last sampled tokens it does not repeat);
 // every prompt has at least one real key; row b's continuation
 // lies in row slots[b] of the row buffers (see row_slots.h).
 #include <torch/extension.h>
@@ -160,9 +162,9 @@ inline int64_t round_up(int64_t x) { return (x + CHUNK - 1) / CHUNK * CHUNK; }
 
 template <int G, int D>
 void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
-                const int64_t* owner, const int64_t* slots, const int64_t* start, const uint16_t* skt,
-                const uint16_t* sv, uint16_t* out, int64_t rows, int64_t kv_heads, int64_t lp, int64_t width,
-                int64_t n) {
+                const int64_t* owner, const int64_t* slots, const int64_t* start, const uint8_t* valid,
+                int64_t valid_stride, const uint16_t* skt, const uint16_t* sv, uint16_t* out, int64_t rows,
+                int64_t kv_heads, int64_t lp, int64_t width, int64_t n) {
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     float qf[G * D];
@@ -170,7 +172,10 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
     float total[G];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, h = task % kv_heads, p = owner[b], slot = slots[b];
-      const int64_t l1 = plen[p], len = l1 + n, pad_end = l1 + start[b];  // [l1, pad_end): padding
+      const int64_t l1 = plen[p], len = l1 + n;
+      // continuation position c is attended to iff keep[c] (a row of the valid mask), else iff c >= start[b]
+      const uint8_t* keep = valid != nullptr ? valid + b * valid_stride : nullptr;
+      const int64_t first = start[b];
       // row g's scores at s[g * stride ...]; the score blocks write whole CHUNKs past their ends
       const int64_t stride = std::max(round_up(l1), l1 + round_up(n));
       buf.resize(static_cast<size_t>(G * stride));
@@ -186,14 +191,23 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
 #endif
       for (int g = 0; g < G; ++g) {
         float* sg = s + g * stride;
-        // padding gets probability 0 outright (no -inf arithmetic: the build uses -ffast-math)
+        float* cont = sg + l1;  // the continuation's scores
+        // masked positions get probability 0 outright (no -inf arithmetic: the build uses -ffast-math)
         float peak = sg[0];  // every prompt has a token
-        for (int64_t j = 0; j < len; j = (j + 1 == l1 ? pad_end : j + 1)) peak = std::max(peak, sg[j]);
+        for (int64_t j = 1; j < l1; ++j) peak = std::max(peak, sg[j]);
+        for (int64_t c = 0; c < n; ++c) {
+          if (keep != nullptr ? keep[c] != 0 : c >= first) peak = std::max(peak, cont[c]);
+        }
         float sum = 0.f;
-        for (int64_t j = 0; j < len; ++j) {
-          const float e = (j >= l1 && j < pad_end) ? 0.f : std::exp(sg[j] - peak);
+        for (int64_t j = 0; j < l1; ++j) {
+          const float e = std::exp(sg[j] - peak);
           sum += e;
           sg[j] = e;
+        }
+        for (int64_t c = 0; c < n; ++c) {
+          const float e = (keep != nullptr ? keep[c] != 0 : c >= first) ? std::exp(cont[c] - peak) : 0.f;
+          sum += e;
+          cont[c] = e;
         }
         // the numerators rounded to bf16 for the value product; the division comes at the end
         for (int64_t j = 0; j < len; ++j) sg[j] = bf16_to_float(float_to_bf16(sg[j]));
@@ -218,11 +232,12 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
 
 template <int D>
 void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, const int64_t* plen,
-                     const int64_t* owner, const int64_t* slots, const int64_t* start, const uint16_t* skt,
+                     const int64_t* owner, const int64_t* slots, const int64_t* start, const uint8_t* valid,
+                     int64_t valid_stride, const uint16_t* skt,
                      const uint16_t* sv, uint16_t* out, int64_t rows, int64_t kv_heads, int64_t lp, int64_t width,
                      int64_t n) {
   switch (groups) {
-#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, slots, start, skt, sv, out, rows, kv_heads, lp, width, n); return;
+#define CASE(G) case G: attend_all<G, D>(q, pkt, pv, plen, owner, slots, start, valid, valid_stride, skt, sv, out, rows, kv_heads, lp, width, n); return;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
     default: TORCH_CHECK(false, "decode_attention: unsupported query heads per KV head: ", groups);
@@ -234,10 +249,13 @@ void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, con
 // query [B, kv, G, D]; prompt_keys_t [P, kv, D, Lp]; prompt_values [P, kv, Lp, D]; prompt_len [P] int64;
 // owner [B] int64; row_keys_t [S, kv, D, W]; row_values [S, kv, W, D]; n continuation positions written;
 // slots [B] int64: row b's continuation is row slots[b] of the row buffers; start [B] int64: row b does
-// not attend to its first start[b] continuation positions (0 <= start[b] <= n). Returns [B, kv, G, D] bf16.
+// not attend to its first start[b] continuation positions (0 <= start[b] <= n); valid: empty, or a bool
+// [B, >= n] mask of the continuation positions each row attends to (then start is ignored: a row's
+// masked positions may lie anywhere, as after a follow-up's fed context). Returns [B, kv, G, D] bf16.
 torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t, torch::Tensor prompt_values,
                                torch::Tensor prompt_len, torch::Tensor owner, torch::Tensor row_keys_t,
-                               torch::Tensor row_values, int64_t n, torch::Tensor slots, torch::Tensor start) {
+                               torch::Tensor row_values, int64_t n, torch::Tensor slots, torch::Tensor start,
+                               torch::Tensor valid) {
   for (const auto& t : {query, prompt_keys_t, prompt_values, row_keys_t, row_values}) {
     TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(),
                 "decode_attention: bf16 contiguous CPU tensors expected");
@@ -251,6 +269,15 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   TORCH_CHECK(row_values.size(0) == row_keys_t.size(0), "decode_attention: key and value buffers hold different rows");
   TORCH_CHECK(start.scalar_type() == at::kLong && start.is_contiguous() && start.device().is_cpu() && start.dim() == 1
                   && start.size(0) == rows, "decode_attention: start must be a contiguous int64 CPU vector, one per row");
+  const uint8_t* keep = nullptr;
+  int64_t keep_stride = 0;
+  if (valid.numel() > 0) {
+    TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 2 && valid.size(0) == rows && valid.size(1) >= n
+                    && valid.stride(1) == 1 && valid.device().is_cpu(),
+                "decode_attention: valid must be a bool CPU [rows, >= n] mask with contiguous rows");
+    keep = reinterpret_cast<const uint8_t*>(valid.data_ptr<bool>());
+    keep_stride = valid.stride(0);
+  }
   const int64_t* first = start.data_ptr<int64_t>();
   const int64_t* plen = prompt_len.data_ptr<int64_t>();
   const int64_t* own = owner.data_ptr<int64_t>();
@@ -265,11 +292,11 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<bf16>());
   if (dim == 64) {
     dispatch_groups<64>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
-                        owner.data_ptr<int64_t>(), slot, first, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width,
+                        owner.data_ptr<int64_t>(), slot, first, keep, keep_stride, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width,
                         n);
   } else if (dim == 128) {
     dispatch_groups<128>(groups, ptr(query), ptr(prompt_keys_t), ptr(prompt_values), prompt_len.data_ptr<int64_t>(),
-                         owner.data_ptr<int64_t>(), slot, first, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width,
+                         owner.data_ptr<int64_t>(), slot, first, keep, keep_stride, ptr(row_keys_t), ptr(row_values), o, rows, kv_heads, lp, width,
                          n);
   } else {
     TORCH_CHECK(false, "decode_attention: unsupported head dimension ", dim);
