@@ -1,7 +1,7 @@
 """``SharedPrefixCache.promote_rows``: after prefix sharing across requests has fed each request's
 remainder into a row of its own, root and remainder become that request's prompt. Exact values: each new
 prompt's keys/values are its root's real ones followed by its row's unmasked ones (left padding and a
-hole skipped), zero after; the returned mask marks exactly those; the rows are emptied; and attention
+hole skipped), zero after (the roots here are zero-padded); the returned mask marks exactly those; the rows are emptied; and attention
 through the promoted cache equals attention through the cache before promotion, in float32."""
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ class _SharedPrefixLayer(DynamicLayer):
         width = _key_width(tokens)
         pk = self.pk.new_zeros((len(owner), heads, dim, width))
         pv = self.pv.new_zeros((len(owner), heads, width, dim))
-        pk[..., :old_width] = self.pk[owner]  # zero past each prompt's end: the real keys come next
+        pk[..., :old_width] = self.pk[owner]  # past a prompt's end its padding's keys (masked), then zeros
         pv[:, :, :old_width] = self.pv[owner]
         pk[rows, :, :, target] = self.sk[rows, :, :, cols]
         pv[rows, :, target] = self.sv[rows, :, cols]

@@ -193,10 +193,13 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
         float* sg = s + g * stride;
         float* cont = sg + l1;  // the continuation's scores
         // masked positions get probability 0 outright (no -inf arithmetic: the build uses -ffast-math)
+        // (separate loops per case, so that the common ones vectorise)
         float peak = sg[0];  // every prompt has a token
         for (int64_t j = 1; j < l1; ++j) peak = std::max(peak, sg[j]);
-        for (int64_t c = 0; c < n; ++c) {
-          if (keep != nullptr ? keep[c] != 0 : c >= first) peak = std::max(peak, cont[c]);
+        if (keep != nullptr) {
+          for (int64_t c = 0; c < n; ++c) peak = keep[c] ? std::max(peak, cont[c]) : peak;
+        } else {
+          for (int64_t c = first; c < n; ++c) peak = std::max(peak, cont[c]);
         }
         float sum = 0.f;
         for (int64_t j = 0; j < l1; ++j) {
@@ -204,10 +207,19 @@ void attend_all(const uint16_t* q, const uint16_t* pkt, const uint16_t* pv, cons
           sum += e;
           sg[j] = e;
         }
-        for (int64_t c = 0; c < n; ++c) {
-          const float e = (keep != nullptr ? keep[c] != 0 : c >= first) ? std::exp(cont[c] - peak) : 0.f;
-          sum += e;
-          cont[c] = e;
+        if (keep != nullptr) {
+          for (int64_t c = 0; c < n; ++c) {
+            const float e = keep[c] ? std::exp(cont[c] - peak) : 0.f;
+            sum += e;
+            cont[c] = e;
+          }
+        } else {
+          for (int64_t c = 0; c < first; ++c) cont[c] = 0.f;
+          for (int64_t c = first; c < n; ++c) {
+            const float e = std::exp(cont[c] - peak);
+            sum += e;
+            cont[c] = e;
+          }
         }
         // the numerators rounded to bf16 for the value product; the division comes at the end
         for (int64_t j = 0; j < len; ++j) sg[j] = bf16_to_float(float_to_bf16(sg[j]));
