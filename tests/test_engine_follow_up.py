@@ -183,6 +183,20 @@ def test_feed_groups_exact_partitions():
     assert engine_module.feed_groups([6, 4, 4], forward_cost=0) == [[1, 2], [0]]
 
 
+def test_feed_groups_cost_narrow_feeds_as_decoding_steps():
+    """With ``step_cost`` a feed narrower than ``FUSED_MIN_QUERIES`` pays it per step (per position of its
+    width), a wider one ``forward_cost`` per forward."""
+    assert engine_module.FUSED_MIN_QUERIES == 16
+    # three rows of 5 (3 * 5 + 20 * 5 = 115) beside one of 40 (40 + 32 = 72): 187, against 4 * 40 + 32 = 192
+    assert engine_module.feed_groups([5, 40, 5, 5], forward_cost=32, step_cost=20) == [[0, 2, 3], [1]]
+    # widths 4 and 6: apart 4 + 80 + 6 + 120 = 210, together 2 * 6 + 120 = 132
+    assert engine_module.feed_groups([6, 4], forward_cost=32, step_cost=20) == [[1, 0]]
+    # 15 as steps costs 15 + 300 alone; joined to the 16 (one forward): 2 * 16 + 32 = 64
+    assert engine_module.feed_groups([16, 15], forward_cost=32, step_cost=20) == [[1, 0]]
+    # equal widths: one feed
+    assert engine_module.feed_groups([3, 3], forward_cost=32, step_cost=20) == [[0, 1]]
+
+
 def test_feed_groups_is_never_costlier_than_any_contiguous_split():
     rng = np.random.default_rng(0)
     for _ in range(200):

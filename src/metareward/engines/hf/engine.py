@@ -137,6 +137,12 @@ def sharing_order(prompts: Sequence[list[int]], min_shared: int) -> list[int]:
     return [i for u in units for i in u]
 
 
+def fed_positions(mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Positions of left-padded fed tokens (``mask`` [rows, w], 1 = token): row j's first real token at
+    ``start[j]``, its padding at 0 (masked; any position would do)."""
+    return (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST,
                 step_cost: int | None = None) -> list[list[int]]:
     """Split rows to be fed ``need[i]`` tokens each into feeds, at the least computed positions.
@@ -555,7 +561,7 @@ class HFEngine(Engine):
             for k, r in enumerate(rows):
                 valid[k, offset : offset + keep[r]] = True
             position = {row: k for k, row in enumerate(parked)}
-            stepped = lazy and max(len(contexts[r]) - keep[r] for r in rows) < FUSED_MIN_QUERIES
+            stepped = lazy and max(need[k] for k in group) < FUSED_MIN_QUERIES  # as feed_groups costed it
             cache.unpark(torch.tensor([position[r] for r in rows], device=self.device), valid,
                          keep_rest=n + 1 < len(groups), lazy=stepped)
             chosen = set(rows)
@@ -575,7 +581,7 @@ class HFEngine(Engine):
         attention scores' memory). Returns each row's float32 logits after its last token (undefined for
         an empty sequence)."""
         ids, mask = self._pad_left(seqs)
-        pos = (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        pos = fed_positions(mask, start)
         width = ids.shape[1]
         logits = None
         for a in range(width % FEED_CHUNK - FEED_CHUNK if width % FEED_CHUNK else 0, width, FEED_CHUNK):
@@ -588,11 +594,12 @@ class HFEngine(Engine):
         """``_feed`` as decoding steps through the C++ kernels (``FusedDecoder.kernel_step``), one position
         per row per step: for the few tokens of a follow-up's context. Their attention goes through the
         decoding kernel, which takes the holes in a follow-up row's mask (the sampled tokens its context
-        does not repeat); ``_feed``'s batched forward would run it through torch's far slower small-query
-        attention (``docs/performance.md``). The rows are read and written through the cache's slot map,
-        so unparking them copies no buffer. Assumes ``self.fused.kernels_apply(cache)``."""
+        does not repeat), and the rows are read and written through the cache's slot map, so unparking
+        them gathers no buffer. What this saves is that gather (~0.45 s a batch at N = 11), not
+        arithmetic: per position it costs about what ``_feed``'s batched forward does
+        (``docs/performance.md``). Assumes ``self.fused.kernels_apply(cache)``."""
         ids, mask = self._pad_left(seqs)
-        pos = (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        pos = fed_positions(mask, start)
         hidden = None
         for t in range(ids.shape[1]):
             cache.add_suffix(mask[:, t : t + 1])
