@@ -49,8 +49,9 @@ bench: setup
 	$(BIN)/python benchmarks/run.py --out benchmarks/results/cpu.json
 
 # The GPU path in one command (scripts/gpu_check.py; at most ~8 minutes on one GPU, nothing downloaded):
-# vLLM vs hf engine, memory released after closing the engine, bf16 DPO vs the matmul ceiling, a one-iteration
-# vllm run, accelerate with one process. Writes benchmarks/results/gpu-<date>.json; without a GPU it says so.
+# the hf engine on the GPU vs the CPU, vLLM vs hf engine, memory released after closing the engine, bf16 DPO vs
+# the matmul ceiling, one-iteration runs with the hf engine and with
+# vllm, accelerate with one process. Writes benchmarks/results/gpu-<date>.json; without a GPU it says so.
 .PHONY: gpu-check
 gpu-check: setup
 	$(BIN)/python scripts/gpu_check.py

@@ -4,6 +4,13 @@ embedded SmolLM2-135M-Instruct), results in ``benchmarks/results/gpu-<date>.json
 Checks, each reported as ``ok`` / ``failed`` (with the error) / ``skipped`` (with the reason):
 
 * ``ceiling``: the device's measured matmul ceiling (bf16 on a GPU; on a CPU float32 and bf16, small);
+* ``hf_engine`` (no vLLM needed): the ``hf`` engine on the GPU in float32 and bf16 against float32 on the
+  CPU (greedy actor texts agree on at least ``GREEDY_AGREEMENT`` of the prompts in float32; constrained
+  score probabilities within ``PROB_TOLERANCE`` / ``PROB_TOLERANCE_BF16``); the score reads answered
+  from each judgment's own cache during generation (follow-ups) against ``choice_probs``' independent
+  forward on the same device; bf16 actor tokens/s at batch sizes 64 and 256 with peak GPU memory;
+* ``loop_hf``: a one-iteration run (``configs/tiny-cpu.yaml``, first iteration) with the ``hf`` engine on
+  the GPU (dtype auto: bf16): actor, judge, meta-judge, pairs, DPO, the trained model folder;
 * ``engines`` (vLLM): the vLLM engine (in its child process, as the loop builds it) and the ``hf`` engine on
   the same GPU, both float32 (bf16 with ``PROB_TOLERANCE_BF16`` if this vLLM cannot start in float32 there),
   on an actor stage and a judge stage in both scoring modes:
@@ -21,8 +28,9 @@ Checks, each reported as ``ok`` / ``failed`` (with the error) / ``skipped`` (wit
 * ``accelerate_one_process``: one iteration's DPO through ``training.launcher: accelerate launch
   --num_processes 1`` (the loop's multi-GPU path with one process).
 
-Without a GPU it says so first, runs what a CPU can quickly (``ceiling``, the two DPO steps in float32,
-``accelerate_one_process`` with ``--cpu``) and skips the rest; the exit code is 0 unless a check that ran
+Without a GPU it says so first, runs what a CPU can quickly (``ceiling``, ``hf_engine`` with bf16 on the
+CPU against float32, the two DPO steps in float32, ``accelerate_one_process`` with ``--cpu``) and skips
+the rest; the exit code is 0 unless a check that ran
 failed. vLLM's checks run in the interpreter that has vLLM: this one if ``import vllm`` works, else
 ``--vllm-python`` (default ``.venv-vllm/bin/python``); ``--vllm-on-cpu`` runs them with vLLM's CPU build
 (development: checks the script itself, slow). Each section runs in its own process so that one's GPU
@@ -50,7 +58,8 @@ PROB_TOLERANCE = 0.02
 PROB_TOLERANCE_BF16 = 0.1  # only if vLLM cannot run float32 on the GPU: bf16 logits are ~3 significant digits
 GREEDY_AGREEMENT = 0.75
 MEMORY_TOLERANCE_GIB = 0.5
-SECTIONS = ("ceiling", "engines", "dpo_native", "dpo_trl", "loop_vllm", "accelerate_one_process")
+SECTIONS = ("ceiling", "hf_engine", "dpo_native", "dpo_trl", "loop_hf", "engines", "loop_vllm",
+            "accelerate_one_process")
 VLLM_SECTIONS = ("engines", "loop_vllm")
 QA = [
     ("What is 2 + 3? Explain your reasoning step by step.", "2 + 3 = 5, because adding 3 to 2 gives 5.",
@@ -237,6 +246,140 @@ def section_engines(args) -> dict[str, Any]:
     if problems:
         out["problems"] = problems
     return out
+
+
+def _max_prob_diff(a, b) -> float:
+    """Largest absolute difference between two engines' choice probabilities, over every sample's digits."""
+    return max(abs(x - y) for pa, pb in zip(a, b, strict=True) for x, y in zip(pa, pb, strict=True))
+
+
+def section_hf_engine(args) -> dict[str, Any]:
+    """The ``hf`` engine on the GPU (no vLLM needed): the path of every user without vLLM.
+
+    float32 on the GPU against float32 on the CPU (greedy actor texts, constrained score probabilities of
+    the same judgments); the follow-up reads (score probabilities answered from each judgment's own cache
+    during generation) against ``choice_probs``' independent forward on the same device, in float32 and
+    bf16; actor throughput in bf16 at two batch sizes. Without a GPU it runs the same comparisons with
+    bf16 on the CPU (the C++ kernels) against float32, which checks the section itself."""
+    import torch
+
+    from metareward.config import ActorConfig, JudgeConfig
+    from metareward.engines.hf import HFEngine
+    from metareward.stages import actor, judge
+
+    on_gpu = cuda()
+    device = "cuda" if on_gpu else "cpu"
+    model = model_path()
+    prompts = _prompts(args.prompts)
+    by_id = {p.id: p for p in prompts}
+    con_cfg = JudgeConfig(n=3, max_tokens=48, scoring="constrained")
+    actor_reqs = actor.actor_requests(prompts, ActorConfig(k=4, max_tokens=96), run_seed=0, iteration=1)
+    greedy_actor = _greedy(actor_reqs)
+    out: dict[str, Any] = {"device": device, "prompts": len(prompts)}
+    problems: list[str] = []
+
+    def engine(dev: str, dtype: str, batch: int = 64, decode_kernel: bool = True) -> HFEngine:
+        return HFEngine(model, device=dev, dtype=dtype, batch_size=batch, threads=args.threads,
+                        decode_kernel=decode_kernel)
+
+    def probs_in_order(eng: HFEngine, reqs) -> list[list[float]]:
+        """``choice_probs`` in the requests' order (the engine answers in its batches' order)."""
+        got = {o.id: o.probs for o in eng.choice_probs(reqs)}
+        return [got[r.id] for r in reqs]
+
+    def follow_up_run(eng: HFEngine):
+        """Sampled judgments with their follow-up score reads, and an independent read of the same texts."""
+        acts = {o.id: o for o in eng.generate(actor_reqs)}
+        responses = [r for p in prompts for r in actor.responses_from_output(p, acts[p.id])][: 2 * len(prompts)]
+        reqs = judge.judge_requests(by_id, responses, con_cfg, run_seed=0, iteration=1)
+        outs = {o.id: o for o in eng.generate(reqs)}
+        judgments = [j for r in responses for j in judge.judgments_from_output(r, outs[r.id], con_cfg)]
+        follow = [p for r in responses for p in (outs[r.id].choice_probs or [None] * len(outs[r.id].texts))]
+        score_reqs = judge.score_requests(by_id, {r.id: r for r in responses}, judgments, con_cfg)
+        return score_reqs, follow, probs_in_order(eng, score_reqs)
+
+    test_dtypes = ("float32", "bfloat16") if on_gpu else ("bfloat16",)
+    ref = engine("cpu", "float32", decode_kernel=not on_gpu)  # on a GPU machine: no C++ build for a reference
+    try:
+        ref_greedy = {o.id: o for o in ref.generate(greedy_actor)}
+        for dtype in test_dtypes:
+            eng = engine(device, dtype)
+            try:
+                score_reqs, follow, direct = follow_up_run(eng)
+                g = {o.id: o for o in eng.generate(greedy_actor)}
+                res: dict[str, Any] = {"judgments": len(score_reqs),
+                                       "follow_ups_answered": sum(p is not None for p in follow)}
+                if None in follow:
+                    problems.append(f"{dtype}: {len(follow) - res['follow_ups_answered']} follow-ups unanswered")
+                else:
+                    res["follow_up_vs_choice_probs_max_abs"] = round(_max_prob_diff(follow, direct), 6)
+                ref_probs = probs_in_order(ref, score_reqs)
+                res["vs_cpu_float32_max_abs"] = round(_max_prob_diff(direct, ref_probs), 6)
+                res["greedy_actor_agreement_vs_cpu_float32"] = round(
+                    sum(g[k].texts == ref_greedy[k].texts for k in g) / len(g), 3)
+                if on_gpu:
+                    torch.cuda.synchronize()
+                out[dtype] = res
+                tol = PROB_TOLERANCE if dtype == "float32" else PROB_TOLERANCE_BF16
+                for key in ("follow_up_vs_choice_probs_max_abs", "vs_cpu_float32_max_abs"):
+                    if res.get(key, 0.0) > tol:
+                        problems.append(f"{dtype}: {key} = {res[key]} > {tol}")
+                if dtype == "float32" and res["greedy_actor_agreement_vs_cpu_float32"] < GREEDY_AGREEMENT:
+                    problems.append(f"float32 greedy actor texts agree with the CPU on "
+                                    f"{res['greedy_actor_agreement_vs_cpu_float32']:.0%} < {GREEDY_AGREEMENT:.0%}")
+            finally:
+                eng.close()
+    finally:
+        ref.close()
+
+    # throughput: sampled actor tokens per second in bf16 (the default on a GPU), two batch sizes
+    big = actor.actor_requests(prompts, ActorConfig(k=8, max_tokens=256 if on_gpu else 32), run_seed=1,
+                               iteration=1)
+    out["actor_throughput_bf16"] = {}
+    for batch in ((64, 256) if on_gpu else (32,)):
+        eng = engine(device, "bfloat16", batch)
+        try:
+            list(eng.generate(actor_reqs[:2]))  # warm-up
+            if on_gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            tokens = sum(sum(o.n_tokens) for o in eng.generate(big))
+            if on_gpu:
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t
+            row = {"samples": sum(r.n for r in big), "tokens": tokens, "seconds": round(secs, 2),
+                   "tokens_per_s": round(tokens / secs, 1)}
+            if on_gpu:
+                row["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            out["actor_throughput_bf16"][f"batch_{batch}"] = row
+        finally:
+            eng.close()
+    if problems:
+        out["problems"] = problems
+    return out
+
+
+def section_loop_hf(args) -> dict[str, Any]:
+    """One iteration of ``configs/tiny-cpu.yaml`` with the ``hf`` engine on the GPU (dtype auto: bf16)."""
+    import dataclasses
+
+    from metareward.config import load_config
+    from metareward.loop import Runner
+
+    cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.run_dir = str(Path(tmp) / "run")
+        cfg.engine = dataclasses.replace(cfg.engine, name="hf", device="cuda" if cuda() else "cpu", dtype="auto",
+                                         threads=args.threads)
+        cfg.iterations = cfg.iterations[:1]
+        cfg.training = dataclasses.replace(cfg.training, precision="auto")
+        t = time.perf_counter()
+        summaries = Runner(cfg).run()
+        secs = time.perf_counter() - t
+        manifest = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())
+        assert (Path(cfg.run_dir) / "iter_1" / "model" / "config.json").is_file(), "no trained model"
+    return {"seconds": round(secs, 1), "stage_seconds": manifest.get("timings_s"), "summary": summaries[0]}
 
 
 def _dpo_pairs(n: int, repeat: int) -> list[dict[str, Any]]:
@@ -479,7 +622,8 @@ def main() -> int:
     }
     if not has_gpu:
         log("NO GPU: torch sees no CUDA device here. Running the parts a CPU can check quickly (matmul ceiling, "
-            "DPO steps in float32, accelerate launch with one process); the vLLM, bf16-on-CUDA and memory checks "
+            "the hf engine in bf16 on the CPU, DPO steps in float32, accelerate launch with one process); the vLLM, "
+            "bf16-on-CUDA, loop and memory checks "
             "are skipped. This is not a GPU result.")
     vpy, vwhy = vllm_python(args)
     report["vllm"] = vwhy
@@ -488,7 +632,7 @@ def main() -> int:
         if name not in wanted:
             continue
         left = args.budget_s - (time.monotonic() - started)
-        if name == "loop_vllm" and not has_gpu:
+        if name in ("loop_vllm", "loop_hf") and not has_gpu:
             res = {"status": "skipped", "reason": "no GPU (the CPU runs of the loop are tests/test_e2e.py)"}
         elif name in VLLM_SECTIONS and (not has_gpu and not args.vllm_on_cpu):
             res = {"status": "skipped", "reason": "no GPU (the vLLM CPU build is tested by tests/test_engine_vllm.py)"}
