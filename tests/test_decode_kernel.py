@@ -148,13 +148,22 @@ def test_kernels_reject_bad_slots(kernel):
             5, 0.125)
     with pytest.raises(RuntimeError, match="slot 4 of row 3 outside the 4 buffer rows"):
         kernel_attention(*args, torch.tensor([0, 1, 2, 4]))
-    with pytest.raises(RuntimeError, match="slot 1 given to two rows"):
-        kernel_attention(*args, torch.tensor([0, 1, 1, 2]))
     with pytest.raises(RuntimeError, match="3 slots for 4 rows"):
         kernel_attention(*args, torch.tensor([0, 1, 2]))
     with pytest.raises(RuntimeError, match="int64"):
         kernel_attention(*args, torch.tensor([0, 1, 2, 3], dtype=torch.int32))
 
+
+
+def test_attention_lets_rows_share_a_slot(kernel):
+    """The attention only reads its slots, so rows may share one (the several queries ``kernel_feed``
+    gives a row): the same as each row reading its own copy of that buffer row."""
+    query, pk, pv, valid, sk, sv, owner = make_case(1, 4, 2, 1, 2, 64, [10, 20], 5, 32)
+    args = (kernel, query, pk.transpose(-1, -2).contiguous(), pv, valid.sum(1), owner)
+    shared = kernel_attention(*args, sk.transpose(-1, -2).contiguous(), sv, 5, 0.125, torch.tensor([0, 1, 1, 2]))
+    copies = torch.tensor([0, 1, 1, 2])
+    want = kernel_attention(*args, sk[copies].transpose(-1, -2).contiguous(), sv[copies].contiguous(), 5, 0.125)
+    assert torch.equal(shared, want)
 
 def test_kernel_rejects_what_it_cannot_run(kernel):
     query, pk, pv, valid, sk, sv, owner = make_case(1, 4, 2, 1, 2, 64, [10, 20], 5, 32)
@@ -292,6 +301,9 @@ def test_rotary_into_cache_equals_the_torch_path_exactly(kernel):
     with pytest.raises(RuntimeError, match="slot 7 of row 4 outside the 7 buffer rows"):
         kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, big_k, big_v, position,
                                  torch.tensor([5, 0, 6, 2, 7]))
+    with pytest.raises(RuntimeError, match="slot 5 given to two rows"):  # it writes: one row per slot
+        kernel.rotary_into_cache(qkv, cos, sin, heads, kv_heads, 0.125, big_k, big_v, position,
+                                 torch.tensor([5, 0, 5, 2, 1]))
 
 
 def nucleus_token(logits: torch.Tensor, temperature: float, top_p: float, u: float) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from metareward.engines.base import (
 )
 from metareward.engines.hf import cache as cache_module
 from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf.fused_decoder import FusedDecoder
 from metareward.stages.judge import SCORE_CHOICES, ScorePrefix
 from metareward.store import ChunkedPasses
 from metareward.templates import judge_prompt
@@ -129,15 +130,19 @@ def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engi
     move = cache_module._SharedPrefixLayer._move
     monkeypatch.setattr(cache_module._SharedPrefixLayer, "_move",
                         lambda self, *a: parked_at_growth.append(len(getattr(self.cache, "parked_slots", ()))) or move(self, *a))
-    stepped, promoted = [], []
-    feed_steps, promote = engine_module.HFEngine._feed_steps, cache_module.SharedPrefixCache.promote_rows
-    monkeypatch.setattr(engine_module.HFEngine, "_feed_steps",
-                        lambda self, cache, seqs, start: stepped.append(len(seqs)) or feed_steps(self, cache, seqs, start))
+    fed, promoted = [], []
+    kernel_feed, promote = FusedDecoder.kernel_feed, cache_module.SharedPrefixCache.promote_rows
+
+    def counting_feed(self, cache, tokens, mask, positions):
+        fed.append((int(mask.sum()), len(seqs_needing(mask))))
+        return kernel_feed(self, cache, tokens, mask, positions)
+
+    monkeypatch.setattr(FusedDecoder, "kernel_feed", counting_feed)
     monkeypatch.setattr(cache_module.SharedPrefixCache, "promote_rows", lambda self: promoted.append(1) or promote(self))
     reqs = requests()
     outs = {o.id: o for o in bf16.generate(reqs)}
     assert max(parked_at_growth) > 0  # rows finished at 10 tokens were kept through a growth past 32
-    assert stepped and promoted  # narrow contexts fed as kernel decoding steps; the judge prompts' remainders promoted
+    assert fed and promoted  # follow-ups fed through kernel_feed; the judge prompts' remainders promoted
     assert {o.id: o.texts for o in bf16.generate(without_follow_ups(reqs))} == {k: o.texts for k, o in outs.items()}
     choice = [ChoiceRequest(id=f"{r.id}/{j}", messages=r.messages, assistant_prefix=r.follow_up.prefix(t),
                             choices=SCORE_CHOICES) for r in reqs[:3] for j, t in enumerate(outs[r.id].texts)]
@@ -148,6 +153,11 @@ def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engi
     assert np.abs(ours - theirs).max() < 0.06
     # as close to float32 as choice_probs' own re-prefill is
     assert np.abs(ours - truth).mean() <= 1.5 * np.abs(theirs - truth).mean() + 2e-3
+
+
+def seqs_needing(mask):
+    """The rows of a feed's mask that have a token to feed."""
+    return [row for row in mask.tolist() if any(row)]
 
 
 def test_chunk_logs_keep_follow_up_probabilities(tmp_path):
@@ -166,7 +176,15 @@ def test_chunk_logs_keep_follow_up_probabilities(tmp_path):
     assert first == again and again["x"].choice_probs == [[0.25, 0.75]] and again["y"].choice_probs is None
 
 
-def split_cost(need, feeds, forward_cost):
+def split_cost(need, feeds, forward_cost, kernel=False):
+    """What ``feed_groups`` minimises, written out per feed (feeds in ascending width, fed in that order)."""
+    if kernel:
+        waiting, cost = len(need), 0.0
+        for f in sorted(feeds, key=lambda f: max(need[i] for i in f)):
+            cost += sum(need[i] for i in f) + engine_module.KERNEL_FEED_COST
+            cost += engine_module.KERNEL_COLUMN_COST * waiting * max(need[i] for i in f)
+            waiting -= len(f)
+        return cost
     return sum(len(f) * max(need[i] for i in f) + forward_cost * -(-max(need[i] for i in f) // engine_module.FEED_CHUNK)
                for f in feeds)
 
@@ -183,18 +201,17 @@ def test_feed_groups_exact_partitions():
     assert engine_module.feed_groups([6, 4, 4], forward_cost=0) == [[1, 2], [0]]
 
 
-def test_feed_groups_cost_narrow_feeds_as_decoding_steps():
-    """With ``step_cost`` a feed narrower than ``FUSED_MIN_QUERIES`` pays it per step (per position of its
-    width), a wider one ``forward_cost`` per forward."""
-    assert engine_module.FUSED_MIN_QUERIES == 16
-    # three rows of 5 (3 * 5 + 20 * 5 = 115) beside one of 40 (40 + 32 = 72): 187, against 4 * 40 + 32 = 192
-    assert engine_module.feed_groups([5, 40, 5, 5], forward_cost=32, step_cost=20) == [[0, 2, 3], [1]]
-    # widths 4 and 6: apart 4 + 80 + 6 + 120 = 210, together 2 * 6 + 120 = 132
-    assert engine_module.feed_groups([6, 4], forward_cost=32, step_cost=20) == [[1, 0]]
-    # 15 as steps costs 15 + 300 alone; joined to the 16 (one forward): 2 * 16 + 32 = 64
-    assert engine_module.feed_groups([16, 15], forward_cost=32, step_cost=20) == [[1, 0]]
-    # equal widths: one feed
-    assert engine_module.feed_groups([3, 3], forward_cost=32, step_cost=20) == [[0, 1]]
+def test_feed_groups_through_the_kernels_cost_real_tokens_and_buffer_positions():
+    """With ``kernel`` a feed costs its rows' own needs plus ``KERNEL_FEED_COST``, and its width in buffer
+    positions (``KERNEL_COLUMN_COST`` each) for every row still waiting: padding is not computed."""
+    assert (engine_module.KERNEL_FEED_COST, engine_module.KERNEL_COLUMN_COST) == (20, 1 / 64)
+    # widths 5 and 40: together 55 + 20 + 4 * 40 / 64 = 77.5; apart 15 + 20 + 4 * 5 / 64 + 40 + 20 + 40 / 64 = 95.9
+    assert engine_module.feed_groups([5, 40, 5, 5], kernel=True) == [[0, 2, 3, 1]]
+    # nine rows of 5 and one of 200: together 245 + 20 + 10 * 200 / 64 = 296.25; apart
+    # 45 + 20 + 10 * 5 / 64 + 200 + 20 + 200 / 64 = 288.9 (the 200 positions kept off nine rows' buffers)
+    assert engine_module.feed_groups([5, 200, 5, 5, 5, 5, 5, 5, 5, 5], kernel=True) == [[0, 2, 3, 4, 5, 6, 7, 8, 9], [1]]
+    assert engine_module.feed_groups([6, 4], kernel=True) == [[1, 0]]
+    assert engine_module.feed_groups([3, 3], kernel=True) == [[0, 1]]
 
 
 def test_feed_groups_is_never_costlier_than_any_contiguous_split():
@@ -202,10 +219,11 @@ def test_feed_groups_is_never_costlier_than_any_contiguous_split():
     for _ in range(200):
         need = [int(x) for x in rng.integers(1, 150, size=int(rng.integers(1, 8)))]
         cost = int(rng.integers(0, 64))
-        feeds = engine_module.feed_groups(need, forward_cost=cost)
+        kernel = bool(rng.integers(0, 2))
+        feeds = engine_module.feed_groups(need, forward_cost=cost, kernel=kernel)
         assert sorted(i for f in feeds for i in f) == list(range(len(need)))
         order = sorted(range(len(need)), key=lambda i: need[i])
         for mask in range(2 ** (len(need) - 1)):  # every split of the sorted rows into contiguous feeds
             cuts = [0] + [k + 1 for k in range(len(need) - 1) if mask >> k & 1] + [len(need)]
             other = [order[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
-            assert split_cost(need, feeds, cost) <= split_cost(need, other, cost)
+            assert split_cost(need, feeds, cost, kernel) <= split_cost(need, other, cost, kernel) + 1e-9

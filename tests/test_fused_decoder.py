@@ -191,6 +191,58 @@ def test_kernel_step_within_bf16_rounding_of_the_torch_step(tokenizer):
     assert float(diffs.max()) < 0.1 and float(diffs.mean()) < 0.01, (float(diffs.max()), float(diffs.mean()))
 
 
+
+def test_kernel_feed_within_bf16_rounding_of_kernel_steps(tokenizer):
+    """``kernel_feed`` (all of a follow-up's tokens at once, one virtual row per real token) against
+    feeding the same left-padded tokens one column per ``kernel_step``: rows with holes in their masks
+    (sampled tokens a context does not repeat), needs from 1 to 5, rows on shared slots after some rows
+    left by the slot map. Same hidden states to bf16 rounding (the matrix products see more rows at
+    once), and the cache holds the same keys and values afterwards where they are attended to."""
+    engine, model = kernel_shaped_engine(tokenizer)
+    config, decoder = model.config, engine.fused
+    prompts = [engine.render(({"role": "user", "content": q},)) for q in QUESTIONS]
+    owner = torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    seqs = [[5], [7, 8, 9], [11, 12, 13, 14, 15], [], [17, 18], [19, 20, 21, 22]]
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        runs = []
+        for _ in range(2):
+            _, cache, mask, last = engine._prefill(prompts, 40)
+            cache.pool = cache_module.RowBufferPool()
+            cache.start_rows(owner, mask)
+            runs.append((cache, last[owner]))
+        steps = torch.randint(0, config.vocab_size, (10, 7), generator=gen)
+        for cache, last in runs:
+            for step in range(10):
+                cache.add_suffix(torch.ones(7, 1, dtype=torch.bool))
+                decoder.kernel_step(cache, steps[step], last + 1 + step)
+            cache.select_rows(torch.tensor([0, 1, 2, 3, 4, 5]), lazy=True)  # row 6 leaves by the slot map
+            holes = torch.ones(6, 10, dtype=torch.bool)
+            holes[1, 6:] = False  # a context that repeats only 6 of its sampled tokens
+            holes[2, 3:8] = False
+            cache.set_suffix_valid(holes)
+        fed = [s or [3] for s in seqs]
+        ids, mask = engine._pad_left(fed)
+        pos = engine_module.fed_positions(mask, runs[0][1][:6] + 11)
+        (one, _), (many, _) = runs
+        one.add_suffix(mask)
+        together = decoder.kernel_feed(one, ids, mask, pos)
+        for t in range(ids.shape[1]):
+            many.add_suffix(mask[:, t : t + 1])
+            stepped = decoder.kernel_step(many, ids[:, t], pos[:, t])
+        a = torch.log_softmax(model.lm_head(together).float(), -1)
+        b = torch.log_softmax(model.lm_head(stepped).float(), -1)
+        assert float((a - b).abs().max()) < 0.05, float((a - b).abs().max())
+        assert one.layers[0].suffix_len == many.layers[0].suffix_len == 15
+        seen = one.suffix_valid  # the positions later queries attend to hold the same keys and values
+        for layer_one, layer_many in zip(one.layers, many.layers, strict=True):
+            for b_row, slot_one, slot_many in zip(range(6), one.row_slots().tolist(), many.row_slots().tolist(),
+                                                   strict=True):
+                cols = seen[b_row, :15].nonzero().squeeze(1)
+                k1 = layer_one.sk[slot_one][..., cols].float()
+                k2 = layer_many.sk[slot_many][..., cols].float()
+                assert float((k1 - k2).abs().max()) <= 0.05 * float(k2.abs().max()) + 1e-3
+
 def test_rows_leaving_by_the_slot_map_equal_rows_copied_out(tokenizer):
     """Finished rows leave a kernel-path batch lazily (``select_rows(lazy=True)``: only the slot map
     changes, buffers are gathered at their next growth or before a torch step): the live rows' hidden

@@ -84,7 +84,6 @@ from metareward.engines.base import (
 )
 from metareward.engines.hf.attention import (
     ATTENTION,
-    FUSED_MIN_QUERIES,
     compiled_or_eager,
     register_attention,
     rows_attention,
@@ -99,7 +98,8 @@ from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_id
 
 FEED_CHUNK = 64  # positions per forward when rows are fed several known tokens (choice contexts, follow-ups)
 FEED_FORWARD_COST = 32  # a forward's fixed cost (weights read, per-layer dispatch) in fed positions: ``feed_groups``
-FEED_STEP_COST = 20  # a decoding step's fixed cost in rows (rough: ~25 ms against ~1.4 ms a judge row): ``feed_groups``
+KERNEL_FEED_COST = 20  # a kernel feed's fixed cost in fed positions (rough: ~25 ms against ~1.3 ms a position): ``feed_groups``
+KERNEL_COLUMN_COST = 1 / 64  # one more continuation position in a row's buffers (memory, zeroing), in fed positions
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
 
 
@@ -143,26 +143,34 @@ def fed_positions(mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     return (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST,
-                step_cost: int | None = None) -> list[list[int]]:
-    """Split rows to be fed ``need[i]`` tokens each into feeds, at the least computed positions.
+def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST, kernel: bool = False) -> list[list[int]]:
+    """Split rows to be fed ``need[i]`` tokens each into feeds, at the least cost in computed positions.
 
-    A feed pads its rows to its widest need, so one feed for all would cost ``len(need) * max(need)``:
-    where most rows need the few tokens of ``"\nScore: "`` and a few need their whole text, those few
-    go to a feed of their own. A feed of width w costs ``rows * w`` positions plus ``forward_cost`` per
-    forward (``FEED_CHUNK`` positions each), or, with ``step_cost`` and w below ``FUSED_MIN_QUERIES``
-    (a feed ``_follow_ups`` runs as w decoding steps), ``step_cost`` per step. Exact minimum over
-    contiguous runs of the rows sorted by need (dynamic programming, O(rows^2)); a feed always beats
-    leaving a row to a re-prefill, which computes its prompt too. Returns the feeds, each a list of row
-    indices in ascending need, the narrowest feed first."""
+    A feed pads its rows to its widest need, w. Through transformers' forward (``_feed``) the padding is
+    computed: a feed costs ``rows * w`` positions plus ``forward_cost`` per forward (``FEED_CHUNK``
+    positions each), so where most rows need the few tokens of ``"\nScore: "`` and a few need their
+    whole text, those few go to a feed of their own. Through the C++ kernels (``kernel``: ``_feed_kernel``)
+    only the rows' own tokens are computed: a feed costs ``sum(need)`` plus ``KERNEL_FEED_COST``, and its
+    padding only buffer space: w more positions for every row still waiting (this feed's and the wider
+    ones'), ``KERNEL_COLUMN_COST`` each; so one feed, or a few where a few rows need many more tokens.
+    Exact minimum over contiguous runs of the rows sorted by need (dynamic programming, O(rows^2)); a
+    feed always beats leaving a row to a re-prefill, which computes its prompt too. Returns the feeds,
+    each a list of row indices in ascending need, the narrowest feed first (fed first, so that the
+    wider feeds' buffer positions are added to the fewest rows)."""
     order = sorted(range(len(need)), key=lambda i: need[i])
-    best = [0] * (len(order) + 1)  # best[i]: least cost of the i narrowest rows
+    total = [0]  # total[i]: the needs of the i narrowest rows
+    for i in order:
+        total.append(total[-1] + need[i])
+    best = [0.0] * (len(order) + 1)  # best[i]: least cost of the i narrowest rows
     start = [0] * (len(order) + 1)  # where the last feed of that least cost starts
     for i in range(1, len(order) + 1):
         width = need[order[i - 1]]
-        stepped = step_cost is not None and width < FUSED_MIN_QUERIES
-        fixed = step_cost * width if stepped else forward_cost * -(-width // FEED_CHUNK)
-        best[i], start[i] = min((best[j] + (i - j) * width + fixed, j) for j in range(i))
+        if kernel:
+            best[i], start[i] = min((best[j] + total[i] - total[j] + KERNEL_FEED_COST
+                                     + KERNEL_COLUMN_COST * (len(order) - j) * width, j) for j in range(i))
+        else:
+            fixed = forward_cost * -(-width // FEED_CHUNK)
+            best[i], start[i] = min((best[j] + (i - j) * width + fixed, j) for j in range(i))
     feeds, i = [], len(order)
     while i:
         feeds.append(order[start[i] : i])
@@ -529,9 +537,8 @@ class HFEngine(Engine):
         whose logits are read): typically the few tokens of ``"\nScore: "``, the whole text where
         decoding and re-encoding it differ at its start. Rows are fed in groups of similar width
         (``feed_groups``): each group is unparked, fed, and dropped, the rest staying parked. On the C++
-        kernels' path a group narrower than ``FUSED_MIN_QUERIES`` is fed as decoding steps
-        (``_feed_steps``: no buffer copied, the decoding kernel's attention), a wider one as ``_feed``'s
-        batched forwards (fused attention over many queries per row).
+        kernels' path a group is fed in one ``_feed_kernel`` pass (no buffer copied, no padding
+        computed), else through ``_feed``'s batched forwards.
         ``parked``: the rows in the cache's parking order (the lazy path), None when the batch still
         holds every row in order (the path that never compacts with follow-ups pending: all are
         parked here). ``prompt_len``: each row's whole prompt length; ``remainder_valid`` [rows, R]: the
@@ -545,9 +552,9 @@ class HFEngine(Engine):
             # the last context token is always fed: its logits are the ones read
             contexts[r], choice_ids[r] = context, ids
             keep[r] = common_prefix(tokens[r][:-1], context[: len(context) - 1])
-        lazy = parked is not None  # the C++ kernels' path: narrow feeds run as decoding steps
+        lazy = parked is not None  # the C++ kernels' path: groups fed by kernel_feed
         need = [len(contexts[r]) - keep[r] for r in follow]
-        groups = feed_groups(need, step_cost=FEED_STEP_COST if lazy else None)
+        groups = feed_groups(need, kernel=lazy)
         out: dict[int, list[float]] = {}
         if parked is None:
             parked = list(range(len(cache.owner)))
@@ -561,13 +568,12 @@ class HFEngine(Engine):
             for k, r in enumerate(rows):
                 valid[k, offset : offset + keep[r]] = True
             position = {row: k for k, row in enumerate(parked)}
-            stepped = lazy and max(need[k] for k in group) < FUSED_MIN_QUERIES  # as feed_groups costed it
             cache.unpark(torch.tensor([position[r] for r in rows], device=self.device), valid,
-                         keep_rest=n + 1 < len(groups), lazy=stepped)
+                         keep_rest=n + 1 < len(groups), lazy=lazy)
             chosen = set(rows)
             parked = [row for row in parked if row not in chosen]
             start = prompt_len[rows] + torch.tensor([keep[r] for r in rows], device=self.device)
-            feed = self._feed_steps if stepped else self._feed
+            feed = self._feed_kernel if lazy else self._feed
             logits = feed(cache, [contexts[r][keep[r]:] for r in rows], start)
             logprobs = torch.log_softmax(logits, dim=-1)
             for k, r in enumerate(rows):
@@ -590,20 +596,15 @@ class HFEngine(Engine):
             logits = self._forward(cache, input_ids=ids[:, cols], position_ids=pos[:, cols])
         return logits
 
-    def _feed_steps(self, cache: SharedPrefixCache, seqs: Sequence[list[int]], start: torch.Tensor) -> torch.Tensor:
-        """``_feed`` as decoding steps through the C++ kernels (``FusedDecoder.kernel_step``), one position
-        per row per step: for the few tokens of a follow-up's context. Their attention goes through the
-        decoding kernel, which takes the holes in a follow-up row's mask (the sampled tokens its context
-        does not repeat), and the rows are read and written through the cache's slot map, so unparking
-        them gathers no buffer. What this saves is that gather (~0.45 s a batch at N = 11), not
-        arithmetic: per position it costs about what ``_feed``'s batched forward does
-        (``docs/performance.md``). Assumes ``self.fused.kernels_apply(cache)``."""
+    def _feed_kernel(self, cache: SharedPrefixCache, seqs: Sequence[list[int]], start: torch.Tensor) -> torch.Tensor:
+        """``_feed`` through the C++ kernels (``FusedDecoder.kernel_feed``): all rows' tokens in one pass
+        whose matrix products cover only the real tokens (no padding computed), their attention through
+        the decoding kernel, which takes the holes in a follow-up row's mask (the sampled tokens its
+        context does not repeat); rows are read and written through the cache's slot map, so unparking
+        them gathers no buffer. Assumes ``self.fused.kernels_apply(cache)``."""
         ids, mask = self._pad_left(seqs)
-        pos = fed_positions(mask, start)
-        hidden = None
-        for t in range(ids.shape[1]):
-            cache.add_suffix(mask[:, t : t + 1])
-            hidden = self.fused.kernel_step(cache, ids[:, t], pos[:, t])
+        cache.add_suffix(mask)
+        hidden = self.fused.kernel_feed(cache, ids, mask, fed_positions(mask, start))
         return torch.mm(hidden, self.model.get_output_embeddings().weight.t()).float()
 
     def cut_at_stop(self, seq: list[int]) -> tuple[list[int], bool]:

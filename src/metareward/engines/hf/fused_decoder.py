@@ -227,6 +227,61 @@ class FusedDecoder:
         return kernels.rms_norm(x, inner.norm.weight, inner.norm.variance_epsilon)
 
 
+    def kernel_feed(self, cache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Several known tokens per row in one pass (a follow-up's context): ``kernel_step``'s arithmetic
+        on every real token at once, as if each were a row of its own (a virtual row), so the matrix
+        products run once over all of them and no padding is computed. Returns each row's final-normed
+        hidden state after its last token [B, hidden].
+
+        ``tokens``, ``positions`` [B, w]; ``mask`` [B, w] (1 = a real token): each row's tokens
+        right-aligned, its last column real, as ``HFEngine._pad_left`` lays them out; the cache has
+        recorded the w positions (``add_suffix(mask)``). Virtual row (b, j) writes its key and value to
+        row b's continuation position ``written + j`` (the padded positions get zeros, never attended)
+        and attends to what row b attends to before the feed (its mask, holes included) plus its own
+        real positions up to j: the causal attention of a forward over those tokens, through the
+        decoding kernel (which takes a mask with holes). The rotary embedding and the cache write are
+        torch operations here (``kernel_step`` does them in C++ for one position): the same roundings
+        (each product and the sum rounded to bf16, the query's scaling rounded)."""
+        kernels, inner = self.kernels, self.model.model
+        rows, width = tokens.shape
+        real = mask.bool()
+        flat = real.flatten().nonzero().squeeze(1)  # the virtual rows, row by row
+        row_of, col_of = flat // width, flat % width
+        x = inner.embed_tokens(tokens.flatten()[flat])
+        count = x.shape[0]
+        cos, sin = inner.rotary_emb(x, positions.flatten()[flat][:, None])  # [V, 1, head_dim]
+        dim = cos.shape[-1]
+        cache.reserve(width, x.new_empty((rows, self.kv_heads, 0, dim)))
+        slots = cache.row_slots()
+        written = cache.layers[0].suffix_len
+        start, valid = cache.kernel_mask()
+        seen = (torch.arange(written + width, device=x.device)[None, :] >= start[:, None] if valid.numel() == 0
+                else valid[:, : written + width])[row_of]
+        seen[:, written:] &= torch.arange(width, device=x.device)[None, :] <= col_of[:, None]
+        seen = seen.contiguous()
+        owner, vslots = cache.owner[row_of], slots[row_of]
+        unread = torch.zeros(count, dtype=torch.long, device=x.device)  # ``seen`` decides
+        heads, kv = self.heads, self.kv_heads
+        key_cols, value_cols = written + col_of, written + col_of
+        for index, w in enumerate(self.layers):
+            layer = cache.layers[index]
+            qkv = F.linear(kernels.rms_norm(x, w.norm_in, w.eps_in), w.qkv, w.qkv_bias).view(count, heads + 2 * kv, dim)
+            qk = apply_rotary(qkv[:, : heads + kv], cos, sin)
+            query = (qk[:, :heads] * self.scaling).reshape(count, kv, heads // kv, dim).contiguous()
+            layer.sk[slots, :, :, written : written + width] = 0
+            layer.sv[slots, :, written : written + width] = 0
+            layer.sk[vslots, :, :, key_cols] = qk[:, heads:]
+            layer.sv[vslots, :, value_cols] = qkv[:, heads + kv :]
+            layer.suffix_len = written + width
+            attended = kernels.decode_attention(query, layer.pk, layer.pv, cache.prompt_len, owner, layer.sk, layer.sv,
+                                                layer.suffix_len, vslots, unread, seen)
+            x = torch.addmm(x, attended.view(count, -1), w.o.t())
+            gate_up = F.linear(kernels.rms_norm(x, w.norm_post, w.eps_post), w.gate_up)
+            x = torch.addmm(x, kernels.silu_mul(gate_up), w.down.t())
+        last = real.sum(1).cumsum(0) - 1  # each row's last real token is its last virtual row
+        return kernels.rms_norm(x[last].contiguous(), inner.norm.weight, inner.norm.variance_epsilon)
+
+
 def attention_inputs(x, norm_in, qkv_weight, qkv_bias, cos, sin, heads: int, kv_heads: int, eps: float):
     """Pre-norm, fused q/k/v projection and rotary embedding of one layer: query [B, heads, 1, d], key
     and value [B, kv_heads, 1, d] (views of one [B, 1, heads + 2 kv_heads, d] product)."""

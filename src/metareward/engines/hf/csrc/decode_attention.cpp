@@ -260,7 +260,7 @@ void dispatch_groups(int64_t groups, const uint16_t* q, const uint16_t* pkt, con
 
 // query [B, kv, G, D]; prompt_keys_t [P, kv, D, Lp]; prompt_values [P, kv, Lp, D]; prompt_len [P] int64;
 // owner [B] int64; row_keys_t [S, kv, D, W]; row_values [S, kv, W, D]; n continuation positions written;
-// slots [B] int64: row b's continuation is row slots[b] of the row buffers; start [B] int64: row b does
+// slots [B] int64: row b's continuation is row slots[b] of the row buffers (rows may share one); start [B] int64: row b does
 // not attend to its first start[b] continuation positions (0 <= start[b] <= n); valid: empty, or a bool
 // [B, >= n] mask of the continuation positions each row attends to (then start is ignored: a row's
 // masked positions may lie anywhere, as after a follow-up's fed context). Returns [B, kv, G, D] bf16.
@@ -277,7 +277,8 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor prompt_keys_t,
   const int64_t lp = prompt_keys_t.size(3), width = row_keys_t.size(3);
   TORCH_CHECK(n <= width, "decode_attention: more positions written than the row buffers hold");
   TORCH_CHECK(lp % CHUNK == 0 && width % CHUNK == 0, "decode_attention: key buffers must hold whole blocks of ", CHUNK);
-  const int64_t* slot = metareward::checked_slots(slots, rows, row_keys_t.size(0), "decode_attention");
+  const int64_t* slot = metareward::checked_slots(slots, rows, row_keys_t.size(0), "decode_attention",
+                                                     /*distinct=*/false);
   TORCH_CHECK(row_values.size(0) == row_keys_t.size(0), "decode_attention: key and value buffers hold different rows");
   TORCH_CHECK(start.scalar_type() == at::kLong && start.is_contiguous() && start.device().is_cpu() && start.dim() == 1
                   && start.size(0) == rows, "decode_attention: start must be a contiguous int64 CPU vector, one per row");
