@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -449,6 +450,37 @@ def vllm_worker(args) -> None:
 # ---------------------------------------------------------------------- a whole iteration
 
 
+@contextmanager
+def follow_up_seconds(into: dict[str, float]):
+    """Add, per stage of the run loop, the seconds the hf engine spends reading its follow-ups' choice
+    distributions after decoding (``HFEngine._follow_ups``: the constrained score and verdict reads)."""
+    from metareward.engines.hf.engine import HFEngine
+    from metareward.loop import Runner
+
+    run_stage, follow_ups = Runner.run_stage, HFEngine._follow_ups
+    current = {"stage": None}
+
+    def in_stage(self, stage, it, key):
+        current["stage"] = stage.name
+        try:
+            return run_stage(self, stage, it, key)
+        finally:
+            current["stage"] = None
+
+    def timed(self, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return follow_ups(self, *a, **kw)
+        finally:
+            into[current["stage"]] = into.get(current["stage"], 0.0) + time.perf_counter() - t
+
+    Runner.run_stage, HFEngine._follow_ups = in_stage, timed
+    try:
+        yield into
+    finally:
+        Runner.run_stage, HFEngine._follow_ups = run_stage, follow_ups
+
+
 def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict:
     """One Meta-Rewarding iteration at the paper's shape (``--paper-iteration``): 32 prompts, K = 7
     responses, N = 11 judgments, the meta-judge over all ordered pairs of each max-variance response's
@@ -460,7 +492,9 @@ def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict
     prompt once plus the generated tokens; train: 4 forwards per sequence as in ``bench_dpo``; the
     constrained passes are extra work, not counted), the ideal seconds at the run's best ceiling of the
     stage's precision, and ``share_vs_ideal``: the stage's share of the measured time over its share of
-    the ideal time (1 = the stage is as efficient as the iteration as a whole)."""
+    the ideal time (1 = the stage is as efficient as the iteration as a whole). For the judge and the
+    meta-judge also ``follow_up_s`` and ``follow_up_share``: the seconds of the constrained reads (the
+    hf engine's follow-ups, ``follow_up_seconds``) and their share of the stage's time."""
     from transformers import AutoTokenizer
 
     from metareward.config import load_config
@@ -478,7 +512,8 @@ def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict
             overrides.update({"actor.max_tokens": 16, "judge.max_tokens": 16, "meta_judge.max_tokens": 16})
         cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml", overrides)
         t = time.perf_counter()
-        Runner(cfg, echo=lambda line: print(line, flush=True)).run()
+        with follow_up_seconds({}) as follow_up:
+            Runner(cfg, echo=lambda line: print(line, flush=True)).run()
         total = time.perf_counter() - t
         it = Path(tmp) / "iter_1"
         manifest = json.loads((it / "manifest.json").read_text())
@@ -514,6 +549,9 @@ def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict
         best = ceilings.best(precision.get(name, engine_precision))
         stages[name] = {"seconds": seconds, "peak_rss_gib": manifest.get("peak_rss_gib", {}).get(name),
                         "useful_gflop": round(work / 1e9, 1), "ideal_s": round(work / 1e9 / best, 3)}
+        if name in follow_up:
+            stages[name]["follow_up_s"] = round(follow_up[name], 2)
+            stages[name]["follow_up_share"] = round(follow_up[name] / seconds, 3)
     measured = sum(s["seconds"] for s in stages.values())
     ideal = sum(s["ideal_s"] for s in stages.values())
     for s in stages.values():
