@@ -48,7 +48,8 @@ have a shape ``generate`` wastes compute on: the judge asks for N samples of one
 A ``GenerationRequest``'s ``ChoiceFollowUp`` (the constrained score or verdict read after each
 sample) is answered from the sample's own cache once its batch has decoded (``_follow_ups``): no
 re-prefill of prompt and text. Finished rows with a follow-up are parked instead of dropped on the C++
-kernels' path (their buffer rows kept, ``SharedPrefixCache.select_rows(park=True)``); elsewhere such a
+kernels' path (their buffer rows kept, ``SharedPrefixCache.select_rows(park=True)``), and their contexts
+are fed there in one pass per group (``FusedDecoder.kernel_feed``: only the real tokens computed); elsewhere such a
 batch carries its finished rows to the end (so its texts may differ from the same batch without
 follow-ups: sampling draws per batch row; the same requests still give the same texts).
 
