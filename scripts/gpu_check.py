@@ -362,24 +362,7 @@ def section_hf_engine(args) -> dict[str, Any]:
 
 def section_loop_hf(args) -> dict[str, Any]:
     """One iteration of ``configs/tiny-cpu.yaml`` with the ``hf`` engine on the GPU (dtype auto: bf16)."""
-    import dataclasses
-
-    from metareward.config import load_config
-    from metareward.loop import Runner
-
-    cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg.run_dir = str(Path(tmp) / "run")
-        cfg.engine = dataclasses.replace(cfg.engine, name="hf", device="cuda" if cuda() else "cpu", dtype="auto",
-                                         threads=args.threads)
-        cfg.iterations = cfg.iterations[:1]
-        cfg.training = dataclasses.replace(cfg.training, precision="auto")
-        t = time.perf_counter()
-        summaries = Runner(cfg).run()
-        secs = time.perf_counter() - t
-        manifest = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())
-        assert (Path(cfg.run_dir) / "iter_1" / "model" / "config.json").is_file(), "no trained model"
-    return {"seconds": round(secs, 1), "stage_seconds": manifest.get("timings_s"), "summary": summaries[0]}
+    return _one_iteration(args, name="hf")
 
 
 def _dpo_pairs(n: int, repeat: int) -> list[dict[str, Any]]:
@@ -471,6 +454,12 @@ def section_dpo_trl(args) -> dict[str, Any]:
 
 
 def section_loop_vllm(args) -> dict[str, Any]:
+    return _one_iteration(args, name="vllm", gpu_memory_utilization=0.5)
+
+
+def _one_iteration(args, **engine) -> dict[str, Any]:
+    """The first iteration of ``configs/tiny-cpu.yaml`` end to end with these engine settings (on the GPU
+    where there is one, dtype auto): stage seconds, the iteration's summary; fails without a trained model."""
     import dataclasses
 
     from metareward.config import load_config
@@ -479,8 +468,8 @@ def section_loop_vllm(args) -> dict[str, Any]:
     cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         cfg.run_dir = str(Path(tmp) / "run")
-        cfg.engine = dataclasses.replace(cfg.engine, name="vllm", device="cuda" if cuda() else "cpu",
-                                         dtype="auto", gpu_memory_utilization=0.5, threads=args.threads)
+        cfg.engine = dataclasses.replace(cfg.engine, device="cuda" if cuda() else "cpu", dtype="auto",
+                                         threads=args.threads, **engine)
         cfg.iterations = cfg.iterations[:1]
         cfg.training = dataclasses.replace(cfg.training, precision="auto")
         t = time.perf_counter()

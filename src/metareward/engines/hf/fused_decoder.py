@@ -262,16 +262,18 @@ class FusedDecoder:
         owner, vslots = cache.owner[row_of], slots[row_of]
         unread = torch.zeros(count, dtype=torch.long, device=x.device)  # ``seen`` decides
         heads, kv = self.heads, self.kv_heads
-        key_cols, value_cols = written + col_of, written + col_of
+        cols = written + col_of  # each virtual row's continuation position
+        padded = slots[~real.all(1)]  # the rows whose padded positions get zeros
         for index, w in enumerate(self.layers):
             layer = cache.layers[index]
             qkv = F.linear(kernels.rms_norm(x, w.norm_in, w.eps_in), w.qkv, w.qkv_bias).view(count, heads + 2 * kv, dim)
             qk = apply_rotary(qkv[:, : heads + kv], cos, sin)
             query = (qk[:, :heads] * self.scaling).reshape(count, kv, heads // kv, dim).contiguous()
-            layer.sk[slots, :, :, written : written + width] = 0
-            layer.sv[slots, :, written : written + width] = 0
-            layer.sk[vslots, :, :, key_cols] = qk[:, heads:]
-            layer.sv[vslots, :, value_cols] = qkv[:, heads + kv :]
+            if len(padded):
+                layer.sk[padded, :, :, written : written + width] = 0
+                layer.sv[padded, :, written : written + width] = 0
+            layer.sk[vslots, :, :, cols] = qk[:, heads:]
+            layer.sv[vslots, :, cols] = qkv[:, heads + kv :]
             layer.suffix_len = written + width
             attended = kernels.decode_attention(query, layer.pk, layer.pv, cache.prompt_len, owner, layer.sk, layer.sv,
                                                 layer.suffix_len, vslots, unread, seen)
