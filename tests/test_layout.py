@@ -34,7 +34,8 @@ SRC = Path(metareward.__file__).parent.parent
 
 ROOT = "metareward"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("metareward.errors", "metareward.seeds", "metareward.records", "metareward.parsing",
+    ("foundation", ("metareward.errors", "metareward.layout", "metareward.seeds", "metareward.records",
+                    "metareward.parsing",
                     "metareward.templates", "metareward.data", "metareward.config", "metareward.store",
                     "metareward.pool", "metareward.ranked", "metareward.models", "metareward.engines.base")),
     ("selection", ("metareward.selection",)),
