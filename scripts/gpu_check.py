@@ -483,6 +483,7 @@ def _one_iteration(args, **engine) -> dict[str, Any]:
 
 def section_accelerate_one_process(args) -> dict[str, Any]:
     from metareward.config import IterationConfig, RunConfig, TrainingConfig, dump_config
+    from metareward.layout import RunLayout
     from metareward.records import PreferencePair, write_jsonl_atomic
     from metareward.store import IterationStore
     from metareward.training.launch import launch_training
@@ -499,19 +500,19 @@ def section_accelerate_one_process(args) -> dict[str, Any]:
                         iterations=[IterationConfig(prompts=len(QA))])
         cfg.engine.threads = args.threads
         dump_config(cfg, run_dir / "config.yaml")
-        store = IterationStore(run_dir, 1)
+        store = IterationStore(RunLayout(run_dir).iteration(1))
         store.manifest["model_in"] = model_path()
         store.save_manifest()
         pairs = [PreferencePair(id=f"p{i}", kind="actor", prompt_id=f"q{i}", prompt=q, chosen=c, rejected=r,
                                 chosen_id=f"q{i}/r0", rejected_id=f"q{i}/r1", chosen_score=4.0, rejected_score=1.0)
                  for i, (q, c, r) in enumerate(QA)]
-        write_jsonl_atomic(store.path("actor_pairs.jsonl"), pairs)
-        write_jsonl_atomic(store.path("judge_pairs.jsonl"), [])
+        write_jsonl_atomic(store.layout.artifact("actor_pairs"), pairs)
+        write_jsonl_atomic(store.layout.artifact("judge_pairs"), [])
         t = time.perf_counter()
         metrics = launch_training(launcher, "dpo", run_dir, 1)
         secs = time.perf_counter() - t
         assert metrics["processes"] == 1, metrics
-        assert (store.model_dir / "model.safetensors").is_file(), "no model written"
+        assert (store.layout.model / "model.safetensors").is_file(), "no model written"
     return {"launcher": launcher, "seconds": round(secs, 1), "steps": metrics["steps"],
             "precision": metrics.get("precision"), "loss": metrics.get("train_loss")}
 

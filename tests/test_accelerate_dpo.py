@@ -20,6 +20,7 @@ import torch
 from train_fixtures import iteration_with_actor_pairs, save_tiny_llama
 
 from metareward.config import IterationConfig, RunConfig, TrainingConfig, dump_config
+from metareward.layout import RunLayout
 from metareward.loop import Runner
 from metareward.store import IterationStore
 
@@ -59,7 +60,7 @@ def test_two_process_dpo_through_the_loop_launcher(tmp_path, tiny_llama):
     assert metrics["processes"] == 2
     assert metrics["pairs"] == 4
     assert metrics["steps"] == 2  # 4 pairs / (2 processes x batch 1)
-    out = store.model_dir
+    out = store.layout.model
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert not (run_dir / "iter_1" / "model.tmp").exists()
     from safetensors.torch import load_file
@@ -94,10 +95,10 @@ def test_two_process_sft_step_through_the_loop_launcher(tmp_path, tiny_llama):
     runner = Runner(cfg, engine_factory=lambda path: None)
     dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
     out = Path(runner.sft_step(model))
-    store = IterationStore(Path(cfg.run_dir), 0)
+    store = IterationStore(RunLayout(Path(cfg.run_dir)).iteration(0))
     metrics = store.manifest["stages"]["sft"]["metrics"]
     assert metrics["processes"] == 2 and metrics["examples"] == 4 and metrics["steps"] == 1
-    assert out == store.model_dir and {"config.json", "model.safetensors", "tokenizer.json"} <= {
+    assert out == store.layout.model and {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in out.iterdir()}
     assert not out.with_name(out.name + ".tmp").exists()
     from safetensors.torch import load_file

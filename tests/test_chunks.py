@@ -1,11 +1,11 @@
-"""How a pass's requests are cut into resumable chunks (``store.cut_chunks``): by sequences, in order."""
+"""How a pass's requests are cut into resumable chunks (``stages.chunks.cut_chunks``): by sequences, in order."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metareward.store import cut_chunks
+from metareward.stages.chunks import cut_chunks
 
 
 def test_cut_chunks_fills_each_chunk_up_to_its_size_in_sequences():

@@ -85,7 +85,7 @@ def step_losses(store: IterationStore) -> dict[int, float]:
 
 
 def weights(store: IterationStore) -> dict[str, torch.Tensor]:
-    return load_file(str(store.model_dir / "model.safetensors"))
+    return load_file(str(store.layout.model / "model.safetensors"))
 
 
 def test_two_processes_train_like_one_and_resume_from_a_checkpoint(tmp_path, tiny_llama, monkeypatch):

@@ -110,6 +110,7 @@ def test_agreement_from_eval_and_summary_alarms(tmp_path):
 
 
 def test_end_of_iteration_summary_prints_the_alarms(tmp_path):
+    from metareward.layout import RunLayout
     from metareward.records import Judgment, MetaJudgment, Response, read_jsonl
     from metareward.store import IterationStore
     from metareward.summary import format_summary, iteration_summary
@@ -117,7 +118,7 @@ def test_end_of_iteration_summary_prints_the_alarms(tmp_path):
     run = hand_made_run(tmp_path)
     it = run / "iter_1"
     (it / "judge_pairs.jsonl").write_text("")  # the meta-judge ran, no judge pair came out
-    store = IterationStore(run, 1)
+    store = IterationStore(RunLayout(run).iteration(1))
     s = iteration_summary(store, read_jsonl(it / "responses.jsonl", Response), read_jsonl(it / "judgments.jsonl", Judgment),
                           read_jsonl(it / "meta_judgments.jsonl", MetaJudgment), [], [], k=2)
     assert s["drift_alarms"] == ["judge pairs collapsed: the meta-judge ran but 0 judge pairs were built "

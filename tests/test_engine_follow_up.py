@@ -30,8 +30,8 @@ from metareward.engines.base import (
 from metareward.engines.hf import cache as cache_module
 from metareward.engines.hf import engine as engine_module
 from metareward.engines.hf.fused_decoder import FusedDecoder
+from metareward.stages.chunks import ChunkedPasses
 from metareward.stages.judge import SCORE_CHOICES, ScorePrefix
-from metareward.store import ChunkedPasses
 from metareward.templates import judge_prompt
 
 CASES = [

@@ -25,7 +25,7 @@ from metareward.engines.base import ChoiceRequest
 from metareward.engines.openai import EngineRequestError, OpenAIEngine, fold_seed, sub_seed
 from metareward.errors import InputError
 from metareward.models import resolve_model
-from metareward.store import run_chunked
+from metareward.stages.chunks import run_chunked
 
 pytestmark = pytest.mark.slow
 SERVER = Path(__file__).parent / "openai_hf_server.py"

@@ -96,7 +96,7 @@ def test_vllm_engine_judge_stage(tmp_path, hf_scores):
 @needs_vllm
 def test_openai_engine_against_vllm_serve(tmp_path, hf_scores):
     from metareward.engines.openai import OpenAIEngine
-    from metareward.store import run_chunked
+    from metareward.stages.chunks import run_chunked
 
     model = resolve_model("smollm2-135m")
     port = free_port()

@@ -36,8 +36,8 @@ class StandInTrainRunner(Runner):
     """Records the training set instead of running DPO."""
 
     def train(self, model_path, train_set, store):
-        store.model_dir.mkdir(parents=True, exist_ok=True)
-        (store.model_dir / "pairs.json").write_text(json.dumps([p.id for p in train_set]))
+        store.layout.model.mkdir(parents=True, exist_ok=True)
+        (store.layout.model / "pairs.json").write_text(json.dumps([p.id for p in train_set]))
         return {"pairs": len(train_set)}
 
 

@@ -8,15 +8,22 @@ only). ``from package import name`` counts as an import of ``package.name`` when
 Layers, lowest first (``LAYERS``); a module may import its own layer and the layers below, never one
 above, and no set of modules may import each other in a cycle:
 
-1. ``foundation``: errors, seeds, records, parsing, templates, data, config, store, pool, ranked, models
-   and ``engines.base`` (the request/response types every stage speaks; plain data, no backend).
-2. ``selection``: the pure algorithms that pick pairs (Elo, length control, judge pairs).
-3. ``engines``: the generation engines and their shared pieces (``make_engine``, tokens, hf, vllm, ...).
-4. ``stages``: what one step of the method does with an engine (actor, judge, meta-judge, pairs), and
-   its siblings that are used by the loop or the commands: training, EFT building, prompt-pool building.
-5. ``loop``: what drives stages over iterations or models: the run loop, evaluation, reports, summaries.
-6. ``commands``: the user-facing entry points (``metareward.commands.*``, the Python API).
-7. ``cli``: the ``metareward`` command and the package's top level.
+1. ``base``: errors and ``files`` (atomic writes), which every other module may use.
+2. ``foundation``: layout (the run directory's names), seeds, records, parsing, templates, data, config,
+   store (an iteration's manifest), pool, ranked, models and ``engines.base`` (the request/response types
+   every stage speaks; plain data, no backend).
+3. ``selection``: the pure algorithms that pick pairs (Elo, length control, judge pairs).
+4. ``engines``: the generation engines and their shared pieces (``make_engine``, tokens, hf, vllm, ...).
+5. ``stages``: what one step of the method does with an engine (actor, judge, meta-judge, pairs, the chunk
+   logs their passes run through), and its siblings that are used by the loop or the commands: training,
+   EFT building, prompt-pool building.
+6. ``loop``: what drives stages over iterations or models: the run loop, evaluation, reports, summaries.
+7. ``commands``: the user-facing entry points (``metareward.commands.*``, the Python API).
+8. ``cli``: the ``metareward`` command and the package's top level.
+
+Within the foundation, two modules are held to less than their layer allows (``ALLOWED``): the config
+imports only the base (it is read by everything, so nothing it imports may reach back up), and the store
+never reaches the engines (it is the manifest, not the passes that fill the run).
 """
 
 from __future__ import annotations
@@ -34,13 +41,15 @@ SRC = Path(metareward.__file__).parent.parent
 
 ROOT = "metareward"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("metareward.errors", "metareward.layout", "metareward.seeds", "metareward.records",
+    ("base", ("metareward.errors", "metareward.files")),
+    ("foundation", ("metareward.layout", "metareward.seeds", "metareward.records",
                     "metareward.parsing",
                     "metareward.templates", "metareward.data", "metareward.config", "metareward.store",
                     "metareward.pool", "metareward.ranked", "metareward.models", "metareward.engines.base")),
     ("selection", ("metareward.selection",)),
     ("engines", ("metareward.engines",)),
-    ("stages", ("metareward.stages", "metareward.training", "metareward.eft", "metareward.prompt_pool")),
+    ("stages", ("metareward.stages", "metareward.training", "metareward.eft", "metareward.prompt_pool",
+                "metareward.verifiable")),
     ("loop", ("metareward.loop", "metareward.evaluation", "metareward.report", "metareward.summary",
               "metareward.drift")),
     ("commands", ("metareward.commands", "metareward.api")),
@@ -150,7 +159,7 @@ def test_every_module_has_a_layer():
         except AssertionError:
             unlayered.append(module)
     assert unlayered == []
-    assert layer_of("metareward.engines.hf.engine") == 2 and layer_of("metareward") == 6
+    assert layer_of("metareward.engines.hf.engine") == 3 and layer_of("metareward") == 7
     with pytest.raises(AssertionError, match="in no layer"):
         layer_of("metareward.brand_new_module")
 
@@ -170,8 +179,42 @@ def test_no_module_imports_upward():
     assert not upward, "\n".join(upward)
 
 
+ALLOWED: dict[str, set[str]] = {
+    "metareward.files": {"metareward.errors"},
+    "metareward.config": {"metareward.errors", "metareward.files"},
+    "metareward.store": {"metareward.errors", "metareward.files", "metareward.layout", "metareward.records"},
+}
+"""Modules held to a narrower set of package imports than their layer allows (see the module docstring)."""
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_narrow_modules_import_only_what_they_are_allowed(module):
+    graph = import_graph()
+    assert graph[module] <= ALLOWED[module], f"{module} imports {sorted(graph[module] - ALLOWED[module])}"
+
+
+def test_the_store_reaches_no_engine_even_indirectly():
+    """Nothing the store imports, directly or through other modules, is an engine (``engines.base`` too:
+    chunk logs and passes live in ``stages.chunks``)."""
+    graph = import_graph()
+    seen, todo = set(), ["metareward.store"]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    assert not {m for m in seen if m == "metareward.engines" or m.startswith("metareward.engines.")}
+
+
+def test_narrowing_is_checked_against_the_real_graph():
+    """The narrowing test can fail: the run loop imports far more than the store may."""
+    graph = import_graph()
+    assert not graph["metareward.loop"] <= ALLOWED["metareward.store"]
+    assert "metareward.stages.chunks" in graph["metareward.loop"]
+
+
 @pytest.mark.parametrize("module", ["metareward.config", "metareward.engines", "metareward.engines.tokens",
-                                    "metareward.records", "metareward.store"])
+                                    "metareward.records", "metareward.store", "metareward.files",
+                                    "metareward.layout"])
 def test_light_modules_import_no_torch(module):
     """Reading a config (and the engine interface, records, the store) must not load torch or
     transformers: checked in a fresh interpreter."""

@@ -12,7 +12,7 @@ from metareward.config import IterationConfig, RunConfig
 from metareward.errors import InputError
 from metareward.loop import STAGES, Output, Runner, Stage
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
-from metareward.store import ChunkedPasses
+from metareward.stages.chunks import ChunkedPasses
 
 ARTIFACTS = ["prompts.jsonl", "responses.jsonl", "judgments.jsonl", "meta_judgments.jsonl",
              "actor_pairs.jsonl", "judge_pairs.jsonl", "manifest.json"]
@@ -22,8 +22,8 @@ class FakeTrainRunner(Runner):
     """Skips real DPO (tested end to end elsewhere): 'trains' by writing the pair ids."""
 
     def train(self, model_path, train_set, store):
-        store.model_dir.mkdir(parents=True, exist_ok=True)
-        (store.model_dir / "pairs.json").write_text(json.dumps([p.id for p in train_set]))
+        store.layout.model.mkdir(parents=True, exist_ok=True)
+        (store.layout.model / "pairs.json").write_text(json.dumps([p.id for p in train_set]))
         return {"pairs": len(train_set)}
 
 
@@ -252,7 +252,7 @@ def test_an_added_stage_is_one_entry(tmp_path):
         calls.append(it.index)
         return Output(count=len(it.responses), extra={"chars": sum(len(r.text) for r in it.responses)})
 
-    lengths = Stage("lengths", lambda it: ("v1",), run_lengths, lambda it: None,
+    lengths = Stage("lengths", lambda it: ("v1",), run_lengths, load=lambda it: None,
                     applies=lambda it: it.index == 1)
 
     class LengthsRunner(FakeTrainRunner):
@@ -273,7 +273,7 @@ def test_an_added_stage_is_one_entry(tmp_path):
     # done means done; changed settings are refused like any stage's
     LengthsRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None).run()
     assert calls == [1]
-    changed = Stage("lengths", lambda it: ("v2",), run_lengths, lambda it: None)
+    changed = Stage("lengths", lambda it: ("v2",), run_lengths, load=lambda it: None)
 
     class ChangedRunner(FakeTrainRunner):
         stages = (*STAGES, changed)

@@ -115,7 +115,7 @@ def test_runner_drops_its_engine_and_releases_memory_before_training(tmp_path, m
     class Probe(Runner):
         def train(self, model_path, train_set, store):
             seen["engine"], seen["calls"] = self._engine, list(calls)
-            store.model_dir.mkdir(parents=True, exist_ok=True)
+            store.layout.model.mkdir(parents=True, exist_ok=True)
             return {"pairs": len(train_set)}
 
     Probe(cfg, engine_factory=lambda path: engines.append(ClosingEngine()) or engines[-1], echo=lambda s: None).run()

@@ -22,8 +22,8 @@ from fakes import FakeEngine
 
 from metareward.config import EngineConfig, JudgeConfig
 from metareward.records import Prompt, Response
+from metareward.stages.chunks import run_chunked
 from metareward.stages.judge import judge_requests
-from metareward.store import run_chunked
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metareward.config import RunConfig, dump_config
+from metareward.layout import RunLayout
 from metareward.records import PreferencePair, write_jsonl_atomic
 from metareward.store import IterationStore
 
@@ -18,7 +19,7 @@ def iteration_with_actor_pairs(
     pair per (question, chosen, rejected) of ``qa`` and no judge pairs: what a training step reads."""
     run_dir = Path(cfg.run_dir)
     dump_config(cfg, run_dir / "config.yaml")
-    store = IterationStore(run_dir, 1)
+    store = IterationStore(RunLayout(run_dir).iteration(1))
     store.manifest["model_in"] = model
     store.save_manifest()
     pairs = [
@@ -26,8 +27,8 @@ def iteration_with_actor_pairs(
                        chosen_id=f"q{i}/r0", rejected_id=f"q{i}/r1", chosen_score=4.0, rejected_score=1.0)
         for i, (q, c, r) in enumerate(qa)
     ]
-    write_jsonl_atomic(store.path("actor_pairs.jsonl"), pairs)
-    write_jsonl_atomic(store.path("judge_pairs.jsonl"), [])
+    write_jsonl_atomic(store.layout.artifact("actor_pairs"), pairs)
+    write_jsonl_atomic(store.layout.artifact("judge_pairs"), [])
     return store, pairs
 
 

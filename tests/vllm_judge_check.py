@@ -22,7 +22,7 @@ def main(out_path: str, model: str) -> None:
     from metareward.engines.vllm import make_vllm_engine
     from metareward.records import Prompt
     from metareward.stages import judge
-    from metareward.store import run_chunked
+    from metareward.stages.chunks import run_chunked
 
     work = Path(out_path).parent
     reqs, cfg = tiny_judge_requests(n=3, max_tokens=12, scoring="constrained")

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from metareward.errors import InputError
+from metareward.files import atomic_write_text
 
 ScoringMode = Literal["free_text", "constrained"]
 
@@ -111,6 +112,11 @@ class JudgeConfig:
     capable models). ``constrained`` appends ``Score: `` after the free-text judgment and reads the
     model's next-token distribution over 0..5: score = expected value (fewer ties), text ends with the
     most likely digit. For small models that never follow the format.
+
+    ``kind`` picks who judges (docs/experiment.md): ``self`` (the paper: the model judges itself),
+    ``verifier`` (5 x share of the prompt's checkable constraints satisfied), ``model`` (another model,
+    ``model`` on ``engine``), or ``python: package.module:function`` (a reward function (prompt, response)
+    -> score in [0, 5]). Only ``self`` is meta-judged.
     """
 
     n: int = 11
@@ -119,6 +125,13 @@ class JudgeConfig:
     max_tokens: int = 512
     scoring: ScoringMode = "free_text"
     template: str | None = None  # path to a custom judge prompt; default: the paper's (templates/judge.txt)
+    kind: str = "self"  # self | verifier | model | "python: package.module:function"
+    model: str | None = None  # kind model: the judge model (a name or path, like the run's model)
+    engine: EngineConfig | None = None  # kind model: the judge's engine; None: the run's engine settings
+
+    def is_self(self) -> bool:
+        """Whether the run's own model judges (the paper), i.e. whether there is a judge to meta-judge."""
+        return self.kind == "self"
 
 
 @dataclass
@@ -237,7 +250,17 @@ class RunConfig:
 
     def judge_trained(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (1-based) runs the meta-judge and trains judge pairs."""
-        return self.mode == "meta-rewarding" and self.iterations[iteration - 1].train_judge
+        return self.mode == "meta-rewarding" and self.judge.is_self() and self.iterations[iteration - 1].train_judge
+
+    def meta_judge_skip_reason(self, iteration: int) -> str | None:
+        """Why iteration ``iteration`` runs no meta-judge (None when it runs one)."""
+        if self.mode != "meta-rewarding":
+            return f"mode: {self.mode} trains the actor only"
+        if not self.judge.is_self():
+            return f"judge.kind: {self.judge.kind} is not the model's own judge; there is no judge to train"
+        if not self.iterations[iteration - 1].train_judge:
+            return f"iterations[{iteration - 1}].train_judge: false"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -344,6 +367,24 @@ def validate_engine(e: EngineConfig) -> None:
     _require(e.max_concurrency >= 1, "engine.max_concurrency", "must be >= 1")
 
 
+JUDGE_KINDS = ("self", "verifier", "model")
+PYTHON_JUDGE = "python:"
+
+
+def validate_judge_kind(j: JudgeConfig) -> None:
+    """``judge.kind`` is one of ``JUDGE_KINDS`` or ``python: package.module:function``; ``model`` needs
+    ``judge.model``. (Whether the function imports is checked by the run's preflight.)"""
+    if j.kind.startswith(PYTHON_JUDGE):
+        module, _, name = j.kind[len(PYTHON_JUDGE):].strip().partition(":")
+        _require(bool(module) and bool(name), "judge.kind", f"expected 'python: package.module:function', got {j.kind!r}")
+    else:
+        _require(j.kind in JUDGE_KINDS, "judge.kind",
+                 f"must be one of {list(JUDGE_KINDS)} or 'python: package.module:function', got {j.kind!r}")
+    _require(j.kind != "model" or bool(j.model), "judge.model", "judge.kind: model needs a judge model")
+    if j.engine is not None:
+        validate_engine(j.engine)
+
+
 def validate(cfg: RunConfig) -> None:
     """Range checks that types alone cannot express."""
     validate_engine(cfg.engine)
@@ -356,6 +397,7 @@ def validate(cfg: RunConfig) -> None:
             _require(Path(template).is_file(), f"{name}.template", f"file not found: {template}")
     _require(cfg.actor.k >= 2, "actor.k", f"need at least 2 responses per prompt to form a pair, got {cfg.actor.k}")
     _require(cfg.judge.n >= 1, "judge.n", f"must be >= 1, got {cfg.judge.n}")
+    validate_judge_kind(cfg.judge)
     _require(cfg.meta_judge.bt_l2 >= 0, "meta_judge.bt_l2", "must be >= 0")
     t = cfg.training
     _require(t.learning_rate > 0, "training.learning_rate", "must be > 0")
@@ -468,6 +510,4 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the fully resolved config (every default spelled out) atomically."""
-    from metareward.store import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -39,7 +39,7 @@ optional (no "/"); every error names the file, line and field.
 (``prompt`` is the user turn, ``completion`` the assistant turn, ``score`` the score the completion states),
 ``judgments.jsonl`` (every judgment, ``records.Judgment``), and ``report.json`` (counts; see ``build_eft``).
 Generation is resumable: the judge stage (``stages.judge.run``) runs through chunk logs in ``out_dir/.work``
-(``metareward.store.ChunkedPasses``); rerunning after a kill redoes only unfinished chunks, and a finished build is not
+(``metareward.stages.chunks.ChunkedPasses``); rerunning after a kill redoes only unfinished chunks, and a finished build is not
 recomputed. Changing the settings or the input on a half-built ``out_dir`` is an error.
 """
 
@@ -55,12 +55,13 @@ from typing import Any, Literal
 from metareward.config import JudgeConfig, settings_hash
 from metareward.engines.base import Engine
 from metareward.errors import InputError
+from metareward.files import atomic_write_json, atomic_write_text
 from metareward.parsing import parse_score
 from metareward.ranked import RankedPrompt, load_ranked
 from metareward.records import Judgment, Prompt, Response, to_json
 from metareward.seeds import named_rng
 from metareward.stages import judge
-from metareward.store import ChunkedPasses, atomic_write_json, atomic_write_text
+from metareward.stages.chunks import ChunkedPasses
 from metareward.templates import judge_prompt
 
 ScoringMode = Literal["free_text", "constrained"]

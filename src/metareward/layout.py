@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response
+
 ARTIFACTS: dict[str, str] = {
     "prompts": "prompts.jsonl",
     "responses": "responses.jsonl",
@@ -34,6 +36,16 @@ ARTIFACTS: dict[str, str] = {
     "judge_pairs": "judge_pairs.jsonl",
 }
 """Each artifact's name (what ``read_records`` takes) → its file in an iteration folder."""
+
+ARTIFACT_RECORDS: dict[str, type] = {
+    "prompts": Prompt,
+    "responses": Response,
+    "judgments": Judgment,
+    "meta_judgments": MetaJudgment,
+    "actor_pairs": PreferencePair,
+    "judge_pairs": PreferencePair,
+}
+"""Each artifact's name → the record class of its lines (``records.read_jsonl(path, cls)``)."""
 
 PAIR_ARTIFACTS: tuple[str, ...] = ("actor_pairs", "judge_pairs")
 """The artifacts DPO trains on, in training order."""

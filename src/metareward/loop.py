@@ -11,12 +11,15 @@ An iteration ``i`` (1-based) is the sequence ``STAGES``, each a ``Stage``:
    distinct judgments of each prompt's max-variance response, + a verdict pass in ``constrained`` mode
    (``stages.meta_judge.run``).
 5. ``pairs``: actor pairs (rho tiers) and judge pairs (positional weights, battle matrix, Elo).
-6. ``train``: DPO on both, from this iteration's model with itself as reference → ``iter_i/model``.
+6. ``train``: DPO on both, from this iteration's model with itself as reference → the iteration's
+   ``model`` folder (``layout.IterationLayout.model``).
 
 The loop does the same for every stage: hash its settings (its own settings + the previous stage's
 hash), skip it if the manifest says it is done with that hash (a done stage with another hash is
 refused, not recomputed), else run it, write its artifacts atomically, mark it done, and read its
-artifacts back. Generation passes go through chunk logs (``store.ChunkedPasses``), so a rerun resumes a
+artifacts back. Each stage declares its artifacts once (``Stage.artifacts``, names of
+``layout.ARTIFACTS``): the loop writes them from its ``Output`` and reads them back by those names.
+Generation passes go through chunk logs (``stages.chunks.ChunkedPasses``), so a rerun resumes a
 half-done stage and loses at most one chunk. The engine is built lazily, only if a chunk must run, and
 freed before training so generation and DPO never hold the model twice. Adding a stage is one more
 ``Stage`` in ``STAGES``.
@@ -28,6 +31,7 @@ import dataclasses
 import logging
 import random
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from metareward.config import IterationConfig, RunConfig, dump_config, settings_
 from metareward.engines.base import Engine
 from metareward.engines.memory import PeakMemory, release_freed_memory
 from metareward.errors import InputError
+from metareward.layout import ARTIFACT_RECORDS, RunLayout
 from metareward.models import check_model_name, resolve_model
 from metareward.pool import load_prompt_pool
 from metareward.records import (
@@ -49,8 +54,9 @@ from metareward.records import (
     read_jsonl,
     write_jsonl_atomic,
 )
-from metareward.stages import actor, judge, meta_judge, pairs
-from metareward.store import ChunkedPasses, IterationStore, Timer
+from metareward.stages import actor, judge, meta_judge, pairs, reward_judges
+from metareward.stages.chunks import ChunkedPasses
+from metareward.store import IterationStore
 from metareward.summary import format_summary, iteration_summary
 
 log = logging.getLogger("metareward")
@@ -73,7 +79,7 @@ class Iteration:
     runner: Runner
     responses: list[Response] = field(default_factory=list)
     judgments: list[Judgment] = field(default_factory=list)
-    metas: list[MetaJudgment] = field(default_factory=list)  # empty when the meta-judge does not run
+    meta_judgments: list[MetaJudgment] = field(default_factory=list)  # empty when the meta-judge does not run
     actor_pairs: list[PreferencePair] = field(default_factory=list)
     judge_pairs: list[PreferencePair] = field(default_factory=list)
     model_out: str = ""
@@ -100,9 +106,9 @@ class Iteration:
 
 @dataclass(frozen=True)
 class Output:
-    """What a stage's ``run`` produced: ``artifacts`` (file name → records; written atomically, in this
-    order, before the stage is marked done), its manifest ``count`` (default: every record written) and
-    ``extra`` manifest fields."""
+    """What a stage's ``run`` produced: ``artifacts`` (artifact name → records: exactly the stage's
+    ``Stage.artifacts``, written atomically in that order before the stage is marked done), its manifest
+    ``count`` (default: every record written) and ``extra`` manifest fields."""
 
     artifacts: dict[str, Sequence[Any]] = field(default_factory=dict)
     count: int | None = None
@@ -123,7 +129,10 @@ class Stage:
       so a change upstream changes every hash after it;
     * ``run(it, passes)``: compute the records (``passes`` runs the model through chunk logs named after
       the pass and this hash) and return them as an ``Output``;
-    * ``load(it)``: read its artifacts back into ``it`` (after a run, and when it was already done);
+    * ``artifacts``: the names (keys of ``layout.ARTIFACTS``) of the files it writes, in writing order;
+      its ``Output`` holds records for exactly these;
+    * ``load(it)``: read its results back into ``it`` (after a run, and when it was already done); by
+      default each artifact into the ``Iteration`` field of the same name (``load_artifacts``);
     * ``applies(it)``: whether this iteration runs it at all. A stage that does not apply still adds its
       hash to the chain, so the stages after it keep their hashes whether it applies or not.
     """
@@ -131,8 +140,19 @@ class Stage:
     name: str
     settings: Callable[[Iteration], tuple[Any, ...]]
     run: Callable[[Iteration, ChunkedPasses], Output]
-    load: Callable[[Iteration], None]
+    artifacts: tuple[str, ...] = ()
+    load: Callable[[Iteration], None] | None = None
     applies: Callable[[Iteration], bool] = _always
+
+    def load_into(self, it: Iteration) -> None:
+        """Read this stage's results into ``it`` (its ``load``, or ``load_artifacts``)."""
+        (self.load or (lambda it: load_artifacts(it, self.artifacts)))(it)
+
+
+def load_artifacts(it: Iteration, names: Sequence[str]) -> None:
+    """Each artifact of ``names`` read from the iteration's folder into the ``Iteration`` field of that name."""
+    for name in names:
+        setattr(it, name, read_jsonl(it.store.layout.artifact(name), ARTIFACT_RECORDS[name]))
 
 
 def _load_nothing(it: Iteration) -> None:
@@ -140,35 +160,35 @@ def _load_nothing(it: Iteration) -> None:
 
 
 def _run_prompts(it: Iteration, passes: ChunkedPasses) -> Output:
-    return Output({"prompts.jsonl": it.prompts})
+    return Output({"prompts": it.prompts})
 
 
 def _run_actor(it: Iteration, passes: ChunkedPasses) -> Output:
     responses = actor.run(it.prompts, it.cfg.actor, it.seed, it.index, passes)
-    return Output({"responses.jsonl": responses},
+    return Output({"responses": responses},
                   extra={"generated_tokens": passes.generated_tokens, "samples": len(it.prompts) * it.cfg.actor.k})
 
 
-def _load_actor(it: Iteration) -> None:
-    it.responses = read_jsonl(it.store.path("responses.jsonl"), Response)
-
-
 def _run_judge(it: Iteration, passes: ChunkedPasses) -> Output:
-    judgments = judge.run(it.prompts_by_id(), it.responses, it.cfg.judge, it.seed, it.index, passes)
-    return Output({"judgments.jsonl": judgments}, extra={"generated_tokens": passes.generated_tokens})
+    judgments = judge.run(it.prompts_by_id(), it.responses, it.cfg.judge, it.seed, it.index, passes,
+                          it.runner.function_judge())
+    return Output({"judgments": judgments}, extra={"generated_tokens": passes.generated_tokens,
+                                                   "invalid": dict(reward_judges.invalid_reasons(judgments))})
 
 
-def _load_judge(it: Iteration) -> None:
-    it.judgments = read_jsonl(it.store.path("judgments.jsonl"), Judgment)
+def _judge_settings(it: Iteration) -> tuple[Any, ...]:
+    # The paper's self-judge hashes without the judge-kind fields, as it did before they existed, so
+    # that run directories made then still resume.
+    settings = dataclasses.asdict(it.cfg.judge)
+    if it.cfg.judge.is_self():
+        for name in ("kind", "model", "engine"):
+            settings.pop(name)
+    return (settings,)
 
 
 def _run_meta_judge(it: Iteration, passes: ChunkedPasses) -> Output:
     metas = meta_judge.run(it.prompts, it.responses, it.judgments, it.cfg.meta_judge, it.seed, it.index, passes)
-    return Output({"meta_judgments.jsonl": metas}, extra={"generated_tokens": passes.generated_tokens})
-
-
-def _load_meta_judge(it: Iteration) -> None:
-    it.metas = read_jsonl(it.store.path("meta_judgments.jsonl"), MetaJudgment)
+    return Output({"meta_judgments": metas}, extra={"generated_tokens": passes.generated_tokens})
 
 
 def _run_pairs(it: Iteration, passes: ChunkedPasses) -> Output:
@@ -180,22 +200,17 @@ def _run_pairs(it: Iteration, passes: ChunkedPasses) -> Output:
     weights = None
     if it.train_judge:
         judge_pairs, judge_skips, weights = pairs.build_judge_pairs(
-            it.prompts_by_id(), it.responses_by_id(), {j.id: j for j in it.judgments}, it.metas, it.plan,
+            it.prompts_by_id(), it.responses_by_id(), {j.id: j for j in it.judgments}, it.meta_judgments, it.plan,
             it.cfg.meta_judge, it.cfg.judge.template, it.seed, it.index,
         )
     return Output(
-        {"actor_pairs.jsonl": actor_pairs, "judge_pairs.jsonl": judge_pairs},
+        {"actor_pairs": actor_pairs, "judge_pairs": judge_pairs},
         extra={
             "actor_pairs": len(actor_pairs), "judge_pairs": len(judge_pairs),
             "actor_skipped": dict(actor_skips), "judge_skipped": dict(judge_skips),
             "positional_weights": list(weights) if weights else None,
         },
     )
-
-
-def _load_pairs(it: Iteration) -> None:
-    it.actor_pairs = read_jsonl(it.store.path("actor_pairs.jsonl"), PreferencePair)
-    it.judge_pairs = read_jsonl(it.store.path("judge_pairs.jsonl"), PreferencePair)
 
 
 def _train_settings(it: Iteration) -> tuple[Any, ...]:
@@ -217,7 +232,7 @@ def _run_train(it: Iteration, passes: ChunkedPasses) -> Output:
     metrics = runner.train(it.model_in, train_set, it.store)
     release_freed_memory()  # the trained model is gone: its heap is the next engine's to fault in afresh
     return Output(count=len(train_set),
-                  extra={"trained": True, "model_out": str(it.store.model_dir), "metrics": metrics})
+                  extra={"trained": True, "model_out": str(it.store.layout.model), "metrics": metrics})
 
 
 def _load_train(it: Iteration) -> None:
@@ -226,13 +241,13 @@ def _load_train(it: Iteration) -> None:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prompts", lambda it: ([p.id for p in it.prompts], [p.text for p in it.prompts]), _run_prompts,
-          _load_nothing),
-    Stage("actor", lambda it: (it.cfg.actor, it.model_in, it.seed), _run_actor, _load_actor),
-    Stage("judge", lambda it: (it.cfg.judge,), _run_judge, _load_judge),
-    Stage("meta_judge", lambda it: (it.cfg.meta_judge, it.train_judge), _run_meta_judge, _load_meta_judge,
+          ("prompts",), load=_load_nothing),
+    Stage("actor", lambda it: (it.cfg.actor, it.model_in, it.seed), _run_actor, ("responses",)),
+    Stage("judge", _judge_settings, _run_judge, ("judgments",)),
+    Stage("meta_judge", lambda it: (it.cfg.meta_judge, it.train_judge), _run_meta_judge, ("meta_judgments",),
           applies=lambda it: it.train_judge),
-    Stage("pairs", lambda it: (dataclasses.asdict(it.plan),), _run_pairs, _load_pairs),
-    Stage("train", _train_settings, _run_train, _load_train),
+    Stage("pairs", lambda it: (dataclasses.asdict(it.plan),), _run_pairs, ("actor_pairs", "judge_pairs")),
+    Stage("train", _train_settings, _run_train, load=_load_train),
 )
 """The iteration, in order. Names, settings and artifacts are what run directories hold: changing a
 stage's settings tuple changes its hash, and finished runs would refuse to resume."""
@@ -250,6 +265,7 @@ class Runner:
     def __init__(self, cfg: RunConfig, engine_factory: EngineFactory | None = None, echo: Callable[[str], None] = print):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
+        self.layout = RunLayout(self.run_dir)
         self.echo = echo
         if engine_factory is None:
             from metareward.engines import make_engine
@@ -258,6 +274,7 @@ class Runner:
         self.engine_factory = engine_factory
         self._engine: Engine | None = None
         self._engine_model: str | None = None
+        self._function_judge: reward_judges.FunctionJudge | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -271,14 +288,23 @@ class Runner:
                 f"{self.cfg.prompts} has {len(pool)} unique prompts"
             )
         check_model_name(self.cfg.model)
+        if self.cfg.judge.kind == "model":
+            check_model_name(self.cfg.judge.model or "")
+        self._function_judge = reward_judges.function_judge(self.cfg.judge.kind, self.cfg.prompts)
         if self.cfg.sft is not None:
             self.cfg.sft.validate("sft")
         return pool
 
+    def function_judge(self) -> reward_judges.FunctionJudge | None:
+        """The judge of a function kind (``verifier``, ``python:``), loaded by ``preflight``."""
+        if self._function_judge is None:
+            self._function_judge = reward_judges.function_judge(self.cfg.judge.kind, self.cfg.prompts)
+        return self._function_judge
+
     def run(self) -> list[dict[str, Any]]:
         pool = self.preflight()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(self.cfg, self.run_dir / "config.yaml")
+        dump_config(self.cfg, self.layout.config)
         order = list(pool)
         random.Random(self.cfg.seed).shuffle(order)
         model_path = resolve_model(self.cfg.model)
@@ -298,7 +324,7 @@ class Runner:
         """Optional step 0: SFT on EFT data (docs/method.md §1.1); its output is iteration 1's model."""
         from metareward.training.sft import run_sft
 
-        store = IterationStore(self.run_dir, 0)
+        store = IterationStore(self.layout.iteration(0))
         sft = self.cfg.sft
         assert sft is not None
         key = settings_hash(sft, model_path)
@@ -311,11 +337,11 @@ class Runner:
                     metrics = launch_training(self.cfg.training.launcher, "sft", self.run_dir, None, model_path)
                 else:
                     metrics = run_sft(
-                        model_path, sft.data, str(store.model_dir), sft, work_dir=str(store.work / "sft"),
+                        model_path, sft.data, str(store.layout.model), sft, work_dir=str(store.layout.train_work("sft")),
                         threads=self.cfg.engine.threads,
                     )
             store.mark_done("sft", key, metrics.get("examples", 0), t.seconds, metrics=metrics)
-        return str(store.model_dir)
+        return str(store.layout.model)
 
     def engine(self, model_path: str) -> Engine:
         if self._engine is None or self._engine_model != model_path:
@@ -323,6 +349,25 @@ class Runner:
             self.echo(f"loading {self.cfg.engine.name} engine on {model_path}")
             self._engine = self.engine_factory(model_path)
             self._engine_model = model_path
+        return self._engine
+
+    def stage_engine(self, stage: str, it: Iteration) -> Engine:
+        """The engine a stage generates with: the iteration's model, except the judge stage of
+        ``judge.kind: model``, which runs the judge model (on ``judge.engine`` when given)."""
+        j = self.cfg.judge
+        if stage != "judge" or j.kind != "model":
+            return self.engine(it.model_in)
+        path = resolve_model(j.model or "")
+        if j.engine is None:
+            return self.engine(path)
+        key = f"{path} ({j.engine.name} judge engine)"
+        if self._engine is None or self._engine_model != key:
+            from metareward.engines import make_engine
+
+            self.close_engine()
+            self.echo(f"loading {j.engine.name} judge engine on {path}")
+            self._engine = make_engine(j.engine, path, log_dir=self.run_dir)
+            self._engine_model = key
         return self._engine
 
     def close_engine(self) -> None:
@@ -337,7 +382,7 @@ class Runner:
     def run_iteration(self, i: int, prompts: Sequence[Prompt], model_path: str) -> tuple[dict[str, Any], str]:
         """Run (or resume) every stage of iteration ``i``; returns its summary and its output model."""
         cfg = self.cfg
-        store = IterationStore(self.run_dir, i)
+        store = IterationStore(self.layout.iteration(i))
         store.manifest.update({"iteration": i, "config_hash": cfg.hash(), "seed": cfg.seed, "model_in": model_path})
         store.save_manifest()
         it = Iteration(index=i, cfg=cfg, store=store, prompts=list(prompts), model_in=model_path, runner=self)
@@ -349,13 +394,17 @@ class Runner:
                 continue
             if not store.stage_done(stage.name, key):
                 self.run_stage(stage, it, key)
-            stage.load(it)
-        if store.work.is_dir() and not any(store.work.iterdir()):
-            shutil.rmtree(store.work, ignore_errors=True)
+            stage.load_into(it)
+        work = store.layout.work
+        if work.is_dir() and not any(work.iterdir()):
+            shutil.rmtree(work, ignore_errors=True)
 
         summary = iteration_summary(
-            store, it.responses, it.judgments, it.metas, it.actor_pairs, it.judge_pairs, cfg.actor.k
+            store, it.responses, it.judgments, it.meta_judgments, it.actor_pairs, it.judge_pairs, cfg.actor.k
         )
+        skipped = cfg.meta_judge_skip_reason(i)
+        if skipped is not None:  # why there are no judge pairs, named where readers look
+            summary["meta_judge_skipped"] = skipped
         store.manifest["summary"] = summary
         store.manifest["model_out"] = it.model_out
         store.manifest["timings_s"] = {
@@ -373,14 +422,16 @@ class Runner:
         mark leaves them, and the rerun resumes from them)."""
         store = it.store
         passes = ChunkedPasses(
-            engine=lambda: self.engine(it.model_in),
-            log_path=lambda name: store.work / f"{name}-{key}.chunks.jsonl",
+            engine=lambda: self.stage_engine(stage.name, it),
+            log_path=lambda name: store.layout.chunk_log(name, key),
             chunk_size=self.cfg.engine.chunk_size,
             label=lambda name: f"[iter {it.index}] {PASS_LABELS.get(name, name)}",
         )
         with Timer() as t, PeakMemory() as memory:
             out = stage.run(it, passes)
-            written = sum(write_jsonl_atomic(store.path(name), records) for name, records in out.artifacts.items())
+            if set(out.artifacts) != set(stage.artifacts):
+                raise RuntimeError(f"stage {stage.name} produced {sorted(out.artifacts)}, declared {list(stage.artifacts)}")
+            written = sum(write_jsonl_atomic(store.layout.artifact(name), out.artifacts[name]) for name in stage.artifacts)
             # the engine's kept heap (keep_freed_memory) fits this stage's shapes; the next stage's prompts
             # differ in length, so it would grow a second heap beside it: hand this one back first
             release_freed_memory()
@@ -399,6 +450,18 @@ class Runner:
             from metareward.training.dpo import train_dpo
 
         return train_dpo(
-            model_path, train_set, store.model_dir, self.cfg.training, store.work / "dpo", threads=self.cfg.engine.threads
+            model_path, train_set, store.layout.model, self.cfg.training, store.layout.train_work("dpo"),
+            threads=self.cfg.engine.threads,
         )
 
+
+
+class Timer:
+    """Wall-clock seconds of a ``with`` block (``seconds``, set on exit): each stage's manifest entry."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from metareward.errors import InputError
+from metareward.files import atomic_write_lines
 
 
 @dataclass
@@ -163,16 +163,5 @@ def iter_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> int:
-    """Write all records to ``path`` atomically (temp file + fsync + rename). Returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(to_json(r) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    """Write all records to ``path`` atomically (``files.atomic_write_lines``). Returns the count."""
+    return atomic_write_lines(path, (to_json(r) + "\n" for r in records))

@@ -1,91 +1,41 @@
-"""The run directory: where every stage's output lives, and how it survives a kill.
+"""One iteration's manifest: which stages are done, with which settings, and what they produced.
 
-Layout::
-
-    RUN_DIR/
-      config.yaml                   the resolved config (every default spelled out)
-      iter_1/
-        manifest.json               per stage: done, count, seconds, settings hash; model in/out; summary
-        prompts.jsonl responses.jsonl judgments.jsonl meta_judgments.jsonl
-        actor_pairs.jsonl judge_pairs.jsonl
-        model/                      the trained model (next iteration's start)
-        .work/                      in-flight chunk logs of unfinished stages (removed when done)
-
-Two write disciplines, both safe against a kill at any instant:
-
-* **Atomic files** (artifacts, manifest, model folder): written to a temp name, fsynced, renamed.
-  A file either exists whole or not at all.
-* **Chunk logs** (generation in progress): a stage's requests are cut into fixed chunks, in a fixed
-  order. Each finished chunk is appended to its pass's log (in the loop
-  ``.work/<pass>-<stage settings hash>.chunks.jsonl``) as one line and fsynced. On resume a torn last
-  line (the kill came mid-write) is cut off, finished chunks are skipped and the rest are run again. Because chunks are fixed and each is seeded the same way, a resumed stage
-  produces the same records as one that was never interrupted.
+The manifest (``IterationLayout.manifest``) holds, per stage: done, count, seconds and the hash of its
+settings; plus the iteration's model in and out and its summary. It is rewritten whole and atomically
+(``files.atomic_write_json``) after every change, so a kill leaves either the old manifest or the new.
+Where the files live is ``metareward.layout``'s business; how generation survives a kill (chunk logs) is
+``metareward.stages.chunks``'.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tqdm.auto import tqdm
-
-from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
 from metareward.errors import InputError
-
-Req = TypeVar("Req")
-Out = TypeVar("Out")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-@dataclass
-class StageResult:
-    name: str
-    count: int
-    seconds: float
-    skipped: bool  # True when the stage was already done and nothing ran
+from metareward.files import atomic_write_json
+from metareward.layout import CONFIG_FILE, IterationLayout
 
 
 class IterationStore:
-    """One iteration's folder and manifest."""
+    """One iteration's folder (``layout``) and its manifest, read on construction (empty when absent).
 
-    def __init__(self, run_dir: Path, iteration: int):
-        self.iteration = iteration
-        self.dir = Path(run_dir) / f"iter_{iteration}"
-        self.work = self.dir / ".work"
-        self.manifest_path = self.dir / "manifest.json"
-        self.dir.mkdir(parents=True, exist_ok=True)
+    Opening a store creates nothing; the first ``save_manifest`` (or ``mark_done``) creates the folder."""
+
+    def __init__(self, layout: IterationLayout):
+        self.layout = layout
+        self.iteration = layout.iteration
         self.manifest: dict[str, Any] = (
-            json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {"stages": {}}
+            json.loads(layout.manifest.read_text()) if layout.manifest.is_file() else {"stages": {}}
         )
 
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
     @property
-    def model_dir(self) -> Path:
-        return self.dir / "model"
+    def dir(self) -> Path:
+        return self.layout.dir
 
     def save_manifest(self) -> None:
-        atomic_write_json(self.manifest_path, self.manifest)
+        atomic_write_json(self.layout.manifest, self.manifest)
 
     def stage_done(self, stage: str, settings: str) -> bool:
         """True if ``stage`` finished with these settings. A finished stage whose settings changed is
@@ -97,7 +47,7 @@ class IterationStore:
             raise InputError(
                 f"{self.dir}: stage '{stage}' already ran with different settings "
                 f"(hash {entry.get('settings')} vs {settings} now). Use a new run_dir, or restore the "
-                "config it ran with (see config.yaml in the run directory)."
+                f"config it ran with (see {CONFIG_FILE} in the run directory)."
             )
         return True
 
@@ -110,162 +60,3 @@ class IterationStore:
             **extra,
         }
         self.save_manifest()
-
-
-class ChunkLog:
-    """Append-only log of finished chunks for one in-flight stage (see module docstring)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: dict[int, list[dict[str, Any]]] = {}
-        if path.is_file():
-            self._load_and_repair()
-
-    def _load_and_repair(self) -> None:
-        good_bytes = 0
-        with self.path.open("rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn last write
-                try:
-                    entry = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                self.done[entry["chunk"]] = entry["outputs"]
-                good_bytes += len(raw)
-        if good_bytes != self.path.stat().st_size:
-            with self.path.open("r+b") as f:
-                f.truncate(good_bytes)
-
-    def append(self, chunk: int, outputs: list[dict[str, Any]]) -> None:
-        line = json.dumps({"chunk": chunk, "outputs": outputs}, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        self.done[chunk] = outputs
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def cut_chunks(requests: Sequence[Req], size: int, weight: Callable[[Req], int] = lambda r: 1) -> list[Sequence[Req]]:
-    """``requests`` cut, in order, into consecutive chunks whose ``weight`` sums to at most ``size``
-    (a request heavier than ``size`` alone). Generation passes weigh a request by its samples, so a
-    chunk holds about ``size`` sequences whether a request asks for 1 (a meta-judge battle) or 11 (a
-    judge's N judgments) and the engine's batches stay full."""
-    chunks: list[Sequence[Req]] = []
-    start, total = 0, 0
-    for i, r in enumerate(requests):
-        w = weight(r)
-        if i > start and total + w > size:
-            chunks.append(requests[start:i])
-            start, total = i, 0
-        total += w
-    if start < len(requests):
-        chunks.append(requests[start:])
-    return chunks
-
-
-def run_chunked(
-    log_path: Path,
-    requests: Sequence[Req],
-    call: Callable[[Sequence[Req]], Iterator[Out]],
-    encode: Callable[[Out], dict[str, Any]],
-    chunk_size: int,
-    desc: str,
-    request_id: Callable[[Req], str] = lambda r: r.id,  # type: ignore[attr-defined]
-    weight: Callable[[Req], int] = lambda r: 1,
-) -> dict[str, dict[str, Any]]:
-    """Run ``requests`` through ``call`` in fixed chunks, logging each finished chunk.
-
-    Returns every output (encoded as a dict with an ``id``) keyed by request id, whether computed
-    now or found in the log from an earlier, interrupted attempt. ``chunk_size`` bounds a chunk's total
-    ``weight`` (``cut_chunks``).
-    """
-    log = ChunkLog(log_path)
-    chunks = cut_chunks(requests, chunk_size, weight)
-    done_requests = sum(len(chunks[c]) for c in log.done if c < len(chunks))
-    # A chunk counts as done only if it holds exactly this chunk's request ids (same order).
-    bar = tqdm(total=len(requests), initial=done_requests, desc=desc, unit="req", dynamic_ncols=True)
-    try:
-        for c, chunk in enumerate(chunks):
-            if c in log.done and [o["id"] for o in log.done[c]] == [request_id(r) for r in chunk]:
-                continue
-            outputs: dict[str, dict[str, Any]] = {}
-            for out in call(chunk):
-                enc = encode(out)
-                outputs[enc["id"]] = enc
-                bar.update(1)
-            missing = [request_id(r) for r in chunk if request_id(r) not in outputs]
-            if missing:
-                raise RuntimeError(f"{desc}: engine returned no output for {missing[:5]}")
-            log.append(c, [outputs[request_id(r)] for r in chunk])
-    finally:
-        bar.close()
-    result: dict[str, dict[str, Any]] = {}
-    for c in range(len(chunks)):
-        for enc in log.done[c]:
-            result[enc["id"]] = enc
-    return result
-
-
-class ChunkedPasses:
-    """A stage's model passes (``stages.common.Passes``) through chunk logs, so a kill loses at most one
-    chunk of each pass and a rerun produces the same records.
-
-    Pass ``name`` runs through ``run_chunked`` with the log ``log_path(name)`` and the progress label
-    ``label(name)``; generation passes in chunks of at most ``chunk_size`` sequences (a request of n
-    samples counts n), choice passes of ``choice_chunk_size`` requests (default: ``chunk_size``). The chunking must not change between a kill and its rerun
-    (a chunk counts as done only if it holds the same request ids), and an engine may seed a whole chunk
-    from one generator, so it is part of what fixes the records. ``engine()`` is called only when a chunk
-    must run: a stage whose chunks are all logged needs no model. ``generated_tokens`` sums the tokens of
-    every generation pass's outputs (logged ones included); ``remove_logs`` deletes the logs once the
-    stage's records are safely written.
-    """
-
-    def __init__(
-        self,
-        engine: Callable[[], Engine],
-        log_path: Callable[[str], Path],
-        chunk_size: int,
-        label: Callable[[str], str] = str,
-        choice_chunk_size: int | None = None,
-    ):
-        self.engine = engine
-        self.log_path = log_path
-        self.chunk_size = chunk_size
-        self.choice_chunk_size = choice_chunk_size or chunk_size
-        self.label = label
-        self.generated_tokens = 0
-        self.logs: list[Path] = []
-
-    def generate(self, name: str, requests: Sequence[GenerationRequest]) -> dict[str, GenerationOutput]:
-        done = self._run(name, requests, lambda rs: self.engine().generate(rs), self.chunk_size, lambda r: r.n)
-        outs = {rid: GenerationOutput(**enc) for rid, enc in done.items()}
-        self.generated_tokens += sum(sum(o.n_tokens) for o in outs.values())
-        return outs
-
-    def choices(self, name: str, requests: Sequence[ChoiceRequest]) -> dict[str, ChoiceOutput]:
-        done = self._run(name, requests, lambda rs: self.engine().choice_probs(rs), self.choice_chunk_size)
-        return {rid: ChoiceOutput(**enc) for rid, enc in done.items()}
-
-    def _run(self, name: str, requests: Sequence[Any], call: Callable, chunk_size: int,
-             weight: Callable[[Any], int] = lambda r: 1) -> dict[str, dict[str, Any]]:
-        path = self.log_path(name)
-        self.logs.append(path)
-        return run_chunked(path, requests, call, dataclasses.asdict, chunk_size, self.label(name), weight=weight)
-
-    def remove_logs(self) -> None:
-        for path in self.logs:
-            path.unlink(missing_ok=True)
-
-
-class Timer:
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start

@@ -22,7 +22,7 @@ from metareward.evaluation.stats import PairCounts, mean_defined, pair_counts, s
 from metareward.ranked import RankedPrompt
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages import judge
-from metareward.store import ChunkedPasses
+from metareward.stages.chunks import ChunkedPasses
 
 # the passes' chunk logs (``agreement.<key>.<name>.jsonl`` under the eval work folder) and progress labels
 _LOG_NAMES = {judge.PASS: "judge", judge.SCORE_PASS: "score"}

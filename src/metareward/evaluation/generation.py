@@ -1,7 +1,7 @@
 """Running evaluation requests through an engine, resumably.
 
 Evaluation generates a lot (answers for every model, judgments, pairwise verdicts), so each batch of
-requests goes through ``store.run_chunked``: finished chunks are appended to a log under the eval
+requests goes through ``stages.chunks.run_chunked``: finished chunks are appended to a log under the eval
 work folder, and a rerun after a kill (or with more models or parts) reuses everything already
 generated instead of recomputing it. The log's name must therefore identify the requests: callers
 pass a key built from the model, the prompt set and the settings.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
-from metareward.store import run_chunked
+from metareward.stages.chunks import run_chunked
 
 
 def settings_key(*parts: Any) -> str:

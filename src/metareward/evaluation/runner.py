@@ -13,7 +13,8 @@ Models are ``(label, path)`` pairs: with a run directory, ``seed`` (the run's ``
 Benchmark suites (``--suite alpacaeval2,arena-hard-v2,ifeval,mtbench``; ``evaluation.suites``): each
 model answers the suites' (sampled) items here, then one judge (``--judge``, ``--judge-engine``) judges
 them through the annotation cache and the results go to ``eval.json["suites"]``. ``mtbench`` is the
-``winrate`` part above.
+``winrate`` part above. The judge suites (``llmbar``, ``human-pref``, ``judge-injection``) measure each
+model as a judge against gold labels instead (``Evaluator.judge_suites``).
 
 Everything generated is kept under ``WORK`` (chunk logs, resumable) and the answers are written to
 ``OUT_DIR/outputs/<label>.<set>.jsonl``; the results go to ``OUT_DIR/eval.json`` atomically.
@@ -49,12 +50,13 @@ from metareward.evaluation.prompt_sets import (
     load_reference,
     mtbench_judge_template,
 )
+from metareward.evaluation.suites import judge_bench, judge_bench_judging
 from metareward.evaluation.suites import run as suites_run
+from metareward.files import atomic_write_json
 from metareward.models import check_model_name, resolve_model
 from metareward.ranked import load_agreement_set
 from metareward.records import Prompt
 from metareward.stages.common import user_turn
-from metareward.store import atomic_write_json
 
 PARTS = ("agreement", "winrate", "ifbench", "length")
 
@@ -214,7 +216,7 @@ class Evaluator:
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({"id": p.id, "prompt": p.text, "output": answers[p.id]}, ensure_ascii=False)
                  for p in prompts]
-        from metareward.store import atomic_write_text
+        from metareward.files import atomic_write_text
 
         atomic_write_text(path, "\n".join(lines) + "\n")
         return answers
@@ -233,6 +235,8 @@ class Evaluator:
         suite_sets = suite_items.prompt_sets()
         suite_answers: dict[str, dict[str, dict[str, str]]] = {label: {} for label, _ in self.models}
         for label, path in self.models:
+            if not (need_answers or suite_sets or rows or ranked):
+                break  # nothing for the models to answer here (judge suites load their judges lazily)
             self.log(f"[eval] {label}: loading {path}")
             engine = self.engine_factory(path)
             try:
@@ -275,9 +279,22 @@ class Evaluator:
                     "results": {label: {k: v for k, v in wr.items() if k != "per_prompt"}
                                 for label, wr in winrates.items()},
                 }
+        judge_suites = [s for s in o.suites if s in judge_bench.JUDGE_SUITES]
+        if judge_suites:
+            report.setdefault("suites", {}).update(self.judge_suites(judge_suites))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out_dir / "eval.json", _finite(report))
         return report
+
+    def judge_suites(self, suites: Sequence[str]) -> dict[str, Any]:
+        """Judge accuracy against gold labels (``evaluation.suites.judge_bench``): every evaluated model
+        judges, or only ``--judge`` when given; judgments go through the annotation cache."""
+        labels = [self.opts.judge] if self.opts.judge else [label for label, _ in self.models]
+        judges = [(label, self.judge_spec(label)) for label in labels]
+        cache = suites_run.AnnotationCache(self.out_dir / suites_run.CACHE_FILE)
+        return judge_bench_judging.evaluate(suites, judges, self.make_judge, self.judge_cfg(), cache,
+                                            limit=self.opts.limit, seed=self.opts.seed,
+                                            rounds=self.opts.bootstrap, log=self.log)
 
     def suites(self, items: suites_run.SuiteItems, answers: dict[str, dict[str, dict[str, str]]],
                winrates: dict[str, Any]) -> dict[str, Any]:
@@ -419,11 +436,33 @@ def format_suites(report: dict[str, Any]) -> str:
             f"  instruction strict {_pct(r.get('instruction_strict'))} loose {_pct(r.get('instruction_loose'))}"
             f"  n={ie['n']}/{ie['of']}"
         )
+    for name, block in suites.items():
+        if isinstance(block, dict) and block.get("kind") == "judge_accuracy":
+            lines.extend(format_judge_suite(name, block))
     mt = suites.get("mtbench")
     for label, r in (mt or {}).get("results", {}).items():
         lines.append(f"mtbench        {label:<10} win rate {_wr(r, 'win_rate', 'win_rate_ci95')} vs {r.get('baseline')}"
                      f"  n={r.get('prompts')}  judge {r.get('judge')} ({r.get('judge_engine')}, proxy)")
     return "\n".join(lines)
+
+
+def format_judge_suite(name: str, block: dict[str, Any]) -> list[str]:
+    """One line per judge and way of judging of a judge suite (``evaluation.suites.judge_bench``)."""
+    lines = []
+    for label, modes in block.get("results", {}).items():
+        for mode, r in modes.items():
+            o = r["overall"]
+            lo, hi = o.get("accuracy_ci95") or [None, None]
+            extra = (f"  position consistency {_pct(o.get('position_consistency'))}"
+                     if mode == "pairwise" else "")
+            worse = r.get("prefers_worse")
+            if worse:
+                extra += (f"  prefers worse: plain {_pct(worse.get('plain'))}, injected "
+                          f"{_pct(worse.get('injected'))}")
+            lines.append(f"{name:<14} {label:<10} {mode:<9} accuracy {_pct(o.get('accuracy'))} "
+                         f"[{_pct(lo)}, {_pct(hi)}]  w/o ties {_pct(o.get('accuracy_without_ties'))}"
+                         f"  ties {o.get('ties')}  invalid {o.get('invalid')}{extra}  n={block['n']}/{block['of']}")
+    return lines
 
 
 def _pct(x: Any) -> str:

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from metareward.errors import InputError
+from metareward.files import atomic_write_json, atomic_write_text
 from metareward.pool import TEXT_KEYS
 from metareward.prompt_pool.filters import normalise, word_count
 from metareward.records import iter_json_objects
-from metareward.store import atomic_write_json, atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ How it runs here:
   (reported as incomplete).
 
 **Resumable.** Each finished round (its raw outputs and the filter decisions) is appended as one fsynced
-line to ``<out>.selfinstruct.log.jsonl`` (``metareward.store.ChunkLog``: a torn last line is cut off on
+line to ``<out>.selfinstruct.log.jsonl`` (``metareward.stages.chunks.ChunkLog``: a torn last line is cut off on
 resume). A rerun replays the logged rounds without the engine and continues with the next one; since a
 round's requests are a function of the seed and of the pool after the previous round, the result is the
 same as an uninterrupted run (for an engine that is deterministic given request seeds). The settings are
@@ -46,11 +46,12 @@ from typing import Any
 
 from metareward.engines.base import Engine, GenerationOutput, GenerationRequest, SamplingParams
 from metareward.errors import InputError
+from metareward.files import atomic_write_json, atomic_write_text
 from metareward.pool import load_prompt_pool
 from metareward.prompt_pool.filters import FILTER_NAMES, FilterSettings, PromptFilter
 from metareward.records import Prompt
 from metareward.seeds import named_rng
-from metareward.store import ChunkLog, atomic_write_json, atomic_write_text
+from metareward.stages.chunks import ChunkLog
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_SEEDS = DATA_DIR / "seed_prompts.jsonl"

@@ -25,12 +25,12 @@ from scipy import stats
 from metareward.drift import agreement_from_eval, check_drift, stats_from_diagnostics
 from metareward.errors import InputError
 from metareward.evaluation.diagnostics import IterationDiagnostics, diagnose_run, iteration_dirs
+from metareward.files import atomic_write_text
 from metareward.report.curves import run_train_logs
 from metareward.report.examples import RunSettings, run_settings
 from metareward.report.figures import table_eval, table_iterations
 from metareward.report.html import figure, nan, page, table
 from metareward.report.page import alarms_html, load_eval, suites_fragment
-from metareward.store import atomic_write_text
 
 COMPARE_FIGURES = ("compare-scores", "compare-lengths", "compare-bias", "compare-training", "compare-winrates")
 

@@ -28,6 +28,7 @@ from metareward.drift import (
 )
 from metareward.errors import InputError
 from metareward.evaluation.diagnostics import diagnose_run, iteration_dirs
+from metareward.files import atomic_write_text
 from metareward.report.curves import training_section
 from metareward.report.examples import DEFAULT_EXAMPLES, examples_section, run_settings
 from metareward.report.figures import (
@@ -44,7 +45,6 @@ from metareward.report.figures import (
     table_meta_bias,
 )
 from metareward.report.html import page
-from metareward.store import atomic_write_text
 
 
 def find_eval(run_dir: Path) -> Path | None:

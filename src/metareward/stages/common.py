@@ -2,7 +2,7 @@
 
 A stage function (``actor.run``, ``judge.run``, ``meta_judge.run``) builds its requests, hands them to
 ``Passes`` and turns the outputs into records. ``Passes`` decides *how* requests run: the loop and EFT
-go through chunk logs (``metareward.store.ChunkedPasses``) so a kill loses at most one chunk of each
+go through chunk logs (``metareward.stages.chunks.ChunkedPasses``) so a kill loses at most one chunk of each
 pass; evaluation uses its own caches. Each pass has a name, unique across stages (``actor``, ``judge``,
 ``judge_score``, ``meta_judge``, ``meta_verdict``), which callers use to name its log.
 """

@@ -138,7 +138,7 @@ class TrainLog:
                 else:
                     changed = True
         if changed:
-            from metareward.store import atomic_write_text
+            from metareward.files import atomic_write_text
 
             atomic_write_text(self.path, "".join(kept))
         self.last_step = max((json.loads(x)["step"] for x in kept), default=0)

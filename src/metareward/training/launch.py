@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metareward.store import atomic_write_json
+from metareward.files import atomic_write_json
+from metareward.layout import PAIR_ARTIFACTS, RunLayout
 
 METRICS_FILE = "train_metrics.json"
 
@@ -38,7 +39,7 @@ def _is_main() -> bool:
 
 
 def metrics_path(run_dir: str | Path, iteration: int) -> Path:
-    return Path(run_dir) / f"iter_{iteration}" / ".work" / METRICS_FILE
+    return RunLayout(run_dir).iteration(iteration).work / METRICS_FILE
 
 
 def run_dpo(run_dir: str | Path, iteration: int, model: str | None = None) -> dict[str, Any]:
@@ -47,15 +48,14 @@ def run_dpo(run_dir: str | Path, iteration: int, model: str | None = None) -> di
     from metareward.store import IterationStore
     from metareward.training.dpo import train_dpo
 
-    cfg = load_config(Path(run_dir) / "config.yaml")
-    store = IterationStore(Path(run_dir), iteration)
+    run = RunLayout(run_dir)
+    cfg = load_config(run.config)
+    store = IterationStore(run.iteration(iteration))
     model_path = model or store.manifest.get("model_in")
     if not model_path:
-        raise SystemExit(f"{store.manifest_path}: no model_in; pass --model")
-    pairs = read_jsonl(store.path("actor_pairs.jsonl"), PreferencePair) + read_jsonl(
-        store.path("judge_pairs.jsonl"), PreferencePair
-    )
-    metrics = train_dpo(model_path, pairs, store.model_dir, cfg.training, store.work / "dpo",
+        raise SystemExit(f"{store.layout.manifest}: no model_in; pass --model")
+    pairs = [p for name in PAIR_ARTIFACTS for p in read_jsonl(store.layout.artifact(name), PreferencePair)]
+    metrics = train_dpo(model_path, pairs, store.layout.model, cfg.training, store.layout.train_work("dpo"),
                         threads=cfg.engine.threads)
     metrics["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
     if _is_main():
@@ -69,13 +69,14 @@ def run_sft_step(run_dir: str | Path, model: str | None = None) -> dict[str, Any
     from metareward.store import IterationStore
     from metareward.training.sft import run_sft
 
-    cfg = load_config(Path(run_dir) / "config.yaml")
+    run = RunLayout(run_dir)
+    cfg = load_config(run.config)
     sft = getattr(cfg, "sft", None)
     if sft is None:
-        raise SystemExit(f"{run_dir}/config.yaml has no sft section")
-    store = IterationStore(Path(run_dir), 0)
-    metrics = run_sft(model or resolve_model(cfg.model), sft.data, str(store.model_dir), sft,
-                      work_dir=str(store.work / "sft"), threads=cfg.engine.threads)
+        raise SystemExit(f"{run.config} has no sft section")
+    store = IterationStore(run.iteration(0))
+    metrics = run_sft(model or resolve_model(cfg.model), sft.data, str(store.layout.model), sft,
+                      work_dir=str(store.layout.train_work("sft")), threads=cfg.engine.threads)
     metrics["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
     if _is_main():
         atomic_write_json(metrics_path(run_dir, 0), metrics)
