@@ -40,6 +40,7 @@ __all__ = [
     "expected_score",
     "most_likely_value",
     "parse_score",
+    "parse_response_verdict",
     "parse_verdict",
     "quoted_spans",
     "strip_markdown",
@@ -382,6 +383,28 @@ def parse_verdict(text: str) -> str | None:
         if m is not None:
             decision = m.group(1).upper()
         # an unrecognised statement leaves the previous decision in place
+    return decision
+
+
+# The pairwise judge's verdicts ("Winner: Response A"): the meta-judge's grammar with "Response" for
+# "Judg(e)ment" (templates/pairwise_judge.txt).
+RESPONSE_VERDICT_RE = re.compile(VERDICT_RE.pattern.replace("judge?ment", "response"))
+_AMBIGUOUS_RESPONSE_VERDICT_RE = re.compile(_AMBIGUOUS_VERDICT_RE.pattern.replace("judge?ment", "response"))
+
+
+def parse_response_verdict(text: str) -> str | None:
+    """The pairwise judge's verdict: "A", "B", or None (parse error or tie), read exactly as
+    ``parse_verdict`` reads the meta-judge's, with "Response A|B" in place of "Judgment A|B"."""
+    text = _own_text(text)
+    decision: str | None = None
+    for label in _WINNER_LABEL_RE.finditer(text):
+        pos = label.start()
+        if _AMBIGUOUS_RESPONSE_VERDICT_RE.match(text, pos) or _TIE_VERDICT_RE.match(text, pos):
+            decision = None
+            continue
+        m = RESPONSE_VERDICT_RE.match(text, pos)
+        if m is not None:
+            decision = m.group(1).upper()
     return decision
 
 

@@ -4,6 +4,9 @@
   with ``<INSTRUCTION_HERE>`` and ``<RESPONSE_HERE>``.
 * ``meta_judge.txt``: the LLM-as-a-Meta-Judge prompt (Meta-Rewarding Fig. 2; docs/method.md §3.3), with
   ``{prompt}``, ``{response}``, ``{judgment a}``, ``{judgment b}``.
+* ``pairwise_judge.txt``: our own pairwise judge prompt (the meta-judge's style and the judge's rubric,
+  applied to two responses; docs/evaluation.md, "Judge accuracy against gold labels"), with ``{prompt}``,
+  ``{response a}``, ``{response b}``; it ends in ``Winner: [Response A | Response B]``.
 
 Filling is a single pass over the template's placeholders, so a user prompt or a response that itself
 contains ``{response}`` or ``<RESPONSE_HERE>`` is inserted literally and never re-expanded.
@@ -19,6 +22,7 @@ from pathlib import Path
 _HERE = Path(__file__).parent
 JUDGE_FIELDS = ("<INSTRUCTION_HERE>", "<RESPONSE_HERE>")
 META_FIELDS = ("{prompt}", "{response}", "{judgment a}", "{judgment b}")
+PAIRWISE_FIELDS = ("{prompt}", "{response a}", "{response b}")
 
 
 @lru_cache(maxsize=16)
@@ -51,3 +55,9 @@ def meta_judge_prompt(
         text,
         {"{prompt}": instruction, "{response}": response, "{judgment a}": judgment_a, "{judgment b}": judgment_b},
     )
+
+
+def pairwise_judge_prompt(instruction: str, response_a: str, response_b: str, template: str | None = None) -> str:
+    """The filled pairwise judge prompt: which of two responses to one instruction is better."""
+    text = load_template(template, "pairwise_judge.txt")
+    return fill(text, {"{prompt}": instruction, "{response a}": response_a, "{response b}": response_b})
