@@ -9,7 +9,7 @@ Layers, lowest first (``LAYERS``); a module may import its own layer and the lay
 above, and no set of modules may import each other in a cycle:
 
 1. ``base``: errors and ``files`` (atomic writes), which every other module may use.
-2. ``foundation``: layout (the run directory's names), seeds, records, parsing, templates, data, config,
+2. ``foundation``: layout (the run directory's names), runlock (its writer's lock), seeds, records, parsing, templates, data, config,
    store (an iteration's manifest), pool, ranked, models and ``engines.base`` (the request/response types
    every stage speaks; plain data, no backend).
 3. ``selection``: the pure algorithms that pick pairs (Elo, length control, judge pairs).
@@ -42,7 +42,7 @@ SRC = Path(metareward.__file__).parent.parent
 ROOT = "metareward"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("metareward.errors", "metareward.files")),
-    ("foundation", ("metareward.layout", "metareward.seeds", "metareward.records",
+    ("foundation", ("metareward.layout", "metareward.runlock", "metareward.seeds", "metareward.records",
                     "metareward.parsing",
                     "metareward.templates", "metareward.data", "metareward.config", "metareward.store",
                     "metareward.pool", "metareward.ranked", "metareward.models", "metareward.engines.base")),

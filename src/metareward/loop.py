@@ -54,6 +54,7 @@ from metareward.records import (
     read_jsonl,
     write_jsonl_atomic,
 )
+from metareward.runlock import run_lock
 from metareward.stages import actor, judge, meta_judge, pairs, reward_judges
 from metareward.stages.chunks import ChunkedPasses
 from metareward.store import IterationStore
@@ -302,8 +303,18 @@ class Runner:
         return self._function_judge
 
     def run(self) -> list[dict[str, Any]]:
+        """Run or resume every iteration, holding the run directory's writer lock (``runlock``): a second
+        writer stops at once. On any exception (Ctrl-C and SIGTERM included) the engine is aborted, so
+        no engine process, server or Ray worker outlives the run; the chunk logs keep the finished work."""
         pool = self.preflight()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.layout, command="run"):
+            try:
+                return self._run(pool)
+            except BaseException:
+                self.abort_engine()
+                raise
+
+    def _run(self, pool: list[Prompt]) -> list[dict[str, Any]]:
         dump_config(self.cfg, self.layout.config)
         order = list(pool)
         random.Random(self.cfg.seed).shuffle(order)
@@ -369,6 +380,16 @@ class Runner:
             self._engine = make_engine(j.engine, path, log_dir=self.run_dir)
             self._engine_model = key
         return self._engine
+
+    def abort_engine(self) -> None:
+        """End the engine at once (``Engine.abort``), abandoning its call in flight; never raises, so the
+        error that led here is the one reported."""
+        engine, self._engine, self._engine_model = self._engine, None, None
+        if engine is not None:
+            try:
+                engine.abort()
+            except Exception as e:  # noqa: BLE001 - reported, the original error wins
+                log.warning("ending the %s engine failed: %s", self.cfg.engine.name, e)
 
     def close_engine(self) -> None:
         if self._engine is not None:

@@ -109,6 +109,12 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Free the model and any accelerator memory (before training, or at the end of a stage)."""
 
+    def abort(self) -> None:
+        """End the engine at once, abandoning any call in flight (an interrupt or SIGTERM: the loop's chunk
+        logs keep what finished). Engines with processes of their own end them here without waiting for
+        their work; by default the same as ``close``."""
+        self.close()
+
     def __enter__(self) -> Engine:
         return self
 

@@ -11,6 +11,8 @@ pipe. The child:
 * watches its parent: when the parent dies without closing it (killed, crashed), it SIGKILLs its whole
   group, so nothing is orphaned.
 
+``abort()`` (after an interrupt or SIGTERM) skips the request and ends the group at once.
+
 ``close()``: asks the child to close its engine and exit, waits up to ``close_grace`` seconds, then SIGTERMs
 what is left of the group and SIGKILLs it ``term_grace`` seconds later; then it *checks*: every process that was in the group or below the child (recorded
 just before closing) must be gone (a zombie counts as gone: it holds no memory), else it raises
@@ -239,6 +241,16 @@ class ChildProcessEngine(Engine):
         self.proc.join(timeout=10.0)
         self._finalizer.detach()
         return pids
+
+    def abort(self) -> None:
+        """End the child's whole group at once (SIGTERM, SIGKILL ``term_grace`` seconds later), without asking
+        it to close: after an interrupt the child may still be busy with the abandoned call. Safe twice."""
+        if getattr(self, "proc", None) is None:
+            return
+        pids = self._terminate()
+        self._conn.close()
+        self.proc = None  # type: ignore[assignment]
+        self.release = {"pids": pids, "left": alive_pids(pids), "aborted": True}
 
     def close(self) -> None:
         """Close the engine, end its processes, and check they are gone (see module docstring). Safe twice."""

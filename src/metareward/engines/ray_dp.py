@@ -159,6 +159,16 @@ class RayDataParallelEngine(Engine):
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
         yield from self._run("choice_probs", requests, [1] * len(requests))
 
+    def abort(self) -> None:
+        """End every replica's actor at once, without waiting for the shards in flight (an interrupt), and
+        stop Ray if started here; a replica's engine processes end with its actor's worker process."""
+        actors, self.actors = self.actors, []
+        for a in actors:
+            with contextlib.suppress(Exception):
+                self._ray.kill(a, no_restart=True)
+        if actors and self.started_ray:
+            self._ray.shutdown()
+
     def close(self) -> None:
         """Close every replica's engine (frees its GPUs), end the actors, and stop Ray if started here."""
         ray = self._ray

@@ -1,0 +1,169 @@
+"""Preemption: SIGTERM behaves like Ctrl-C (exit 143 / 130, the resume message), the engine's processes
+are ended, the lock is released, and the rerun's records equal an undisturbed run's."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from fakes import Crash, FakeEngine
+from preemption_doubles import SlowSpawningEngine, fake_train
+
+from metareward import cli, loop
+from metareward.config import IterationConfig, RunConfig, dump_config
+from metareward.engines.isolated import ChildProcessEngine
+from metareward.layout import ARTIFACTS, RunLayout
+from metareward.loop import Runner
+from metareward.runlock import read_holder
+
+TESTS = Path(__file__).parent
+RESUME = "rerun the same command to resume"
+
+
+class FakeTrainRunner(Runner):
+    train = fake_train
+
+
+def make_cfg(tmp_path: Path) -> RunConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"Question number {i}?" for i in range(12)) + "\n")
+    cfg = RunConfig(run_dir=str(tmp_path / "run"), prompts=str(prompts))
+    cfg.actor.k, cfg.judge.n = 4, 4
+    cfg.engine.chunk_size = 3
+    cfg.iterations = [IterationConfig(prompts=4, rho=0.0, train_judge=True)]
+    return cfg
+
+
+def records(run_dir: str) -> dict[str, str]:
+    layout = RunLayout(run_dir)
+    return {f"{i}/{name}": layout.iteration(i).artifact(name).read_text()
+            for i in layout.iterations() for name in ARTIFACTS}
+
+
+def run(cfg: RunConfig, engine) -> None:
+    FakeTrainRunner(cfg, engine_factory=lambda path: engine, echo=lambda s: None).run()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# ---------------------------------------------------------------- in-process: exit codes and clean-up
+
+
+def test_sigterm_raises_terminated_once_and_the_handler_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(cli.Terminated), cli.sigterm_as_interrupt() as term:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted by the handler long before
+    assert term == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert issubclass(cli.Terminated, KeyboardInterrupt)  # every Ctrl-C clean-up path runs for SIGTERM too
+
+
+@pytest.mark.parametrize(("how", "code", "message"), [
+    ("sigterm", 143, "metareward: terminated (SIGTERM); " + RESUME),
+    ("sigint", 130, "metareward: interrupted; " + RESUME),
+])
+def test_the_cli_exits_128_plus_the_signal_with_the_resume_message(tmp_path, monkeypatch, capsys, how, code,
+                                                                    message):
+    def interrupted_run(self):
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Runner, "run", interrupted_run)
+    cfg = make_cfg(tmp_path)
+    dump_config(cfg, tmp_path / "cfg.yaml")
+    assert cli.main(["run", str(tmp_path / "cfg.yaml")]) == code
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+class AbortRecordingEngine(FakeEngine):
+    def __init__(self, fail_after=None):
+        super().__init__(fail_after=fail_after)
+        self.aborted = self.closed = 0
+
+    def abort(self):
+        self.aborted += 1
+
+    def close(self):
+        self.closed += 1
+
+
+def test_an_error_mid_stage_aborts_the_engine_and_releases_the_lock(tmp_path):
+    cfg = make_cfg(tmp_path)
+    engine = AbortRecordingEngine(fail_after=5)
+    with pytest.raises(Crash):
+        run(cfg, engine)
+    assert (engine.aborted, engine.closed) == (1, 0)
+    assert read_holder(RunLayout(cfg.run_dir).lock) is None
+    finished = AbortRecordingEngine()
+    run(cfg, finished)
+    assert finished.aborted == 0 and finished.closed >= 1
+
+
+@pytest.mark.slow  # starts an engine child process and its worker
+def test_abort_ends_a_busy_child_engine_and_its_workers_at_once(tmp_path):
+    pid_file = tmp_path / "pids"
+    engine = ChildProcessEngine(functools.partial(SlowSpawningEngine, str(pid_file), 600.0), name="slow",
+                                term_grace=0.5, check_cuda=False)
+    child, worker = map(int, pid_file.read_text().split())
+    engine.abort()  # no close request: the child would answer it only after its call in flight
+    assert gone(child) and gone(worker)
+    assert engine.release["left"] == [] and {child, worker} <= set(engine.release["pids"])
+    engine.abort()  # twice is safe
+    engine.close()
+
+
+# ---------------------------------------------------------------- a real `metareward run` subprocess
+
+
+def start_run(tmp_path: Path, config: Path, pid_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "PREEMPT_PID_FILE": str(pid_file), "PREEMPT_DELAY": "0.5"}
+    code = "import sys, preemption_doubles; sys.exit(preemption_doubles.main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "run", str(config)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow  # a `metareward run` subprocess with an engine child process
+def test_sigterm_mid_stage_exits_143_ends_the_engine_processes_and_resumes_identically(tmp_path):
+    ref = make_cfg(tmp_path / "ref")
+    run(ref, FakeEngine())
+    cfg = make_cfg(tmp_path / "term")
+    dump_config(cfg, tmp_path / "term.yaml")
+    pid_file = tmp_path / "pids"
+    proc = start_run(tmp_path, tmp_path / "term.yaml", pid_file)
+    work = RunLayout(cfg.run_dir).iteration(1).work
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list(work.glob("actor-*.chunks.jsonl")) if work.is_dir() else []
+        if logs and logs[0].read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "metareward: terminated (SIGTERM); " + RESUME
+    assert "Traceback" not in stderr
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 2 and all(gone(p) for p in pids)  # the engine's child and the worker it started
+    assert read_holder(RunLayout(cfg.run_dir).lock) is None  # released cleanly, nothing to take over
+    manifest = RunLayout(cfg.run_dir).iteration(1).manifest.read_text()
+    assert '"actor"' not in manifest  # the stage in flight was abandoned, not marked done
+    run(cfg, FakeEngine())
+    assert records(cfg.run_dir) == records(ref.run_dir)
