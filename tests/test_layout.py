@@ -9,9 +9,9 @@ Layers, lowest first (``LAYERS``); a module may import its own layer and the lay
 above, and no set of modules may import each other in a cycle:
 
 1. ``base``: errors and ``files`` (atomic writes), which every other module may use.
-2. ``foundation``: layout (the run directory's names), runlock (its writer's lock), seeds, records, parsing, templates, data, config,
-   store (an iteration's manifest), pool, ranked, models and ``engines.base`` (the request/response types
-   every stage speaks; plain data, no backend).
+2. ``foundation``: layout (the run directory's names), runlock (its writer's lock), seeds, records,
+   parsing, templates, data, config, store (an iteration's manifest), pool, ranked, models and
+   ``engines.base`` (the request/response types every stage speaks; plain data, no backend).
 3. ``selection``: the pure algorithms that pick pairs (Elo, length control, judge pairs).
 4. ``engines``: the generation engines and their shared pieces (``make_engine``, tokens, hf, vllm, ...).
 5. ``stages``: what one step of the method does with an engine (actor, judge, meta-judge, pairs, the chunk
