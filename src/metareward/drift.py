@@ -9,8 +9,11 @@ biases behind them):
   one iteration to the next while the judge's agreement with human rankings did not rise by more than
   ``AGREEMENT_FLAT`` (absolute). Iteration ``i``'s scores are given by the model that starts iteration
   ``i``: eval label ``seed`` for ``i = 1``, ``iter_<i-1>`` after. Agreement comes from ``eval.json``
-  (``metareward eval``); when either value is missing the alarm still fires and says the agreement is
-  unknown (a rising mean alone is then not evidence of a better actor *or* of a worse judge);
+  (``metareward eval``): the judge's accuracy against gold labels when the judge suites ran
+  (``AGREEMENT_SOURCES``: LLMBar, else the human-vote sets; pointwise, the way the training judge
+  scores), else its agreement on the ranked set of the ``agreement`` part; when either value is
+  missing the alarm still fires and says the agreement is unknown (a rising mean alone is then not
+  evidence of a better actor *or* of a worse judge);
 * **meta-judge position bias** -- the meta-judge preferred the same position (first, or second) in more
   than ``POSITION_SHARE`` of its decisive (A or B) verdicts;
 * **length growth** -- the mean response length grew from iteration ``i-1`` to ``i`` by more than what
@@ -19,7 +22,11 @@ biases behind them):
   DPO on pairs whose chosen side is longer by ``g`` characters pushes length up by about ``g`` at most
   per round; growth beyond it is length drift that the pairs did not ask for;
 * **judge pairs collapsed** -- an iteration ran the meta-judge but produced no judge pair (every
-  meta-judged response skipped: tied Elo, same scores, too long), so the judge was not trained on it.
+  meta-judged response skipped: tied Elo, same scores, too long), so the judge was not trained on it;
+* **judge gaming** -- the share of the actor's responses that contain text aimed at the judge (a score
+  statement, a request to the grader, the rubric's wording: ``evaluation.judge_addressed``) rose by
+  more than ``GAMING_RISE`` (absolute) from one iteration to the next. A self-rewarding actor is paid
+  by its own judge; such text is how it could learn to be paid without answering better.
 
 Inputs are plain numbers (``IterationStats``), built from ``evaluation.diagnostics`` by the report and by
 ``summary_alarms`` for the end-of-iteration summary. Missing numbers (a stage that has not run, a
@@ -43,11 +50,16 @@ POSITION_SHARE = 0.9
 """Position bias: share of decisive meta-judge verdicts won by one position above which the alarm fires."""
 LENGTH_SLACK = 0.1
 """Length growth: allowed growth beyond the chosen-rejected gap, as a share of the earlier mean length."""
+GAMING_RISE = 0.02
+"""Judge gaming: rise of the share of responses with judge-addressed text (absolute, 0-1) above which it fires."""
+AGREEMENT_SOURCES = (("llmbar", "pointwise"), ("human-pref", "pointwise"))
+"""Where the score-inflation alarm reads the judge's agreement in eval.json, first found first: the judge
+suites' accuracy (``suites[suite].results[label][mode].overall.accuracy``); else ``results[label].agreement``."""
 
 TOL = 1e-9
 """Values within this of a threshold count as at the threshold (3.1 - 3.0 is 0.10000000000000009)."""
 
-KINDS = ("score_inflation", "position_bias", "length_growth", "judge_pairs_collapsed")
+KINDS = ("score_inflation", "position_bias", "length_growth", "judge_pairs_collapsed", "judge_gaming")
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class IterationStats:
 
     ``decisive`` / ``first_position_wins``: the meta-judge's A-or-B verdicts and how many went to position
     A (None without meta-judgments). ``judge_pairs``: judge pairs built, None when no meta-judge ran.
-    Lengths in characters."""
+    ``judge_addressed``: responses containing judge-addressed text, of ``responses``. Lengths in characters."""
 
     iteration: int
     score_mean: float | None = None
@@ -66,6 +78,8 @@ class IterationStats:
     decisive: int | None = None
     first_position_wins: int | None = None
     judge_pairs: int | None = None
+    judge_addressed: int | None = None
+    responses: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,8 @@ def judge_label(iteration: int) -> str:
     return "seed" if iteration == 1 else f"iter_{iteration - 1}"
 
 
-def score_inflation(prev: IterationStats, cur: IterationStats, agreement: Mapping[str, float | None]) -> Alarm | None:
+def score_inflation(prev: IterationStats, cur: IterationStats, agreement: Mapping[str, float | None],
+                    name: str = "judge agreement") -> Alarm | None:
     a, b = _num(prev.score_mean), _num(cur.score_mean)
     if a is None or b is None or b - a <= SCORE_RISE + TOL:
         return None
@@ -100,13 +115,13 @@ def score_inflation(prev: IterationStats, cur: IterationStats, agreement: Mappin
     if ga is None or gb is None:
         missing = ", ".join(x for x, g in ((la, ga), (lb, gb)) if g is None)
         return Alarm("score_inflation", cur.iteration,
-                     f"{head}; judge agreement unknown (no eval.json agreement for {missing}: run metareward eval), "
+                     f"{head}; {name} unknown (no eval.json agreement for {missing}: run metareward eval), "
                      "so the rise cannot be told apart from a more lenient judge")
     if gb - ga > AGREEMENT_FLAT + TOL:
         return None
     trend = "flat" if abs(gb - ga) <= AGREEMENT_FLAT + TOL else "down"
     return Alarm("score_inflation", cur.iteration,
-                 f"{head} while judge agreement was {trend}: {100 * ga:.1f}% ({la}) -> {100 * gb:.1f}% ({lb}) "
+                 f"{head} while {name} was {trend}: {100 * ga:.1f}% ({la}) -> {100 * gb:.1f}% ({lb}) "
                  f"(flat = within ±{100 * AGREEMENT_FLAT:g} points)")
 
 
@@ -147,9 +162,24 @@ def judge_pairs_collapsed(prev: IterationStats | None, cur: IterationStats) -> A
                  "(threshold: fewer than 1); the judge is not trained this iteration")
 
 
-def check_drift(stats: Sequence[IterationStats], agreement: Mapping[str, float | None] | None = None) -> list[Alarm]:
+def judge_gaming(prev: IterationStats, cur: IterationStats) -> Alarm | None:
+    if not prev.responses or not cur.responses or prev.judge_addressed is None or cur.judge_addressed is None:
+        return None
+    a, b = prev.judge_addressed / prev.responses, cur.judge_addressed / cur.responses
+    if b - a <= GAMING_RISE + TOL:
+        return None
+    return Alarm("judge_gaming", cur.iteration,
+                 f"judge gaming: the share of actor responses with text aimed at the judge (a score statement, "
+                 f"a request to the grader, the rubric's wording) rose {100 * a:.1f}% ({prev.judge_addressed}/"
+                 f"{prev.responses}) -> {100 * b:.1f}% ({cur.judge_addressed}/{cur.responses}) "
+                 f"(threshold +{100 * GAMING_RISE:g} points)")
+
+
+def check_drift(stats: Sequence[IterationStats], agreement: Mapping[str, float | None] | None = None,
+                agreement_name: str = "judge agreement") -> list[Alarm]:
     """Every alarm over a run's iterations (in iteration order); ``agreement`` maps eval labels
-    (``seed``, ``iter_<i>``) to the judge agreement of ``eval.json`` (0-1)."""
+    (``seed``, ``iter_<i>``) to the judge's agreement (0-1: ``agreement_from_eval``), which the
+    messages call ``agreement_name`` (``agreement_name_from_eval``)."""
     agreement = agreement or {}
     out: list[Alarm] = []
     ordered = sorted(stats, key=lambda s: s.iteration)
@@ -157,7 +187,8 @@ def check_drift(stats: Sequence[IterationStats], agreement: Mapping[str, float |
         prev = ordered[k - 1] if k > 0 else None
         checks = [position_bias(cur), judge_pairs_collapsed(prev, cur)]
         if prev is not None:
-            checks = [score_inflation(prev, cur, agreement), *checks, length_growth(prev, cur)]
+            checks = [score_inflation(prev, cur, agreement, agreement_name), *checks, length_growth(prev, cur),
+                      judge_gaming(prev, cur)]
         out.extend(a for a in checks if a is not None)
     return out
 
@@ -177,11 +208,36 @@ def stats_from_diagnostics(d: Any) -> IterationStats:
         decisive=d.meta.decisive if d.meta else None,
         first_position_wins=d.meta.first_position_wins if d.meta else None,
         judge_pairs=d.judge_pairs.count if d.meta is not None and d.judge_pairs is not None else None,
+        judge_addressed=d.judge_addressed if d.n_responses else None,
+        responses=d.n_responses or None,
     )
 
 
+def _accuracy_source(ev: Mapping[str, Any] | None) -> tuple[str, str, Mapping[str, Any]] | None:
+    """(suite, mode, results) of the first ``AGREEMENT_SOURCES`` entry with results in ``ev``."""
+    suites = (ev or {}).get("suites")
+    if not isinstance(suites, Mapping):
+        return None
+    for suite, mode in AGREEMENT_SOURCES:
+        block = suites.get(suite)
+        if isinstance(block, Mapping) and isinstance(block.get("results"), Mapping) and block["results"]:
+            return suite, mode, block["results"]
+    return None
+
+
+def agreement_name_from_eval(ev: Mapping[str, Any] | None) -> str:
+    """How the alarms name the figure ``agreement_from_eval`` returns."""
+    src = _accuracy_source(ev)
+    return f"judge accuracy on {src[0]} ({src[1]})" if src else "judge agreement"
+
+
 def agreement_from_eval(ev: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """Label -> judge agreement (``results[label].agreement.agreement``) of a parsed ``eval.json``."""
+    """Label -> the judge's agreement of a parsed ``eval.json``: its accuracy against gold labels
+    (``AGREEMENT_SOURCES``) when the judge suites ran, else ``results[label].agreement.agreement``."""
+    src = _accuracy_source(ev)
+    if src is not None:
+        return {label: _num((((r or {}).get(src[1]) or {}).get("overall") or {}).get("accuracy"))
+                for label, r in src[2].items()}
     if not ev or not isinstance(ev.get("results"), Mapping):
         return {}
     out: dict[str, float | None] = {}
@@ -215,5 +271,6 @@ def summary_alarms(run_dir: str | Path, iteration: int) -> list[str]:
         folder = run_dir / f"iter_{i}"
         if i >= 1 and folder.is_dir():
             stats.append(stats_from_diagnostics(diagnose_iteration(i, folder)))
-    alarms = check_drift(stats, agreement_from_eval(read_eval(run_dir)))
+    ev = read_eval(run_dir)
+    alarms = check_drift(stats, agreement_from_eval(ev), agreement_name_from_eval(ev))
     return [a.message for a in alarms if a.iteration == iteration]

@@ -9,6 +9,8 @@ and measures the drifts the paper warns about (docs/method.md §5.6, §5.7, §7)
   possible, docs/method.md §2.4) and the share of same-prompt response pairs with equal mean scores;
 * **lengths** (characters, the paper's unit) of all responses and judgments, and of the chosen and
   rejected sides of the actor and judge pairs;
+* **judge-addressed text** -- how many responses contain text aimed at the judge (a score statement, a
+  request to the grader, the rubric's wording; ``evaluation.judge_addressed``), for the gaming alarm;
 * **meta-judge bias** (Table 5), over *decisive* verdicts (A or B; ties and parse errors are counted
   separately): the **first-position preference** (share won by the judgment shown first), the same on
   pairs of judgments with equal scores, and the **score bias** (on pairs whose two judgments give
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from metareward.errors import InputError
+from metareward.evaluation.judge_addressed import addressed_count
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Response, read_jsonl
 
 _ITER_RE = re.compile(r"^iter_(\d+)$")
@@ -107,6 +110,7 @@ class IterationDiagnostics:
     response_pairs: int = 0  # same-prompt pairs of scored responses
     tied_response_pairs: int = 0
     response_lengths: list[int] = field(default_factory=list)
+    judge_addressed: int = 0  # responses with text aimed at the judge (``evaluation.judge_addressed``)
     judgment_lengths: list[int] = field(default_factory=list)
     actor_pairs: PairStats | None = None
     judge_pairs: PairStats | None = None
@@ -211,6 +215,7 @@ def diagnose_iteration(iteration: int, folder: Path) -> IterationDiagnostics:
     judgments: list[Judgment] = _read(folder / "judgments.jsonl", Judgment)
     d.n_responses = len(responses)
     d.response_lengths = [len(r.text) for r in responses]
+    d.judge_addressed = addressed_count(r.text for r in responses)[0]
     d.n_judgments = len(judgments)
     d.judgment_lengths = [len(j.text) for j in judgments]
     d.scores = [float(j.score) for j in judgments if j.score is not None]
@@ -293,6 +298,7 @@ def summary(d: IterationDiagnostics) -> dict[str, Any]:
         "prompt_tie_rate": d.prompt_tie_rate,
         "response_pair_tie_rate": d.response_pair_tie_rate,
         "response_length_mean": _mean(d.response_lengths),
+        "judge_addressed_rate": _ratio(d.judge_addressed, d.n_responses),
         "judgment_length_mean": _mean(d.judgment_lengths),
         "actor_pairs": _summary_pairs(d.actor_pairs),
         "judge_pairs": _summary_pairs(d.judge_pairs),
