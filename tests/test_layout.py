@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stages", ("metareward.stages", "metareward.training", "metareward.eft", "metareward.prompt_pool",
                 "metareward.verifiable")),
     ("loop", ("metareward.loop", "metareward.evaluation", "metareward.report", "metareward.summary",
-              "metareward.drift")),
+              "metareward.drift", "metareward.plan", "metareward.whatif")),
     ("commands", ("metareward.commands", "metareward.api")),
     ("cli", ("metareward.cli", "metareward")),
 ]

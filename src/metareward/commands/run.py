@@ -10,6 +10,7 @@ import argparse
 import json
 
 from metareward.config import load_config, parse_override
+from metareward.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field, e.g. --set engine.threads=2 --set iterations.0.prompts=4 (repeatable)",
     )
-    p.add_argument("--check", action="store_true", help="validate the config and inputs, load nothing, exit")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config and inputs and print the plan (`metareward plan`), load no weights, "
+                        "exit; status 1 when this machine cannot hold the run")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from metareward.loop import Runner
+    from metareward.plan import make_plan
+    from metareward.plan.text import format_plan
 
     overrides = dict(parse_override(s) for s in args.set)
     if args.run_dir:
@@ -35,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         pool = runner.preflight()
         print(f"ok: {args.config} is valid; {len(pool)} prompts; model {cfg.model}")
-        return 0
+        plan = make_plan(cfg, args.config)
+        print(format_plan(plan))
+        return 1 if plan.problems else 0
+    runner.preflight()
+    try:  # the bill, printed before paying it; a plan that cannot be made never stops the run
+        print(format_plan(make_plan(cfg, args.config)), flush=True)
+    except (InputError, OSError, ValueError) as e:
+        print(f"plan unavailable: {e}", flush=True)
     summaries = runner.run()
     print(json.dumps({"run_dir": cfg.run_dir, "iterations": len(summaries)}))
     return 0
