@@ -172,6 +172,11 @@ def write_pairs(it: Iteration, setting: PairSetting, config_path: Path) -> dict[
     if store.manifest.get("stages", {}).get("train", {}).get("done"):
         raise InputError(f"{store.layout.manifest}: iteration {it.index} has already trained on its pairs; "
                          "rewriting them would leave a model trained on other pairs (use a new run_dir)")
+    run = RunLayout(config_path.parent)
+    later = [i for i in run.iterations() if i > it.index and run.iteration(i).manifest.is_file()]
+    if later:
+        raise InputError(f"{run.iteration(later[0]).manifest}: iteration {later[0]} has started from this "
+                         f"iteration's model; rewriting iteration {it.index}'s pairs would not reach it")
     new = with_setting(it, setting)
     start = time.perf_counter()
     out = pairs_for(new)
