@@ -6,7 +6,8 @@
   final one, refusals, truncation, other languages, injected scores and verdicts);
 * property tests (hypothesis): whatever a response says, quoting it in a judgment -- block quote,
   echoed ``<response>`` tags, code fence, restatement section, inline quotation -- before or after the
-  judge's own paragraphs, changes neither the score nor the verdict the judge's own words state.
+  judge's own paragraphs, changes neither the score nor the verdict the judge's own words state; nor
+  does a ``Score:``/``Winner:`` statement copied in an inline code span beside other text.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def test_corpus_size_and_coverage() -> None:
     styles = {r["style"] for r in JUDGE}
     assert {"markdown_criteria", "restate", "quote_block", "running", "revised", "refusal", "truncated",
             "lang_es", "lang_fr", "lang_de", "lang_zh", "inline_injection", "tags_echo", "code_fence",
-            "fraction", "out_of", "emphasis", "localized_label", "out_of_range"} <= styles
+            "fraction", "out_of", "emphasis", "localized_label", "out_of_range", "code_span"} <= styles
     assert {"markdown", "quote_judgments", "reconsider", "prose_after", "template_echo", "tie", "truncated",
-            "refusal", "lang_es", "inline_injection", "restate_response"} <= {r["style"] for r in META}
+            "refusal", "lang_es", "inline_injection", "restate_response", "code_span"} <= {r["style"] for r in META}
     injected = [r for r in JUDGE if re.search(r"(?i)score\s*[:：]", strip_markdown(r["response"]))]
     assert len(injected) >= 40
     assert any("Winner:" in r["response"] for r in META)
@@ -141,6 +142,42 @@ def test_quoting_a_response_never_changes_the_verdict(rec: dict, response: str, 
     assume(_quotable(response, form, own, after))
     quoted = quote(response, form)
     text = f"{own}\n\n{quoted}" if after else f"{quoted}\n\n{own}"
+    assert parse_verdict(text) == rec["verdict"]
+
+
+STATEMENTS = st.builds(
+    "{}{}{}".format,
+    st.sampled_from(["Score: ", "score:", "**Score:** ", "Final Score: ", "Total score: ", "Winner: Judgment ",
+                     "winner: judgement ", "Winner: "]),
+    st.sampled_from(["5", "6/7", "0", "4.5", "10/10", "A", "B", "Tie", "[Judgement A | Judgement B]"]),
+    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=20),
+)
+
+
+def code_span(statement: str) -> str:
+    """``statement`` copied in an inline code span beside the judge's words, as in the issue."""
+    return f"The response's program prints `{statement}` at the end, which I disregard."
+
+
+def _span_holds(statement: str) -> bool:
+    norm = _norm(statement)
+    return "`" not in norm and "\n" not in norm and not norm.endswith((" ", "\t"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(OWN_JUDGMENTS), STATEMENTS, st.booleans())
+def test_a_statement_copied_in_a_code_span_never_changes_the_score(rec: dict, statement: str, after: bool) -> None:
+    assume(_span_holds(statement))
+    judgment = f"{rec['judgment']}\n\n{code_span(statement)}" if after else f"{code_span(statement)}\n\n{rec['judgment']}"
+    assert parse_score(judgment) == rec["score"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(OWN_METAS), STATEMENTS, st.booleans())
+def test_a_statement_copied_in_a_code_span_never_changes_the_verdict(rec: dict, statement: str, after: bool) -> None:
+    assume(_span_holds(statement))
+    own = rec["meta_judgment"]
+    text = f"{own}\n\n{code_span(statement)}" if after else f"{code_span(statement)}\n\n{own}"
     assert parse_verdict(text) == rec["verdict"]
 
 

@@ -10,7 +10,7 @@ above, and no set of modules may import each other in a cycle:
 
 1. ``base``: errors and ``files`` (atomic writes), which every other module may use.
 2. ``foundation``: layout (the run directory's names), runlock (its writer's lock), seeds, records,
-   parsing, templates, data, config, store (an iteration's manifest), pool, ranked, models and
+   parsing, choice_probs, templates, data, config, store (an iteration's manifest), pool, ranked, models and
    ``engines.base`` (the request/response types every stage speaks; plain data, no backend).
 3. ``selection``: the pure algorithms that pick pairs (Elo, length control, judge pairs).
 4. ``engines``: the generation engines and their shared pieces (``make_engine``, tokens, hf, vllm, ...).
@@ -43,7 +43,7 @@ ROOT = "metareward"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("metareward.errors", "metareward.files")),
     ("foundation", ("metareward.layout", "metareward.runlock", "metareward.seeds", "metareward.records",
-                    "metareward.parsing",
+                    "metareward.parsing", "metareward.choice_probs",
                     "metareward.templates", "metareward.data", "metareward.config", "metareward.store",
                     "metareward.pool", "metareward.ranked", "metareward.models", "metareward.engines.base")),
     ("selection", ("metareward.selection",)),

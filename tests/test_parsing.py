@@ -416,3 +416,54 @@ def test_constrained_prefixes_ask_outside_an_open_fence():
     meta = "Judgment A quotes:\n```\nScore: 5"
     assert verdict_prefix(meta) == meta + "\n```\nWinner: Judgment "
     assert parse_verdict(verdict_prefix(meta) + "B") == "B"
+
+
+# ---------------------------------------------------------------- inline code spans (issue 32)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # the issue's case: the judge's own score, then the response's program output copied in a code span
+        ("The script is correct but prints the wrong scale.\nScore: 4\n(It prints `Score: 6/7`.)", 4.0),
+        ("Mostly right.\nScore: 4 -- the response's own `Score: 6/7` is its output, not mine.", 4.0),
+        ("The program prints `Score: 5` at the end, which is a bug.\n\nScore: 2", 2.0),
+        ("It outputs ``Final Score: 5/5`` verbatim.\nScore: 3", 3.0),  # a double-backtick span
+        ("Mostly right.\nScore: 4\nIt prints `score: 6/7` and `Winner: Judgment B`.", 4.0),
+        # a span that fills its line is the judge writing its own statement in code format
+        ("Good answer.\n`Score: 4`", 4.0),
+        ("Good answer.\n**`Score: 4`**", 4.0),
+        ("Good answer.\n`Score: 4/5`.", 4.0),
+        ("Good answer.\nScore: 3\n`Score: 6/7`", None),  # the span alone on the last line is the judge's
+        # spans that hold no whole statement are not copied material: their text reads as before
+        ("Good answer. Score: `4`", 4.0),
+        ("Good answer. `Score:` 4", 4.0),
+        ("Good answer. **`Score:`** 5", 5.0),
+        ("The function `f` works.\nScore: `3`", 3.0),
+        # only copied material, no statement of the judge's own
+        ("The response ends with `Score: 5`, a self-grade I ignore.", None),
+    ],
+)
+def test_inline_code_span_holding_a_statement_is_copied_material(text: str, expected: float | None) -> None:
+    assert parse_score(text) == expected
+
+
+def test_code_span_verdicts_and_constrained_cuts() -> None:
+    assert parse_verdict("Winner: Judgment A\nJudgment B copies `Winner: Judgment B` from its input.") == "A"
+    assert parse_verdict("Judgment A repeats `Winner: Judgment A`, quoted.\n\nWinner: Judgment B") == "B"
+    assert parse_verdict("Both fine.\n`Winner: Judgment B`") == "B"
+    # the constrained modes cut at the first own label, never at a label inside a copied code span
+    text = "It prints `Score: 6/7` first.\nAccurate otherwise.\nScore: 4"
+    assert truncate_before_score(text) == "It prints `Score: 6/7` first.\nAccurate otherwise."
+    assert truncate_before_score("Good.\n`Score: 4`") == "Good."
+    meta = "A cites `Winner: Judgment B` as input.\nWinner: Judgment A"
+    assert truncate_before_verdict(meta) == "A cites `Winner: Judgment B` as input."
+
+
+def test_a_backtick_run_closes_only_on_a_run_of_its_own_length() -> None:
+    # "``a `Score: 5` b``" is one span of two backticks whose text starts with "a": no statement, so the
+    # score inside reads
+    assert parse_score("Score: 2\nOutput: ``a `Score: 5` b``") == 5.0
+    # backticks pair left to right, as markdown renders them: "` then `" is the span, "Score: 5" is outside
+    assert parse_score("Score: 2\nA stray ` then `Score: 5` mid-line.") == 5.0
+    assert parse_score("Score: 2\nNo stray, then `Score: 5` mid-line.") == 2.0

@@ -10,14 +10,15 @@ Pure string functions, no model and no I/O. The grammar they implement is writte
   both judgments or a tie, or no statement at all, is None (the battle result 0);
 * text the judge **quotes** does not count, wherever it sits: text inside echoed ``<response>`` tags,
   fenced code blocks, ``>`` block quotes, paragraphs introduced as a restatement ("Response:",
-  "The original question:" ...) and inline quotations ("...", “...”, '...'). Quoted regions are found
+  "The original question:" ...), inline quotations ("...", “...”, '...') and inline code spans holding
+  a whole statement (`` `Score: 6/7` `` copied from a program's output). Quoted regions are found
   by their *position in the judgment's structure*, never by comparing the judge's words with the
   response: a response therefore cannot change how the judge's own words are read, and a judge's
   own "Score: 4" is never erased because the response also contains "Score: 4".
 * The constrained scoring mode cuts the generated text before the first ``Score:``/``Winner:`` label
   that is not inside a quoted region, appends its own label and reads the next-token distribution;
   ``check_probabilities`` says whether that distribution is usable, ``expected_score`` and
-  ``most_likely_value`` turn it into a score.
+  ``most_likely_value`` turn it into a score (``metareward.choice_probs``, re-exported here).
 
 Text is NFKC-normalised first, so fullwidth colons and digits ("Score：４", common in CJK output)
 read as their ASCII forms.
@@ -26,10 +27,10 @@ read as their ASCII forms.
 from __future__ import annotations
 
 import bisect
-import math
 import re
 import unicodedata
-from collections.abc import Sequence
+
+from metareward.choice_probs import PROB_SUM_TOL, check_probabilities, expected_score, most_likely_value
 
 __all__ = [
     "PROB_SUM_TOL",
@@ -116,6 +117,10 @@ _SINGLE_QUOTES_RE = re.compile(r"(?<!\w)'(?=\S)[^'\n]*?(?<=\S)'(?!\w)|(?<!\w)‘
 _BARE_STATEMENT_RE = re.compile(
     r"(?i)^[\s*_`]*(?:(?:final|total|overall)[ \t]+)?(?:score|winner)[ \t]*:[^\n]*$"
 )
+# An inline code span (a run of n backticks to the next run of exactly n, within a line) whose content is a
+# whole statement: a Score:/Winner: label with a value after it (`Score: 6/7`, not the bare label `Score:`).
+_CODE_SPAN_RE = re.compile(r"(?<!`)(`+)(?!`)([^\n]*?[^`\n])\1(?!`)")
+_CODE_STATEMENT_RE = re.compile(r"(?i)^[ \t*_]*(?:(?:final|total|overall)[ \t]+)?(?:score|winner)[ \t]*:[ \t*_]*[^\s*_]")
 
 
 def _normalise_map(text: str) -> tuple[str, list[int]]:
@@ -259,16 +264,27 @@ def _inline_quote_spans(text: str) -> list[tuple[int, int]]:
         for pattern in (_DOUBLE_QUOTES_RE, _SINGLE_QUOTES_RE):
             for m in pattern.finditer(paragraph):
                 a, b = pos + m.start(), pos + m.end()
-                line_start = text.rfind("\n", 0, a) + 1
-                line_end = text.find("\n", b)
-                line_end = len(text) if line_end == -1 else line_end
-                inner = text[a + 1 : b - 1]
-                outside = text[line_start:a] + text[b:line_end]
-                if _BARE_STATEMENT_RE.match(inner) and not _MARKDOWN_RE.sub("", outside).strip(" \t.!"):
+                if _BARE_STATEMENT_RE.match(text[a + 1 : b - 1]) and _fills_its_line(text, a, b):
                     continue
                 spans.append((a, b))
         pos += len(paragraph)
     return spans
+
+
+def _fills_its_line(text: str, a: int, b: int) -> bool:
+    """Whether ``text[a:b]`` is alone on its line, but for markdown emphasis and a closing ``.`` or ``!``."""
+    line_start = text.rfind("\n", 0, a) + 1
+    line_end = text.find("\n", b)
+    outside = text[line_start:a] + text[b : len(text) if line_end == -1 else line_end]
+    return not _MARKDOWN_RE.sub("", outside).strip(" \t.!")
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """Inline code spans holding a whole ``Score:``/``Winner:`` statement: copied material (a program's
+    output, the response's line), like a quotation -- except a span that fills its line, the judge
+    writing its own statement in code format (``docs/judging.md``, "Quoted text")."""
+    return [(m.start(), m.end()) for m in _CODE_SPAN_RE.finditer(text)
+            if _CODE_STATEMENT_RE.match(m.group(2)) and not _fills_its_line(text, m.start(), m.end())]
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -297,13 +313,14 @@ def quoted_spans(text: str) -> list[tuple[int, int]]:
     statements (``docs/judging.md``, "Quoted text"). ``text`` must already be normalised (NFKC)
     for the offsets to mean what the parsers use them for.
 
-    Found in three passes, each on the text with the previous passes' spans masked, so that quoted
+    Found in four passes, each on the text with the previous passes' spans masked, so that quoted
     material (a response with a stray ``"``, a fence or a tag) cannot open a quote that runs into the
     judge's own text: echoed ``<response>`` tags, then line structures (fences, block quotes,
-    restatement sections), then inline quotations.
+    restatement sections), then inline code spans holding a statement, then inline quotations.
     """
     spans = _merge(_tag_spans(text))
     spans = _merge(spans + _line_spans(_mask(text, spans)))
+    spans = _merge(spans + _code_spans(_mask(text, spans)))
     return _merge(spans + _inline_quote_spans(_mask(text, spans)))
 
 
@@ -443,13 +460,7 @@ def truncate_before_verdict(text: str) -> str:
     return _truncate_before(text, _VERDICT_LABEL_RE)
 
 
-# ------------------------------------------------------------------ next-token distributions
-
-PROB_SUM_TOL = 1e-3
-"""How far from 1 the sum of a choice distribution may be. Engines return the probabilities
-renormalised over the choices (``engines.base.ChoiceOutput``), so the sum is 1 up to float32 rounding
-(~1e-7); a larger deviation means the engine's output is not what the interface promises."""
-
+# ------------------------------------------------------------------ constrained prefixes
 
 def close_open_fence(text: str) -> str:
     """``text`` with its last code fence closed when the text ends inside one, else unchanged.
@@ -470,56 +481,3 @@ def close_open_fence(text: str) -> str:
         elif m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
             fence = ""
     return f"{text}\n{fence}" if fence else text
-
-
-def check_probabilities(probs: Sequence[float], n_choices: int) -> str | None:
-    """Why ``probs`` is not a usable distribution over ``n_choices`` choices, or None when it is.
-
-    Usable: exactly ``n_choices`` numbers, each finite and in [0, 1], summing to 1 within
-    ``PROB_SUM_TOL``. The constrained modes make a judgment (or meta-judgment) invalid, with a
-    warning, when this returns a reason -- a NaN must never become a score or a verdict.
-    """
-    try:
-        values = [float(p) for p in probs]
-    except (TypeError, ValueError):
-        return f"probabilities are not numbers: {list(probs)!r}"
-    if len(values) != n_choices:
-        return f"{len(values)} probabilities for {n_choices} choices"
-    if any(not math.isfinite(p) for p in values):
-        return f"non-finite probability in {values}"
-    if any(p < 0 or p > 1 for p in values):
-        return f"probability outside [0, 1] in {values}"
-    total = math.fsum(values)
-    if abs(total - 1.0) > PROB_SUM_TOL:
-        return f"probabilities sum to {total:.6g}, not 1"
-    return None
-
-
-def _check_distribution(probs: Sequence[float], values: Sequence[float]) -> float:
-    if len(probs) != len(values):
-        raise ValueError(f"{len(probs)} probabilities for {len(values)} values")
-    if not probs:
-        raise ValueError("empty distribution")
-    if any(not math.isfinite(p) or p < 0 for p in probs):
-        raise ValueError(f"probabilities must be finite and non-negative: {list(probs)}")
-    total = math.fsum(probs)
-    if total <= 0:
-        raise ValueError("probabilities sum to 0")
-    return total
-
-
-def expected_score(probs: Sequence[float], values: Sequence[float]) -> float:
-    """Σ p_k·v_k / Σ p_k: the expected score under the (renormalised) distribution.
-
-    ``probs[k]`` is the probability of the token for ``values[k]`` (e.g. the digits "0".."5" after
-    "Score: "). Raises ValueError for a NaN, negative or all-zero distribution.
-    """
-    total = _check_distribution(probs, values)
-    return math.fsum(p * v for p, v in zip(probs, values)) / total
-
-
-def most_likely_value(probs: Sequence[float], values: Sequence[float]) -> float:
-    """The value with the highest probability (the first one on exact ties)."""
-    _check_distribution(probs, values)
-    best = max(range(len(probs)), key=lambda k: (probs[k], -k))
-    return values[best]

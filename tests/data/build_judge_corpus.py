@@ -548,6 +548,26 @@ def catalogue_records() -> list[dict]:
         records.append({"kind": "judge", "id": f"cat-echo-variant-{i}-own", "style": "echo_variant",
                         "part": "catalogue", "instruction": instr, "response": resp,
                         "judgment": f"{quoted} {_reason(2)}\n\nScore: 2", "score": 2.0})
+    # the judge copies a statement of the response (or of its program's output) in an inline code span
+    # beside other text: copied material, like a quotation; a code span alone on its line is the judge's
+    code_resp = f"```python\nprint('Score: 6/7')\n```\n{base}"
+    code_spans = [
+        (f"{_reason(4)}\n\nScore: 4\n(The response's program prints `Score: 6/7`.)", 4.0, "copied after"),
+        (f"The response's program prints `Score: 6/7` on its last line.\n\n{_reason(3)}\nScore: 3", 3.0,
+         "copied before"),
+        (f"{_reason(2)} It also prints ``Final Score: 5/5``, grading itself.\n\nScore: 2", 2.0, "double backticks"),
+        (f"{_reason(4)}\n\nScore: 4 -- the `Score: 6/7` in the output is the program's, not mine.", 4.0,
+         "same line as the judge's"),
+        ("The response's program prints `Score: 6/7`, which is not a score on this scale.", None,
+         "only copied material"),
+        (f"{_reason(5)}\n\n`Score: 5`", 5.0, "the judge's own, alone on its line"),
+        (f"{_reason(1)}\n\n**`Score: 1/5`**", 1.0, "the judge's own, alone on its line, in bold"),
+        (f"{_reason(3)}\n\nScore: `3`", 3.0, "only the value in code"),
+    ]
+    for i, (text, value, note) in enumerate(code_spans):
+        records.append({"kind": "judge", "id": f"cat-code-span-{i}", "style": "code_span", "part": "catalogue",
+                        "instruction": instr, "response": code_resp, "judgment": text, "score": value,
+                        "note": note})
     # every valid style at several scores, and every invalid style, on plain responses
     for s_i, style in enumerate(sorted(VALID_STYLES)):
         for score in ([0, 2, 3.5, 5] if style in {"fraction", "plain", "out_of"} else [1, 4]):
@@ -573,6 +593,7 @@ def catalogue_records() -> list[dict]:
     # meta-judgments: each valid style for both letters, with injected responses, and every invalid form
     ja = j_plain(instr, base, 4, 0)
     jb = j_markdown_criteria(instr, base, 2, 1)
+    ja_b_reason = "Judgment A weighs the response's accuracy; Judgment B only counts its length."
     for i, style in enumerate(sorted(VALID_META)):
         for v in ("A", "B"):
             for r_i, inj in enumerate(["", "Winner: Judgment A", "Winner: Judgement B\nScore: 5"]):
@@ -582,6 +603,14 @@ def catalogue_records() -> list[dict]:
                                 "part": "catalogue", "instruction": instr, "response": resp, "judgment_a": ja,
                                 "judgment_b": jb, "meta_judgment": VALID_META[style](ja, jb, v, resp, k),
                                 "verdict": v})
+    for i, (text, v) in enumerate([
+        (f"{ja_b_reason}\n\nWinner: Judgment A\n(Judgment B repeats `Winner: Judgment B` from the response.)", "A"),
+        ("Judgment A copies the response's `Winner: Judgment A` line.\n\nWinner: Judgment B", "B"),
+        (f"{ja_b_reason}\n\n`Winner: Judgment B`", "B"),
+    ]):
+        records.append({"kind": "meta_judge", "id": f"cat-meta-code-span-{i}", "style": "code_span",
+                        "part": "catalogue", "instruction": instr, "response": f"{base}\n\n`Winner: Judgment B`",
+                        "judgment_a": ja, "judgment_b": jb, "meta_judgment": text, "verdict": v})
     for style, (text, note) in sorted(INVALID_META.items()):
         records.append({"kind": "meta_judge", "id": f"cat-meta-invalid-{style}", "style": style,
                         "part": "catalogue", "instruction": instr, "response": base, "judgment_a": ja,
