@@ -12,6 +12,10 @@ lines of steps after the checkpoint it resumes from (they are trained again), so
 ``training.report_to`` goes to TRL unchanged; the native backend feeds the same per-step metrics to
 transformers' integration callbacks (``reporting_callbacks``), so tensorboard, trackio, wandb, ... work
 there too when the user has installed them.
+
+The set-up the three trainers share is here too, once: ``load_for_training`` (threads, tokenizer with a pad
+token, model in the precision ``use_bf16`` picks), ``peft_config`` (LoRA or none) and, for the two TRL
+trainers, ``train_with_trl`` (train-log callback, TensorBoard folder, resume from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,48 @@ def lora_config(r: int, alpha: int, dropout: float):
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def peft_config(cfg: Any):
+    """The LoRA config of a training section (``TrainingConfig`` or ``SFTConfig``) with ``method: lora``,
+    else None (full fine-tuning)."""
+    if cfg.method != "lora":
+        return None
+    return lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+
+
+@dataclass
+class Loaded:
+    """A model and its tokenizer loaded for training, and whether the model is in bf16."""
+
+    model: Any
+    tokenizer: Any
+    bf16: bool
+
+    @property
+    def precision(self) -> str:
+        """The dtype's name as the trainers' metrics report it."""
+        return "bfloat16" if self.bf16 else "float32"
+
+
+def load_for_training(model_path: str, precision: str, threads: int = 0, on_device: bool = False) -> Loaded:
+    """The set-up every trainer starts with: ``threads`` torch threads (0: torch's default), the tokenizer
+    (its eos as pad token where it has none), the model in bf16 or float32 (``use_bf16(precision)``).
+
+    ``on_device``: move the model to the GPU where there is one (the native loop; TRL's trainers place the
+    model themselves)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bf16 = use_bf16(precision)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if on_device:
+        model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return Loaded(model, tokenizer, bf16)
+
+
 def common_trainer_args(config_cls: type, bf16: bool, checkpointing: bool, save_steps: int, seed: int,
                         report_to: Sequence[str] = ()) -> dict[str, Any]:
     """Arguments both TRL configs take the same way (``report_to``: transformers' integration names)."""
@@ -102,6 +149,26 @@ def save_trainer_model(trainer: Any, tokenizer: Any, out_dir: str | Path, work_d
     trained = trainer.model.merge_and_unload() if merge_lora else trainer.model
     save_model_atomic(trained, tokenizer, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def train_with_trl(trainer_cls: type, loaded: Loaded, args: Any, cfg: Any, out_dir: Path, work_dir: Path,
+                   **datasets: Any) -> tuple[Any, Any]:
+    """Build a TRL trainer (``DPOTrainer``, ``SFTTrainer``) on ``loaded`` and train it: LoRA per ``cfg``,
+    each step's metrics to ``train_log.jsonl`` beside ``out_dir``, TensorBoard files (when ``report_to``
+    has it) in ``tensorboard/`` beside ``out_dir`` rather than in the checkpoint folder, resumed from the
+    last checkpoint in ``work_dir`` when there is one. ``datasets``: ``train_dataset`` (and
+    ``eval_dataset``). Returns (trainer, ``TrainOutput``); the caller saves (``save_trainer_model``)."""
+    trainer = trainer_cls(
+        model=loaded.model,
+        args=args,
+        processing_class=loaded.tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=[train_log_callback(train_log_path(out_dir))],
+        **datasets,
+    )
+    place_tensorboard_logs(trainer.callback_handler.callbacks, out_dir.parent / "tensorboard")
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
+    return trainer, result
 
 
 # ---------------------------------------------------------------- per-step training log

@@ -23,19 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from metareward.config import TrainingConfig
 from metareward.records import PreferencePair
 from metareward.training.common import (
     common_trainer_args,
-    last_checkpoint,
-    lora_config,
-    place_tensorboard_logs,
+    load_for_training,
     save_trainer_model,
-    train_log_callback,
-    train_log_path,
-    use_bf16,
+    train_with_trl,
 )
 
 
@@ -66,23 +60,12 @@ def train_dpo(
     are in ``train_log.jsonl`` beside ``out_dir``.
     """
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     if not pairs:
         raise ValueError("no preference pairs to train on")
-    bf16 = use_bf16(cfg.precision)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    peft_config = None
-    if cfg.method == "lora":
-        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    dataset = Dataset.from_list(to_conversational(pairs, cfg.shuffle_seed))
+    loaded = load_for_training(model_path, cfg.precision, threads)
     args = DPOConfig(
         output_dir=str(work_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -94,31 +77,23 @@ def train_dpo(
         beta=cfg.beta,
         max_length=cfg.max_length,
         disable_tqdm=False,
-        **common_trainer_args(DPOConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.shuffle_seed,
+        **common_trainer_args(DPOConfig, loaded.bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.shuffle_seed,
                               cfg.report_to),
     )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[train_log_callback(train_log_path(out_dir))],
-    )
-    place_tensorboard_logs(trainer.callback_handler.callbacks, out_dir.parent / "tensorboard")
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
+    dataset = Dataset.from_list(to_conversational(pairs, cfg.shuffle_seed))
+    trainer, result = train_with_trl(DPOTrainer, loaded, args, cfg, out_dir, work_dir, train_dataset=dataset)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    save_trainer_model(trainer, tokenizer, out_dir, work_dir, cfg.method == "lora", model_path)
+    save_trainer_model(trainer, loaded.tokenizer, out_dir, work_dir, cfg.method == "lora", model_path)
     metrics = {
         "pairs": len(pairs),
         "steps": result.global_step,
         "train_loss": result.training_loss,
         "runtime_s": result.metrics.get("train_runtime"),
-        "precision": "bfloat16" if bf16 else "float32",
+        "precision": loaded.precision,
         "first": _pick(logs[0]) if logs else {},
         "last": _pick(logs[-1]) if logs else {},
     }
-    del trainer, model
+    del trainer, loaded
     return metrics
 
 

@@ -37,20 +37,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from metareward.config import SFTConfig  # defined with the run config, which must not import torch
 from metareward.errors import InputError
+from metareward.layout import WORK_DIR
 from metareward.records import iter_json_objects
 from metareward.training.common import (
     common_trainer_args,
-    last_checkpoint,
-    lora_config,
-    place_tensorboard_logs,
+    load_for_training,
     save_trainer_model,
-    train_log_callback,
-    train_log_path,
-    use_bf16,
+    train_with_trl,
 )
 
 
@@ -98,33 +93,16 @@ def run_sft(
     ``dropped_too_long``, ``eval_examples``, ``steps``, ``train_loss``, ``eval_loss`` (None without eval
     data), ``runtime_s``, ``precision``, ``first_loss``/``last_loss`` (logged training loss)."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     out = Path(out_dir)
-    work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-    def prepare(path: str) -> tuple[list[dict[str, Any]], int]:
-        rows = to_conversational(load_sft_jsonl(path))
-        kept = [r for r in rows if n_tokens(tokenizer, r) <= cfg.max_length]
-        return kept, len(rows) - len(kept)
-
-    train_rows, dropped = prepare(data_path)
+    work = Path(work_dir) if work_dir else out.with_name(out.name + WORK_DIR)
+    loaded = load_for_training(model_path, cfg.precision, threads)
+    train_rows, dropped = _prepare(loaded.tokenizer, data_path, cfg.max_length)
     if not train_rows:
         raise InputError(f"{data_path}: no example fits in max_length={cfg.max_length} tokens ({dropped} dropped)")
-    eval_rows, eval_dropped = prepare(cfg.eval_data) if cfg.eval_data else ([], 0)
-
-    bf16 = use_bf16(cfg.precision)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    peft_config = None
-    if cfg.method == "lora":
-        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    eval_rows, eval_dropped = _prepare(loaded.tokenizer, cfg.eval_data, cfg.max_length) if cfg.eval_data else ([], 0)
     args = TRLSFTConfig(
         output_dir=str(work),
         per_device_train_batch_size=cfg.batch_size,
@@ -139,23 +117,15 @@ def run_sft(
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
-        **common_trainer_args(TRLSFTConfig, bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.seed,
+        **common_trainer_args(TRLSFTConfig, loaded.bf16, cfg.gradient_checkpointing, cfg.save_steps, cfg.seed,
                               cfg.report_to),
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[train_log_callback(train_log_path(out))],
-    )
-    place_tensorboard_logs(trainer.callback_handler.callbacks, out.parent / "tensorboard")
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(work))
+    trainer, result = train_with_trl(SFTTrainer, loaded, args, cfg, out, work,
+                                     train_dataset=Dataset.from_list(train_rows),
+                                     eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None)
     eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    save_trainer_model(trainer, tokenizer, out, work, cfg.method == "lora", model_path)
+    save_trainer_model(trainer, loaded.tokenizer, out, work, cfg.method == "lora", model_path)
     metrics = {
         "examples": len(train_rows),
         "dropped_too_long": dropped,
@@ -165,9 +135,16 @@ def run_sft(
         "train_loss": result.training_loss,
         "eval_loss": eval_loss,
         "runtime_s": result.metrics.get("train_runtime"),
-        "precision": "bfloat16" if bf16 else "float32",
+        "precision": loaded.precision,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
     }
-    del trainer, model
+    del trainer, loaded
     return metrics
+
+
+def _prepare(tokenizer, path: str, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """The conversational rows of an SFT JSONL that fit ``max_length`` tokens, and how many did not."""
+    rows = to_conversational(load_sft_jsonl(path))
+    kept = [r for r in rows if n_tokens(tokenizer, r) <= max_length]
+    return kept, len(rows) - len(kept)
