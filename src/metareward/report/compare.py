@@ -4,7 +4,7 @@ The paper's central comparison is Meta-Rewarding against Self-Rewarding from the
 page puts any number of runs on one page, each run one colour (the legend at the top): their iteration
 tables, judge score distributions per iteration, response and pair lengths, pair counts, meta-judge
 biases, per-step training loss and margins, drift alarms and eval results (win rates with their 95%
-intervals). Each run is read exactly as the single-run report reads it.
+intervals; judge accuracy against gold labels per iteration, ``report.judge_accuracy``). Each run is read exactly as the single-run report reads it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from matplotlib.colors import to_hex
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from metareward.drift import agreement_from_eval, check_drift, stats_from_diagnostics
+from metareward.drift import (
+    agreement_from_eval,
+    agreement_name_from_eval,
+    check_drift,
+    stats_from_diagnostics,
+)
 from metareward.errors import InputError
 from metareward.evaluation.diagnostics import IterationDiagnostics, diagnose_run, iteration_dirs
 from metareward.files import atomic_write_text
@@ -30,9 +35,17 @@ from metareward.report.curves import run_train_logs
 from metareward.report.examples import RunSettings, run_settings
 from metareward.report.figures import table_eval, table_iterations
 from metareward.report.html import figure, nan, page, table
+from metareward.report.judge_accuracy import (
+    COMPARE_FIGURE,
+    accuracy,
+    fig_accuracy,
+    judge_suites,
+    table_accuracy,
+)
 from metareward.report.page import alarms_html, load_eval, suites_fragment
 
-COMPARE_FIGURES = ("compare-scores", "compare-lengths", "compare-bias", "compare-training", "compare-winrates")
+COMPARE_FIGURES = ("compare-scores", "compare-lengths", "compare-bias", "compare-training", "compare-winrates",
+                   COMPARE_FIGURE)
 
 
 @dataclass
@@ -202,6 +215,18 @@ def fig_winrates(runs: Sequence[Run]) -> str:
     return figure("compare-winrates", fig, "Each run against its own eval baseline (see the eval tables below).")
 
 
+def fig_judge_accuracy(runs: Sequence[Run]) -> str:
+    """Each run's judges' accuracy on the first judge suite it measured (pointwise: the training judge)."""
+    series = []
+    for r in runs:
+        suites = [s for s in judge_suites(r.ev) if s != "judge-injection"]
+        if suites:
+            labels = list(r.ev["suites"][suites[0]]["results"])  # type: ignore[index]
+            series.append((f"{r.label}: {suites[0]}", r.colour, labels,
+                           [accuracy(r.ev, suites[0], x, "pointwise") for x in labels]))
+    return fig_accuracy(series, COMPARE_FIGURE, "Judge accuracy (pointwise) per model, each run in its colour")
+
+
 def legend_html(runs: Sequence[Run]) -> str:
     rows = "".join(
         f'<tr><td><span class="swatch" style="background:{r.colour}"></span>{html.escape(r.label)}</td>'
@@ -253,14 +278,18 @@ def build_compare(run_dirs: Sequence[str | Path]) -> str:
         "<h2>Drift alarms</h2>",
     ]
     for r in runs:
-        alarms = check_drift([stats_from_diagnostics(d) for d in _iters(r)], agreement_from_eval(r.ev))
+        alarms = check_drift([stats_from_diagnostics(d) for d in _iters(r)], agreement_from_eval(r.ev),
+                             agreement_name_from_eval(r.ev))
         parts += [_run_heading(r), alarms_html(alarms)]
     parts.append("<h2>Iterations</h2>")
     for r in runs:
         parts += [_run_heading(r), table_iterations(r.diags)]
     parts += ["<h2>Judge scores</h2>", fig_scores(runs), "<h2>Lengths and pairs</h2>", fig_lengths(runs),
               "<h2>Meta-judge bias</h2>", fig_bias(runs), "<h2>Training</h2>", fig_training(runs),
-              "<h2>Evaluation</h2>", fig_winrates(runs)]
+              "<h2>Judge accuracy</h2>", fig_judge_accuracy(runs)]
+    for r in runs:
+        parts += [_run_heading(r), table_accuracy(r.diags, r.ev)]
+    parts += ["<h2>Evaluation</h2>", fig_winrates(runs)]
     for r in runs:
         parts.append(_run_heading(r))
         if r.ev is None:

@@ -28,7 +28,7 @@ from metareward.report.html import nan as _nan
 from metareward.report.html import table as _table
 
 RUN_FIGURES = ("score-distribution", "rates", "lengths", "pair-lengths", "pair-counts", "meta-bias")
-RUN_TABLES = ("iterations", "meta-bias")
+RUN_TABLES = ("iterations", "meta-bias", "judge-accuracy", "judge-published")  # the last two: report.judge_accuracy
 EVAL_FIGURES = ("winrates", "eval-lengths")
 EVAL_TABLES = ("eval",)
 

@@ -1,7 +1,8 @@
 """The run report page: ``build_report(run_dir)`` -> one self-contained HTML string.
 
 Sections, in order: drift alarms (``metareward.drift``, thresholds in the text), the iteration table,
-judge scores, lengths and pairs, meta-judge bias, training curves (``report.curves``), examples
+judge scores, judge accuracy against gold labels per iteration (``report.judge_accuracy``), lengths and
+pairs, meta-judge bias, training curves (``report.curves``), examples
 (``report.examples``) and the evaluation (``RUN_DIR/eval/eval.json`` when ``metareward eval`` wrote one,
 with the eval suites' own fragment from ``metareward.evaluation.suite_report.render_suites`` when that
 module is installed).
@@ -18,11 +19,13 @@ from typing import Any
 
 from metareward.drift import (
     AGREEMENT_FLAT,
+    GAMING_RISE,
     LENGTH_SLACK,
     POSITION_SHARE,
     SCORE_RISE,
     Alarm,
     agreement_from_eval,
+    agreement_name_from_eval,
     check_drift,
     stats_from_diagnostics,
 )
@@ -45,6 +48,7 @@ from metareward.report.figures import (
     table_meta_bias,
 )
 from metareward.report.html import page
+from metareward.report.judge_accuracy import judge_accuracy_section
 
 
 def find_eval(run_dir: Path) -> Path | None:
@@ -100,7 +104,8 @@ THRESHOLDS = (f"score inflation: mean score up by more than {SCORE_RISE:g} point
               f"most ±{100 * AGREEMENT_FLAT:g} points or falls; position bias: one position wins more than "
               f"{100 * POSITION_SHARE:g}% of decisive meta-judge verdicts; length growth: mean response length grows "
               f"by more than the previous actor pairs' chosen−rejected gap + {100 * LENGTH_SLACK:g}% of the previous "
-              "mean; judge pairs collapsed: a meta-judged iteration with 0 judge pairs")
+              "mean; judge pairs collapsed: a meta-judged iteration with 0 judge pairs; judge gaming: the share of responses "
+              f"with text aimed at the judge rises by more than {100 * GAMING_RISE:g} points")
 
 
 def alarms_html(alarms: Sequence[Alarm]) -> str:
@@ -111,6 +116,7 @@ def alarms_html(alarms: Sequence[Alarm]) -> str:
 
 
 TOC = (("alarms", "Drift alarms"), ("iterations", "Iterations"), ("scores", "Judge scores"),
+       ("judge-accuracy-h", "Judge accuracy"),
        ("lengths", "Lengths and pairs"), ("bias", "Meta-judge bias"), ("training", "Training curves"),
        ("examples-h", "Examples"), ("evaluation", "Evaluation"))
 
@@ -124,7 +130,8 @@ def build_report(run_dir: str | Path, eval_path: str | Path | None = None, examp
     iters = iteration_dirs(run_dir)
     settings = run_settings(run_dir)
     ev_path, ev = load_eval(run_dir, eval_path)
-    alarms = check_drift([stats_from_diagnostics(d) for d in diags if d.iteration >= 1], agreement_from_eval(ev))
+    alarms = check_drift([stats_from_diagnostics(d) for d in diags if d.iteration >= 1], agreement_from_eval(ev),
+                         agreement_name_from_eval(ev))
     toc = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in TOC)
     body = "\n".join([
         f"<h1>metareward run report: {html.escape(run_dir.name)}</h1>",
@@ -134,6 +141,7 @@ def build_report(run_dir: str | Path, eval_path: str | Path | None = None, examp
         '<h2 id="alarms">Drift alarms</h2>', alarms_html(alarms),
         '<h2 id="iterations">Iterations</h2>', table_iterations(diags),
         '<h2 id="scores">Judge scores</h2>', fig_scores(diags), fig_rates(diags),
+        '<h2 id="judge-accuracy-h">Judge accuracy</h2>', judge_accuracy_section(diags, ev),
         '<h2 id="lengths">Lengths and pairs</h2>', fig_lengths(diags), fig_pair_lengths(diags), fig_pair_counts(diags),
         '<h2 id="bias">Meta-judge bias</h2>',
         '<p class="note">Over decisive verdicts (A or B). Score bias: on pairs of judgments with different '
