@@ -3,9 +3,9 @@
 Reads the judge suites' blocks of ``eval.json`` (``evaluation.suites.judge_bench``: accuracy against gold
 labels, pointwise and pairwise, with bootstrap 95% intervals) and sets them beside what each iteration's
 judge did in the loop: iteration ``i``'s responses were judged by the model that started it
-(``drift.judge_label``: ``seed``, then ``iter_<i-1>``), so its mean judge score and that model's accuracy
-share a row. A mean score that climbs while the accuracy stays flat is the score inflation the drift alarm
-looks for. Published figures (SPaR's LLMBar accuracies, the paper's Table 7) are listed beside ours with
+(``drift.judge_label``: the seed, then iteration i-1's model), so its mean judge score and that model's
+accuracy share a row. A mean score that climbs while the accuracy stays flat is the score inflation the
+drift alarm looks for. Published figures (SPaR's LLMBar accuracies, the paper's Table 7) are listed beside ours with
 their models and judges: they are 8B models, a different claim from a 135M judge near 50%.
 """
 
