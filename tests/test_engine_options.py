@@ -67,9 +67,11 @@ def test_default_engine_is_hf_with_the_default_settings(calls, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--engine-set", "batch_size=0"], "command line: engine.batch_size: must be >= 1, got 0"),
+    (["--engine-set", "batch_size=0"], "--engine-set 'batch_size=0': engine.batch_size: must be >= 1, got 0"),
     (["--engine-set", "hf.batch_size=8"], "--engine-set 'hf.batch_size=8': expected an engine setting"),
-    (["--engine-set", "batch=8"], "command line: engine.batch: unknown field"),
+    (["--engine-set", "batch=8"], "--engine-set 'batch=8': engine.batch: unknown field"),
+    (["--batch-size", "0"], "--batch-size 0: engine.batch_size: must be >= 1, got 0"),
+    (["--engine-set", "threads=2", "--threads", "-1"], "--threads -1: engine.threads: must be >= 0, got -1"),
     (["--engine-config", "no/such.yaml"], "no/such.yaml: config file not found"),
 ])
 def test_bad_engine_options_name_the_option_or_field(calls, tmp_path, capsys, args, message):
@@ -97,3 +99,47 @@ def test_commands_get_engines_only_from_make_engine():
                 assert node.module in allowed, f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("metareward.engines.") for a in node.names), path.name
+
+
+@pytest.fixture
+def eval_engine(monkeypatch, tmp_path):
+    """``metareward eval`` with the evaluator replaced: returns what engine config each call asked for."""
+    import metareward.commands.eval as eval_command
+
+    seen: list[EngineConfig] = []
+
+    class FakeEvaluator:
+        def __init__(self, models, opts, out):
+            seen.append(opts.engine)
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(eval_command, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(eval_command, "format_table", lambda report: "")
+    return seen
+
+
+def test_eval_takes_the_same_engine_options(eval_engine, tmp_path):
+    from metareward.config import dump_config, load_config
+
+    run_dir = tmp_path / "run"
+    dump_config(load_config("configs/tiny-cpu.yaml", {"run_dir": str(run_dir)}), run_dir / "config.yaml")
+    assert main(["eval", "--models", "m=smollm2-135m", "--out", str(tmp_path / "o")]) == 0
+    assert main(["eval", "--run-dir", str(run_dir), "--out", str(tmp_path / "o")]) == 0
+    assert main(["eval", "--run-dir", str(run_dir), "--out", str(tmp_path / "o"), "--engine", "openai",
+                 "--engine-set", "base_url=http://host:9/v1", "--threads", "1", "--dtype", "bfloat16"]) == 0
+    default, run, flags = eval_engine
+    assert default == EngineConfig()
+    # the run's engine section (tiny-cpu: cpu, batch 128, chunk 128), then the options over it
+    assert (run.name, run.device, run.batch_size, run.chunk_size, run.threads) == ("hf", "cpu", 128, 128, 2)
+    assert (flags.name, flags.base_url, flags.threads, flags.dtype, flags.batch_size) == (
+        "openai", "http://host:9/v1", 1, "bfloat16", 128)
+
+
+def test_eval_engine_errors_name_the_option(eval_engine, tmp_path, capsys):
+    assert main(["eval", "--models", "m=smollm2-135m", "--out", str(tmp_path / "o"), "--engine-set", "max_concurrency=0"]) == 2
+    assert "--engine-set 'max_concurrency=0': engine.max_concurrency: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: an engine that does not exist
+        main(["eval", "--models", "m=smollm2-135m", "--engine", "tgi"])
+    assert eval_engine == []

@@ -107,7 +107,7 @@ def test_prompt_tie_rate(tmp_path):
 
 
 def test_not_a_run_dir(tmp_path):
-    with pytest.raises(InputError, match="no iter_"):
+    with pytest.raises(InputError, match="no iteration folders"):
         diagnose_run(tmp_path)
     with pytest.raises(InputError, match="no such folder"):
         diagnose_run(tmp_path / "missing")

@@ -8,7 +8,7 @@ import pytest
 
 from metareward.errors import InputError
 from metareward.pool import load_prompt_pool
-from metareward.records import Judgment, read_jsonl, write_jsonl_atomic
+from metareward.records import Judgment, Prompt, read_jsonl, write_jsonl_atomic
 
 
 def test_jsonl_pool_ids_dedup_and_builtin(tmp_path):
@@ -77,3 +77,17 @@ def test_save_model_atomic_replaces_whole_folder(tmp_path):
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+@pytest.mark.parametrize("line", ['{"prompt": \n', "[1, 2]\n", '"text"\n'])
+def test_pool_and_records_name_a_malformed_line_alike(tmp_path, line):
+    """One JSONL reader (``records.iter_json_objects``): a line that is not a JSON object is reported in the
+    same words whether it is in a prompt pool or in a record file."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "text": "ok"}\n\n' + line)
+    with pytest.raises(InputError) as pool_error:
+        load_prompt_pool(path)
+    with pytest.raises(InputError) as records_error:
+        read_jsonl(path, Prompt)
+    assert str(pool_error.value) == str(records_error.value)
+    assert str(pool_error.value).startswith(f"{path}:3: ")

@@ -18,7 +18,6 @@ reading records stay light.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,22 +25,15 @@ from typing import TYPE_CHECKING, Any
 from metareward.config import RunConfig
 from metareward.config import load_config as _load_config
 from metareward.errors import InputError
-from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
+from metareward.layout import ARTIFACT_RECORDS, PAIR_ARTIFACTS, RunLayout
+from metareward.records import PreferencePair, read_jsonl
 
 if TYPE_CHECKING:
     from metareward.engines.base import Engine
 
-ARTIFACTS: dict[str, type] = {
-    "prompts": Prompt,
-    "responses": Response,
-    "judgments": Judgment,
-    "meta_judgments": MetaJudgment,
-    "actor_pairs": PreferencePair,
-    "judge_pairs": PreferencePair,
-}
-"""Each artifact of an iteration folder (``iter_<i>/<name>.jsonl``) and the record class of its lines."""
-
-_ITER_DIR = re.compile(r"^iter_([1-9][0-9]*)$")
+ARTIFACTS: dict[str, type] = ARTIFACT_RECORDS
+"""Each artifact of an iteration folder (``iter_<i>/<name>.jsonl``) and the record class of its lines
+(``layout.ARTIFACT_RECORDS``)."""
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
@@ -78,11 +70,9 @@ def run(
 
 def iterations(run_dir: str | Path) -> list[int]:
     """The iteration numbers (1, 2, ...) that have a folder in ``run_dir``, in order."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    if not Path(run_dir).is_dir():
         raise InputError(f"{run_dir}: run directory not found")
-    found = (_ITER_DIR.match(p.name) for p in run_dir.iterdir() if p.is_dir())
-    return sorted(int(m.group(1)) for m in found if m)
+    return RunLayout(run_dir).iterations()
 
 
 def read_records(run_dir: str | Path, iteration: int, artifact: str) -> list[Any]:
@@ -92,7 +82,7 @@ def read_records(run_dir: str | Path, iteration: int, artifact: str) -> list[Any
     not run yet)."""
     if artifact not in ARTIFACTS:
         raise ValueError(f"unknown artifact {artifact!r}; expected one of {sorted(ARTIFACTS)}")
-    path = Path(run_dir) / f"iter_{iteration}" / f"{artifact}.jsonl"
+    path = RunLayout(run_dir).iteration(iteration).artifact(artifact)
     if not path.is_file():
         raise InputError(f"{path}: not found (has iteration {iteration} reached that stage?)")
     return read_jsonl(path, ARTIFACTS[artifact])
@@ -108,10 +98,10 @@ def read_pairs(run_dir: str | Path, iteration: int | None = None, kind: str | No
         raise ValueError(f"kind must be 'actor', 'judge' or None, got {kind!r}")
     kinds = ["actor", "judge"] if kind is None else [kind]
     if iteration is None:
-        folder = Path(run_dir)
+        run = RunLayout(run_dir)
         chosen = [
             i for i in iterations(run_dir)
-            if all((folder / f"iter_{i}" / f"{k}_pairs.jsonl").is_file() for k in ("actor", "judge"))
+            if all(run.iteration(i).artifact(name).is_file() for name in PAIR_ARTIFACTS)
         ]
     else:
         chosen = [iteration]

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metareward.layout import RunLayout, iteration_label
+
 SCORE_RISE = 0.1
 """Score inflation: minimum rise of the mean judge score (points on the 0-5 scale) between iterations."""
 AGREEMENT_FLAT = 0.01
@@ -100,7 +102,7 @@ def _num(x: float | None) -> float | None:
 
 def judge_label(iteration: int) -> str:
     """The eval label of the model that judged iteration ``iteration``'s responses."""
-    return "seed" if iteration == 1 else f"iter_{iteration - 1}"
+    return "seed" if iteration == 1 else iteration_label(iteration - 1)
 
 
 def score_inflation(prev: IterationStats, cur: IterationStats, agreement: Mapping[str, float | None],
@@ -249,7 +251,7 @@ def agreement_from_eval(ev: Mapping[str, Any] | None) -> dict[str, float | None]
 
 def read_eval(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN_DIR/eval/eval.json`` (or ``RUN_DIR/eval.json``) parsed, or None when absent or unreadable."""
-    for p in (Path(run_dir) / "eval" / "eval.json", Path(run_dir) / "eval.json"):
+    for p in (RunLayout(run_dir).eval_dir / "eval.json", Path(run_dir) / "eval.json"):
         if p.is_file():
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
@@ -265,12 +267,12 @@ def summary_alarms(run_dir: str | Path, iteration: int) -> list[str]:
     run's ``eval.json`` if any. Never raises on a missing previous iteration."""
     from metareward.evaluation.diagnostics import diagnose_iteration
 
-    run_dir = Path(run_dir)
+    run = RunLayout(run_dir)
     stats = []
     for i in (iteration - 1, iteration):
-        folder = run_dir / f"iter_{i}"
-        if i >= 1 and folder.is_dir():
-            stats.append(stats_from_diagnostics(diagnose_iteration(i, folder)))
+        folder = run.iteration(i)
+        if i >= 1 and folder.exists():
+            stats.append(stats_from_diagnostics(diagnose_iteration(folder)))
     ev = read_eval(run_dir)
     alarms = check_drift(stats, agreement_from_eval(ev), agreement_name_from_eval(ev))
     return [a.message for a in alarms if a.iteration == iteration]

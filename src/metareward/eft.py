@@ -56,6 +56,7 @@ from metareward.config import JudgeConfig, settings_hash
 from metareward.engines.base import Engine
 from metareward.errors import InputError
 from metareward.files import atomic_write_json, atomic_write_text
+from metareward.layout import ARTIFACTS, WORK_DIR
 from metareward.parsing import parse_score
 from metareward.ranked import RankedPrompt, load_ranked
 from metareward.records import Judgment, Prompt, Response, to_json
@@ -176,7 +177,7 @@ def build_eft(
     settings.validate()
     out_dir = Path(out_dir)
     ranked = load_ranked(input_path)
-    work = out_dir / ".work"
+    work = out_dir / WORK_DIR
     key = settings_hash(asdict(settings), [asdict(r) for r in ranked])
     settings_file = work / "settings.json"
     if settings_file.is_file():
@@ -255,7 +256,7 @@ def build_eft(
     report.update(train=len(train), eval=len(evals), train_prompts=len(set(agreeing) - eval_ids),
                   eval_prompts=len(eval_ids), settings=asdict(settings))
 
-    atomic_write_text(out_dir / "judgments.jsonl", "".join(to_json(j) + "\n" for j in judgments))
+    atomic_write_text(out_dir / ARTIFACTS["judgments"], "".join(to_json(j) + "\n" for j in judgments))
     atomic_write_text(out_dir / "train.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in train))
     atomic_write_text(out_dir / "eval.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in evals))
     atomic_write_json(out_dir / "report.json", report)

@@ -136,12 +136,13 @@ class RunLayout:
     def iteration(self, i: int) -> IterationLayout:
         return IterationLayout(self.root / iteration_label(i), i)
 
-    def iterations(self) -> list[int]:
-        """The iterations (>= 1) with a folder on disk, in order; iteration 0 (SFT) is not one of them."""
+    def iterations(self, with_sft: bool = False) -> list[int]:
+        """The iterations (>= 1) with a folder on disk, in order; iteration 0 (the optional SFT step) only
+        when ``with_sft``."""
         if not self.root.is_dir():
             return []
         found = (parse_iteration_label(p.name) for p in self.root.iterdir() if p.is_dir())
-        return sorted(i for i in found if i is not None and i >= 1)
+        return sorted(i for i in found if i is not None and (i >= 1 or with_sft))
 
     def model_of(self, iteration: int) -> Path:
         """The model iteration ``iteration`` trained (``iter_I/model``)."""

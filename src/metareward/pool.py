@@ -13,11 +13,11 @@ distinct prompts.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from metareward.errors import InputError
-from metareward.records import Prompt
+from metareward.records import Prompt, iter_json_objects
 
 TEXT_KEYS = ("prompt", "text", "instruction")
 
@@ -39,41 +39,43 @@ def resolve_pool_path(path: str | Path) -> Path:
 
 
 def load_prompt_pool(path: str | Path) -> list[Prompt]:
+    """The pool's prompts in file order, exact duplicate texts dropped (see the module docstring)."""
     path = resolve_pool_path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
     prompts: list[Prompt] = []
     ids: dict[str, int] = {}
     texts: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object")
-                key = next((k for k in TEXT_KEYS if k in obj), None)
-                if key is None:
-                    raise InputError(f"{path}:{lineno}: no prompt field (expected one of {list(TEXT_KEYS)})")
-                text = obj[key]
-                if not isinstance(text, str) or not text.strip():
-                    raise InputError(f"{path}:{lineno}: field '{key}' must be a non-empty string")
-                pid = obj.get("id", f"p{lineno:06d}")
-                if not isinstance(pid, str) or not pid or "/" in pid:
-                    raise InputError(f"{path}:{lineno}: field 'id' must be a non-empty string without '/'")
-            else:
-                text, pid = line.rstrip("\n"), f"p{lineno:06d}"
-            if pid in ids:
-                raise InputError(f"{path}:{lineno}: duplicate id {pid!r} (first on line {ids[pid]})")
-            ids[pid] = lineno
-            if text.strip() in texts:
-                continue
-            texts.add(text.strip())
-            prompts.append(Prompt(id=pid, text=text.strip()))
+    for where, lineno, text, pid in _pool_lines(path):
+        if pid in ids:
+            raise InputError(f"{where}: duplicate id {pid!r} (first on line {ids[pid]})")
+        ids[pid] = lineno
+        if text.strip() in texts:
+            continue
+        texts.add(text.strip())
+        prompts.append(Prompt(id=pid, text=text.strip()))
     if not prompts:
         raise InputError(f"{path}: no prompts found")
     return prompts
+
+
+def _pool_lines(path: Path) -> Iterator[tuple[str, int, str, str]]:
+    """``(file:line, line number, prompt text, id)`` of each non-empty line. JSONL lines go through
+    ``records.iter_json_objects``, the one JSONL reader, so a malformed line is named as for any record."""
+    if path.suffix == ".jsonl":
+        for where, lineno, obj in iter_json_objects(path):
+            key = next((k for k in TEXT_KEYS if k in obj), None)
+            if key is None:
+                raise InputError(f"{where}: no prompt field (expected one of {list(TEXT_KEYS)})")
+            text = obj[key]
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"{where}: field '{key}' must be a non-empty string")
+            pid = obj.get("id", f"p{lineno:06d}")
+            if not isinstance(pid, str) or not pid or "/" in pid:
+                raise InputError(f"{where}: field 'id' must be a non-empty string without '/'")
+            yield where, lineno, text, pid
+        return
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                yield f"{path}:{lineno}", lineno, line.rstrip("\n"), f"p{lineno:06d}"

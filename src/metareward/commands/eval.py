@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metareward.config import EngineConfig
+from metareward.config import ENGINES
+from metareward.engines.options import add_engine_arguments, engine_config_from_args
 from metareward.evaluation.runner import (
     PARTS,
     EvalOptions,
@@ -33,6 +34,7 @@ from metareward.evaluation.runner import (
     run_models,
 )
 from metareward.evaluation.suites import SUITES
+from metareward.layout import EVAL_DIR, RunLayout, iteration_label
 
 
 def register(subparsers) -> None:
@@ -44,7 +46,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--run-dir", type=Path, help="a run directory: evaluates its seed and iteration models")
     p.add_argument("--models", nargs="+", default=None,
-                   help="models to evaluate: labels of the run (seed, iter_2), LABEL=PATH, or names/paths")
+                   help=f"models to evaluate: labels of the run (seed, {iteration_label(2)}), LABEL=PATH, or names/paths")
     p.add_argument("--parts", default=None,
                    help=f"comma-separated subset of {','.join(PARTS)} (default: all, or none with --suite)")
     p.add_argument("--suite", default=None,
@@ -68,7 +70,7 @@ def register(subparsers) -> None:
                    help="judge of win rates and suites: a model label or name/path (default: the win-rate "
                         "baseline model; for suites the first model). Only the official judge on openai is "
                         "not a proxy")
-    p.add_argument("--judge-engine", choices=["hf", "vllm", "openai"], default=None,
+    p.add_argument("--judge-engine", choices=ENGINES, default=None,
                    help="engine of the judge (default: --engine's)")
     p.add_argument("--judge-base-url", default=None, help="openai judge: the server's base URL")
     p.add_argument("--judge-api-key-env", default=None,
@@ -77,10 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=512, help="answer length cap (tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="answer sampling temperature (0 = greedy)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -89,18 +88,15 @@ def run(args: argparse.Namespace) -> int:
     from metareward.errors import InputError
 
     known: dict[str, str] = {}
-    engine, judge = EngineConfig(), JudgeConfig()
+    judge = JudgeConfig()
     if args.run_dir is not None:
-        models, engine, judge = run_models(args.run_dir)
+        models, _, judge = run_models(args.run_dir)
         known = dict(models)
     if args.models:
         models = parse_model_args(args.models, known)
     elif args.run_dir is None:
         raise InputError("give --run-dir RUN_DIR or --models MODEL [MODEL ...]")
-    for name in ("engine", "device", "batch_size", "threads"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(engine, "name" if name == "engine" else name, value)
+    engine = engine_config_from_args(args, RunLayout(args.run_dir).config if args.run_dir is not None else None)
     if args.limit < 0 or args.agreement_limit < 0 or args.judge_n < 1:
         raise InputError("--limit/--agreement-limit must be >= 0 and --judge-n >= 1")
     from metareward.evaluation.suites.run import parse_suites
@@ -137,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         engine=engine,
         judge_template=judge.template,
     )
-    out = args.out or ((args.run_dir / "eval") if args.run_dir is not None else Path("eval"))
+    out = args.out or (RunLayout(args.run_dir).eval_dir if args.run_dir is not None else Path(EVAL_DIR))
     report = Evaluator(models, opts, out).run()
     print(format_table(report))
     if report.get("suites"):

@@ -1,15 +1,19 @@
-"""The engine options of the commands that only generate (``prompts generate``, ``eft build``).
+"""The engine options of every command that builds an engine itself (``eval``, ``prompts generate``,
+``eft build``): one parser, one validation.
 
-They take the engine the way ``metareward eval`` does (``--engine hf|vllm|openai``, ``--device``,
-``--batch-size``, ``--threads``), plus ``--dtype``, ``--engine-config CONFIG`` (the ``engine:`` section of a
-run config, e.g. the one the pool or the EFT data is for) and ``--engine-set KEY=VALUE`` for any other
-engine setting (``--engine-set base_url=http://host:8000/v1``). Flags win over ``--engine-set``, which wins
-over the file, which wins over the defaults. The engine itself always comes from ``make_engine``.
+``--engine hf|vllm|openai``, ``--device``, ``--dtype``, ``--batch-size``, ``--threads``, plus
+``--engine-config CONFIG`` (the ``engine:`` section of a run config, e.g. the one the pool or the EFT data
+is for) and ``--engine-set KEY=VALUE`` for any other engine setting (``--engine-set
+base_url=http://host:8000/v1``). Flags win over ``--engine-set``, which wins over the file, which wins
+over the command's default config (``eval --run-dir``: the run's), which wins over the defaults. Every
+value goes through ``config.load_engine_config`` (types and ranges), applied in that order, so an error
+names the option that made the settings invalid. The engine itself always comes from ``make_engine``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from metareward.config import ENGINES, EngineConfig, load_engine_config, parse_override
@@ -31,17 +35,29 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (0: torch's default)")
 
 
-def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    """The ``EngineConfig`` the options describe (checked; errors name the option or file and field)."""
-    overrides: dict[str, Any] = {}
+def engine_config_from_args(args: argparse.Namespace, default_config: str | Path | None = None) -> EngineConfig:
+    """The ``EngineConfig`` the options describe, over the ``engine:`` section of ``--engine-config`` or
+    else of ``default_config`` (None: the defaults). Checked after each option is applied, in the order
+    of the module docstring, so an error names the file, or the option, and the field."""
+    path = args.engine_config or default_config
+    steps: list[tuple[str, dict[str, Any]]] = []
     for text in args.engine_set:
         key, value = parse_override(text)
         key = key.removeprefix("engine.")
         if "." in key:
             raise InputError(f"--engine-set {text!r}: expected an engine setting, e.g. base_url=...")
-        overrides[key] = value
+        steps.append((f"--engine-set {text!r}", {key: value}))
     for name in FLAGS:
         value = getattr(args, name)
         if value is not None:
-            overrides["name" if name == "engine" else name] = value
-    return load_engine_config(args.engine_config, overrides)
+            steps.append((f"--{name.replace('_', '-')} {value}", {"name" if name == "engine" else name: value}))
+    cfg = load_engine_config(path)  # the file alone: its errors name the file
+    where = f"{path}: " if path is not None else "command line: "
+    overrides: dict[str, Any] = {}
+    for option, setting in steps:
+        overrides.update(setting)
+        try:
+            cfg = load_engine_config(path, overrides)
+        except InputError as e:
+            raise InputError(f"{option}: {str(e).removeprefix(where)}") from None
+    return cfg

@@ -26,7 +26,6 @@ which has no meta-judge) simply lacks those numbers.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -36,9 +35,8 @@ from typing import Any
 
 from metareward.errors import InputError
 from metareward.evaluation.judge_addressed import addressed_count
+from metareward.layout import IterationLayout, RunLayout, iteration_label
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Response, read_jsonl
-
-_ITER_RE = re.compile(r"^iter_(\d+)$")
 
 
 @dataclass
@@ -146,16 +144,16 @@ def _ratio(a: int, b: int) -> float:
 
 
 def iteration_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """The ``iter_<i>`` folders of a run directory, in iteration order."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    """The iteration folders of a run directory (the SFT step's iteration 0 included), in order."""
+    return [(i, layout.dir) for i, layout in iteration_layouts(run_dir)]
+
+
+def iteration_layouts(run_dir: str | Path) -> list[tuple[int, IterationLayout]]:
+    """``iteration_dirs`` as ``IterationLayout`` objects; an InputError when ``run_dir`` is not a folder."""
+    run = RunLayout(run_dir)
+    if not run.root.is_dir():
         raise InputError(f"{run_dir}: not a run directory (no such folder)")
-    found = []
-    for child in run_dir.iterdir():
-        m = _ITER_RE.match(child.name)
-        if m and child.is_dir():
-            found.append((int(m.group(1)), child))
-    return sorted(found)
+    return [(i, run.iteration(i)) for i in run.iterations(with_sft=True)]
 
 
 def meta_judge_bias(metas: Sequence[MetaJudgment], scores: dict[str, float | None]) -> MetaJudgeBias:
@@ -205,14 +203,14 @@ def pair_stats(pairs: Sequence[PreferencePair]) -> PairStats:
     )
 
 
-def diagnose_iteration(iteration: int, folder: Path) -> IterationDiagnostics:
-    """All diagnostics of one iteration folder (see module docstring)."""
-    d = IterationDiagnostics(iteration=iteration)
-    prompts = folder / "prompts.jsonl"
+def diagnose_iteration(folder: IterationLayout) -> IterationDiagnostics:
+    """All diagnostics of one iteration folder (see module docstring); absent artifacts are skipped."""
+    d = IterationDiagnostics(iteration=folder.iteration)
+    prompts = folder.artifact("prompts")
     if prompts.is_file():
         d.n_prompts = sum(1 for line in prompts.open(encoding="utf-8") if line.strip())
-    responses: list[Response] = _read(folder / "responses.jsonl", Response)
-    judgments: list[Judgment] = _read(folder / "judgments.jsonl", Judgment)
+    responses: list[Response] = _read(folder.artifact("responses"), Response)
+    judgments: list[Judgment] = _read(folder.artifact("judgments"), Judgment)
     d.n_responses = len(responses)
     d.response_lengths = [len(r.text) for r in responses]
     d.judge_addressed = addressed_count(r.text for r in responses)[0]
@@ -240,12 +238,12 @@ def diagnose_iteration(iteration: int, folder: Path) -> IterationDiagnostics:
                 d.response_pairs += 1
                 d.tied_response_pairs += means[i] == means[k]
 
-    if (folder / "actor_pairs.jsonl").is_file():
-        d.actor_pairs = pair_stats(_read(folder / "actor_pairs.jsonl", PreferencePair))
-    if (folder / "judge_pairs.jsonl").is_file():
-        d.judge_pairs = pair_stats(_read(folder / "judge_pairs.jsonl", PreferencePair))
-    if (folder / "meta_judgments.jsonl").is_file():
-        metas = _read(folder / "meta_judgments.jsonl", MetaJudgment)
+    if folder.artifact("actor_pairs").is_file():
+        d.actor_pairs = pair_stats(_read(folder.artifact("actor_pairs"), PreferencePair))
+    if folder.artifact("judge_pairs").is_file():
+        d.judge_pairs = pair_stats(_read(folder.artifact("judge_pairs"), PreferencePair))
+    if folder.artifact("meta_judgments").is_file():
+        metas = _read(folder.artifact("meta_judgments"), MetaJudgment)
         d.meta = meta_judge_bias(metas, {j.id: j.score for j in judgments})
     return d
 
@@ -255,11 +253,12 @@ def _read(path: Path, cls: type) -> list:
 
 
 def diagnose_run(run_dir: str | Path) -> list[IterationDiagnostics]:
-    """Diagnostics of every iteration of ``run_dir``; an InputError if it holds no ``iter_<i>``."""
-    dirs = iteration_dirs(run_dir)
-    if not dirs:
-        raise InputError(f"{run_dir}: no iter_<i> folders; is this a metareward run directory?")
-    return [diagnose_iteration(i, folder) for i, folder in dirs]
+    """Diagnostics of every iteration of ``run_dir``; an InputError if it holds no iteration folder."""
+    layouts = iteration_layouts(run_dir)
+    if not layouts:
+        raise InputError(f"{run_dir}: no iteration folders ({iteration_label(1)}, ...); "
+                         "is this a metareward run directory?")
+    return [diagnose_iteration(folder) for _, folder in layouts]
 
 
 def _summary_pairs(p: PairStats | None) -> dict[str, Any] | None:

@@ -41,7 +41,7 @@ from metareward.errors import InputError
 from metareward.evaluation import agreement as agreement_mod
 from metareward.evaluation import instruction_following as ifollow
 from metareward.evaluation import winrate as winrate_mod
-from metareward.evaluation.diagnostics import iteration_dirs
+from metareward.evaluation.diagnostics import iteration_layouts
 from metareward.evaluation.generation import generate_cached, settings_key
 from metareward.evaluation.known_order import known_order_set
 from metareward.evaluation.prompt_sets import (
@@ -53,6 +53,7 @@ from metareward.evaluation.prompt_sets import (
 from metareward.evaluation.suites import judge_bench, judge_bench_judging
 from metareward.evaluation.suites import run as suites_run
 from metareward.files import atomic_write_json
+from metareward.layout import RunLayout, iteration_label
 from metareward.models import check_model_name, resolve_model
 from metareward.ranked import load_agreement_set
 from metareward.records import Prompt
@@ -90,14 +91,14 @@ class EvalOptions:
 
 def run_models(run_dir: Path) -> tuple[list[tuple[str, str]], EngineConfig, JudgeConfig]:
     """Default models of a run directory (seed + every iteration with a trained model) and its settings."""
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = RunLayout(run_dir).config
     if not cfg_path.is_file():
-        raise InputError(f"{run_dir}: no config.yaml; is this a metareward run directory?")
+        raise InputError(f"{run_dir}: no {cfg_path.name}; is this a metareward run directory?")
     cfg = load_config(cfg_path)
     models = [("seed", cfg.model)]
-    for i, folder in iteration_dirs(run_dir):
-        if (folder / "model" / "config.json").is_file():
-            models.append((f"iter_{i}", str(folder / "model")))
+    for i, folder in iteration_layouts(run_dir):
+        if (folder.model / "config.json").is_file():
+            models.append((iteration_label(i), str(folder.model)))
     return models, cfg.engine, cfg.judge
 
 

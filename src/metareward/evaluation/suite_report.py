@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from typing import Any
+
+from metareward.layout import iteration_label, parse_iteration_label
 
 # Paper Table 1 (AlpacaEval 2 vs GPT-4 Turbo; judge GPT-4 Turbo): LC win rate, win rate, length (chars)
 PAPER_ALPACAEVAL2 = {
     "seed": ("Llama-3-8B-Instruct (seed)", 22.92, 22.57, 1899),
     "sft": ("SFT on EFT", 25.47, 25.10, 1943),
-    "iter_1": ("Meta-Rewarding iter 1", 27.85, 27.62, 1949),
-    "iter_2": ("Meta-Rewarding iter 2", 32.66, 33.29, 2001),
-    "iter_3": ("Meta-Rewarding iter 3", 35.45, 37.24, 2064),
-    "iter_4": ("Meta-Rewarding iter 4", 39.44, 39.45, 2003),
+    **{iteration_label(i): (f"Meta-Rewarding iter {i}", lc, wr, chars) for i, lc, wr, chars in (
+        (1, 27.85, 27.62, 1949),
+        (2, 32.66, 33.29, 2001),
+        (3, 35.45, 37.24, 2064),
+        (4, 39.44, 39.45, 2003),
+    )},
 }
 # Paper Table 2 (Arena-Hard v0.1: GPT-4-0314 baseline, gpt-4-1106-preview judge): score, 95% CI offsets
 PAPER_ARENA_HARD_V01 = {
     "seed": ("Llama-3-8B-Instruct (seed)", 20.6, (-2.0, 1.8)),
     "sft": ("SFT on EFT", 24.2, (-2.0, 1.8)),
-    "iter_4": ("Meta-Rewarding iter 4", 29.1, (-2.3, 2.1)),
+    iteration_label(4): ("Meta-Rewarding iter 4", 29.1, (-2.3, 2.1)),
 }
 
 
@@ -50,8 +53,7 @@ def _pct(x: Any) -> str:
 def _paper_key(label: str) -> str | None:
     if label == "seed":
         return "seed"
-    m = re.fullmatch(r"iter_(\d+)", label)
-    return label if m else None
+    return label if parse_iteration_label(label) is not None else None
 
 
 def _judge_line(block: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from metareward.drift import (
 from metareward.errors import InputError
 from metareward.evaluation.diagnostics import IterationDiagnostics, diagnose_run, iteration_dirs
 from metareward.files import atomic_write_text
+from metareward.layout import CONFIG_FILE, RunLayout
 from metareward.report.curves import run_train_logs
 from metareward.report.examples import RunSettings, run_settings
 from metareward.report.figures import table_eval, table_iterations
@@ -249,13 +250,13 @@ def config_differences(runs: Sequence[Run]) -> str:
     """The resolved-config fields (``config.yaml``) whose values differ between the runs (``run_dir`` aside)."""
     flats = []
     for r in runs:
-        path = r.path / "config.yaml"
+        path = RunLayout(r.path).config
         data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
         flats.append(_flat(data or {}))
     keys = sorted({k for f in flats for k in f} - {"run_dir"})
     diff = [k for k in keys if len({repr(f.get(k, "–")) for f in flats}) > 1]
     if not diff:
-        return '<p class="note">The runs\' config.yaml files agree on every field (run_dir aside).</p>'
+        return f'<p class="note">The runs\' {CONFIG_FILE} files agree on every field (run_dir aside).</p>'
     rows = [[f"<code>{html.escape(k)}</code>"] + [html.escape(str(f.get(k, "–"))) for f in flats] for k in diff]
     return ('<p class="note">Config fields that differ (everything else is the same):</p>'
             + table("config-diff", ["field", *[r.label for r in runs]], rows))

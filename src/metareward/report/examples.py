@@ -36,6 +36,7 @@ import yaml
 
 from metareward.config import IterationConfig, MetaJudgeConfig
 from metareward.errors import InputError
+from metareward.layout import CONFIG_FILE, MODEL_DIR, IterationLayout, RunLayout, iteration_label
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
 from metareward.report.html import fmt, folded, table
 from metareward.selection.elo import battle_matrix, bradley_terry, evidence_l2, positional_weights
@@ -65,7 +66,7 @@ class RunSettings:
 
 def run_settings(run_dir: Path) -> RunSettings:
     """The run's settings from ``RUN_DIR/config.yaml`` (defaults when absent); a malformed file is an error."""
-    path = run_dir / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.is_file():
         return RunSettings()
     try:
@@ -122,34 +123,36 @@ class IterationRecords:
 
     @classmethod
     def load(cls, iteration: int, folder: Path) -> IterationRecords:
+        layout = IterationLayout(folder, iteration)
+
         def read(name: str, kind: type) -> list:
-            p = folder / name
+            p = layout.artifact(name)
             return read_jsonl(p, kind) if p.is_file() else []
 
         responses: dict[str, list[Response]] = defaultdict(list)
-        for r in read("responses.jsonl", Response):
+        for r in read("responses", Response):
             responses[r.prompt_id].append(r)
         judgments: dict[str, list[Judgment]] = defaultdict(list)
-        for j in read("judgments.jsonl", Judgment):
+        for j in read("judgments", Judgment):
             judgments[j.response_id].append(j)
         for js in judgments.values():
             js.sort(key=lambda j: j.index)
         valid = {j.id for js in judgments.values() for j in js if valid_score(j)}
-        metas = [m for m in read("meta_judgments.jsonl", MetaJudgment) if m.judgment_a in valid and m.judgment_b in valid]
+        metas = [m for m in read("meta_judgments", MetaJudgment) if m.judgment_a in valid and m.judgment_b in valid]
         metas_by_prompt: dict[str, list[MetaJudgment]] = defaultdict(list)
         for m in metas:
             metas_by_prompt[m.prompt_id].append(m)
         return cls(
             iteration=iteration,
-            prompts={p.id: p for p in read("prompts.jsonl", Prompt)},
+            prompts={p.id: p for p in read("prompts", Prompt)},
             responses={k: sorted(v, key=lambda r: r.index) for k, v in responses.items()},
             judgments=dict(judgments),
             metas=metas,
             metas_by_prompt=dict(metas_by_prompt),
-            actor_pairs={p.prompt_id: p for p in read("actor_pairs.jsonl", PreferencePair)},
-            judge_pairs={p.prompt_id: p for p in read("judge_pairs.jsonl", PreferencePair)},
-            has_meta=(folder / "meta_judgments.jsonl").is_file(),
-            has_pairs=(folder / "actor_pairs.jsonl").is_file(),
+            actor_pairs={p.prompt_id: p for p in read("actor_pairs", PreferencePair)},
+            judge_pairs={p.prompt_id: p for p in read("judge_pairs", PreferencePair)},
+            has_meta=layout.artifact("meta_judgments").is_file(),
+            has_pairs=layout.artifact("actor_pairs").is_file(),
         )
 
 
@@ -223,7 +226,7 @@ def _why(choice: Any, pairs_written: bool) -> str:
     if not pairs_written:
         return "the pairs stage has not run yet"
     return ("not in the pairs file, although recomputing the selection gives one: the records do not match "
-            "this run's config.yaml")
+            f"this run's {CONFIG_FILE}")
 
 
 def _no_meta_reason(rec: IterationRecords, pid: str, cfg: RunSettings) -> str:
@@ -267,7 +270,7 @@ def meta_section(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tup
         if pair.chosen_id not in top:
             parts.append('<p class="alarm">The recomputed ε ranks '
                          f"{', '.join(sorted(html.escape(t) for t in top))} first, not the recorded chosen judgment: "
-                         "the records do not match this run's config.yaml.</p>")
+                         f"the records do not match this run's {CONFIG_FILE}.</p>")
     else:
         it = cfg.iteration(rec.iteration)
         rng = random.Random(request_seed(cfg.seed, rec.iteration, "judge_pair", rid))
@@ -298,7 +301,7 @@ def example(rec: IterationRecords, pid: str, cfg: RunSettings, weights: tuple[fl
         f"{folded(text, 'prompt')}<h4>Responses, judgments and the actor pair</h4>"
         f"{actor_section(rec, pid, cfg)}<h4>Meta-judge and the judge pair</h4>"
         f"{meta_section(rec, pid, cfg, weights)}"
-        f'<p class="note">These pairs trained <code>iter_{rec.iteration}/model</code>, the model of iteration '
+        f'<p class="note">These pairs trained <code>{iteration_label(rec.iteration)}/{MODEL_DIR}</code>, the model of iteration '
         f"{rec.iteration + 1}.</p></details>"
     )
 

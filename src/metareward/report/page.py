@@ -32,6 +32,7 @@ from metareward.drift import (
 from metareward.errors import InputError
 from metareward.evaluation.diagnostics import diagnose_run, iteration_dirs
 from metareward.files import atomic_write_text
+from metareward.layout import RunLayout
 from metareward.report.curves import training_section
 from metareward.report.examples import DEFAULT_EXAMPLES, examples_section, run_settings
 from metareward.report.figures import (
@@ -52,7 +53,7 @@ from metareward.report.judge_accuracy import judge_accuracy_section
 
 
 def find_eval(run_dir: Path) -> Path | None:
-    for p in (run_dir / "eval" / "eval.json", run_dir / "eval.json"):
+    for p in (RunLayout(run_dir).eval_dir / "eval.json", run_dir / "eval.json"):
         if p.is_file():
             return p
     return None
