@@ -274,3 +274,34 @@ def test_constrained_judge_reads_the_samples_the_engine_declined():
     js = judge.run(prompts, rs, JudgeConfig(n=2, scoring="constrained"), 0, 1, passes)
     assert passes.calls == [("judge", ["p/r0"]), ("judge_score", ["p/r0/j1"])]
     assert [j.score for j in js] == [2.75, 2.5]
+
+
+class _RecordingPasses:
+    """Passes whose choice pass answers request ``i`` with ``[i]`` and records what it was asked."""
+
+    def __init__(self):
+        self.asked: list[tuple[str, list[str]]] = []
+
+    def choices(self, name, requests):
+        self.asked.append((name, [r.id for r in requests]))
+        return {r.id: ChoiceOutput(id=r.id, probs=[float(k)]) for k, r in enumerate(requests)}
+
+
+def test_constrained_answers_read_only_what_the_engine_left():
+    from metareward.engines.base import ChoiceRequest
+    from metareward.stages.common import constrained_answers
+
+    records = [Prompt(id=f"r{i}", text="") for i in range(4)]
+    engine = {"r0": [0.5], "r2": [0.25]}
+
+    def requests(unread):
+        return [ChoiceRequest(id=r.id, messages=(), assistant_prefix="", choices=("A", "B")) for r in unread]
+
+    passes = _RecordingPasses()
+    probs = constrained_answers(passes, "verdict", records, lambda r: engine.get(r.id), requests)
+    assert passes.asked == [("verdict", ["r1", "r3"])]
+    assert probs == {"r0": [0.5], "r2": [0.25], "r1": [0.0], "r3": [1.0]}
+    passes = _RecordingPasses()
+    assert constrained_answers(passes, "verdict", records, lambda r: [1.0], requests) == dict.fromkeys(
+        ["r0", "r1", "r2", "r3"], [1.0])
+    assert passes.asked == []  # every record answered: no pass runs

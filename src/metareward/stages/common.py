@@ -9,13 +9,22 @@ pass; evaluation uses its own caches. Each pass has a name, unique across stages
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, GenerationOutput, GenerationRequest, Message
 from metareward.seeds import request_seed
 
-__all__ = ["Passes", "answered", "request_seed", "user_turn"]
+__all__ = ["Passes", "answered", "constrained_answers", "request_seed", "user_turn"]
+
+
+class _Record(Protocol):
+    """Any record with an id (``Judgment``, ``MetaJudgment``)."""
+
+    id: str
+
+
+Rec = TypeVar("Rec", bound=_Record)
 
 
 class Passes(Protocol):
@@ -39,3 +48,26 @@ def answered(out: GenerationOutput, sample: int) -> list[float] | None:
     """The engine's answer to sample ``sample``'s ``ChoiceFollowUp`` (the constrained score or verdict),
     or None where it left that read to the caller (the stage then reads it in its choice pass)."""
     return None if out.choice_probs is None else out.choice_probs[sample]
+
+
+def constrained_answers(
+    passes: Passes,
+    pass_name: str,
+    records: Sequence[Rec],
+    engine_answer: Callable[[Rec], Sequence[float] | None],
+    choice_requests: Callable[[list[Rec]], Sequence[ChoiceRequest]],
+) -> dict[str, Sequence[float]]:
+    """Constrained mode's choice probabilities of every record (a judgment's score digits, a
+    meta-judgment's verdict letters), keyed by record id.
+
+    The engine's own answer where it gave one (``engine_answer``: the ``hf`` engine reads each sample's
+    ``ChoiceFollowUp`` from its own cache); the records it left unanswered (other engines, chunks logged
+    before) are read again in pass ``pass_name`` from ``choice_requests(unread)``, which prefills prompt
+    and text anew. Either way the same numbers, up to the engine's arithmetic; no pass runs when every
+    record was answered."""
+    probs = {r.id: answer for r in records if (answer := engine_answer(r)) is not None}
+    unread = [r for r in records if r.id not in probs]
+    if unread:
+        read = passes.choices(pass_name, choice_requests(unread))
+        probs.update({r.id: read[r.id].probs for r in unread})
+    return probs

@@ -35,7 +35,7 @@ from metareward.engines.base import (
 )
 from metareward.parsing import check_probabilities, close_open_fence, parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
-from metareward.stages.common import Passes, answered, request_seed, user_turn
+from metareward.stages.common import Passes, answered, constrained_answers, request_seed, user_turn
 from metareward.templates import judge_prompt
 
 SCORE_CHOICES = ("0", "1", "2", "3", "4", "5")
@@ -59,11 +59,9 @@ def run(
     if cfg.scoring != "constrained":
         return judgments
     by_id = {r.id: r for r in responses}
-    probs = {j.id: answer for j in judgments if (answer := answered(outs[j.response_id], j.index)) is not None}
-    unread = [j for j in judgments if j.id not in probs]
-    if unread:
-        read = passes.choices(SCORE_PASS, score_requests(prompts, by_id, unread, cfg))
-        probs.update({j.id: read[j.id].probs for j in unread})
+    probs = constrained_answers(passes, SCORE_PASS, judgments,
+                                lambda j: answered(outs[j.response_id], j.index),
+                                lambda unread: score_requests(prompts, by_id, unread, cfg))
     return [apply_score(j, probs[j.id], by_id[j.response_id].text) for j in judgments]
 
 

@@ -32,7 +32,7 @@ from metareward.parsing import check_probabilities, close_open_fence, parse_verd
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.selection.elo import battle_result
 from metareward.selection.judge_pairs import meta_judge_orderings, select_meta_response
-from metareward.stages.common import Passes, answered, request_seed, user_turn
+from metareward.stages.common import Passes, answered, constrained_answers, request_seed, user_turn
 from metareward.templates import meta_judge_prompt
 
 VERDICT_CHOICES = ("A", "B")
@@ -99,12 +99,9 @@ def run(
     metas = [meta_from_output(b, outs[b.id], cfg) for b in battles]
     if cfg.scoring != "constrained":
         return metas
-    probs = {m.id: answer for m in metas if (answer := answered(outs[m.id], 0)) is not None}
-    unread = [m for m in metas if m.id not in probs]
-    if unread:
-        by_battle = {b.id: b for b in battles}
-        read = passes.choices(VERDICT_PASS, verdict_requests(by_battle, unread, by_prompt, by_response, cfg))
-        probs.update({m.id: read[m.id].probs for m in unread})
+    by_battle = {b.id: b for b in battles}
+    probs = constrained_answers(passes, VERDICT_PASS, metas, lambda m: answered(outs[m.id], 0),
+                                lambda unread: verdict_requests(by_battle, unread, by_prompt, by_response, cfg))
     return [apply_verdict(m, probs[m.id]) for m in metas]
 
 
