@@ -20,7 +20,8 @@ stage writes), from the config, the prompt pool and whatever a run directory alr
 Each stage's count is derived from its *inputs* on disk, never from its own output, so a plan made
 after a stage's inputs exist predicts its manifest count exactly (``tests/test_plan.py``).
 Generated tokens are bounded by ``max_tokens``; ``expected`` replaces every bound by the lengths and
-ratios measured in the latest finished earlier iteration of the same run (``Measured``) when there is one.
+ratios measured in the latest finished earlier iteration of the same run (``Measured``) when there is one,
+else keeps the bounds except for the judge pairs' yield (``PRIOR_JUDGE_PAIRS_PER_PROMPT``, an assumption).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ from metareward.plan.shape import TokenCounter
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
 from metareward.stages.meta_judge import plan_battles
 from metareward.templates import judge_prompt, meta_judge_prompt
+
+PRIOR_JUDGE_PAIRS_PER_PROMPT = 0.25
+"""Expected judge pairs per prompt before any iteration of the run has measured it (an assumption: the
+one iteration at the paper's N we have measured, benchmarks/results/paper-iteration.json, gave 8 of 32;
+the tiny runs give 0-1 of 8). Bounds never use it."""
 
 FIELDS = ("requests", "samples", "count", "prompt_tokens", "generated_tokens", "train_tokens")
 
@@ -192,7 +198,7 @@ def plan_iteration(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens
     inputs exist. ``measured`` supplies the expected lengths and ratios in place of bounds."""
     known = known or Known()
     works = [StageWork("prompts", count=len(prompts), exact=("count",), basis="drawn from the pool")]
-    actor_work, actor_ratio = _actor(cfg, prompts, tokens, known, measured)
+    actor_work, _ = _actor(cfg, prompts, tokens, known, measured)
     works.append(actor_work)
     judge_work = _judge(cfg, prompts, tokens, known, measured, actor_work)
     works.append(judge_work)
@@ -200,7 +206,7 @@ def plan_iteration(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens
         works.append(_meta_judge(cfg, index, prompts, tokens, known, measured))
     pairs_work, pairs = _pairs(cfg, index, prompts, known, measured, pair_builder)
     works.append(pairs_work)
-    works.append(_train(cfg, prompts, tokens, pairs, pairs_work, measured, actor_ratio))
+    works.append(_train(cfg, prompts, tokens, pairs, pairs_work, measured))
     return works
 
 
@@ -291,6 +297,14 @@ def _meta_judge(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens: T
     return w
 
 
+def _yields(measured: Measured | None) -> tuple[float, float]:
+    """Expected actor and judge pairs per prompt: measured, else one actor pair per prompt (the bound)
+    and ``PRIOR_JUDGE_PAIRS_PER_PROMPT``."""
+    if measured is None:
+        return 1.0, PRIOR_JUDGE_PAIRS_PER_PROMPT
+    return measured.actor_pairs_per_prompt, measured.judge_pairs_per_prompt or 0.0
+
+
 def _pairs(cfg: RunConfig, index: int, prompts: Sequence[Prompt], known: Known, measured: Measured | None,
            pair_builder: Any) -> tuple[StageWork, list[PreferencePair] | None]:
     p = len(prompts)
@@ -300,16 +314,16 @@ def _pairs(cfg: RunConfig, index: int, prompts: Sequence[Prompt], known: Known, 
         pairs = pair_builder(known.responses, known.judgments, known.metas or [])
         w = StageWork("pairs", count=len(pairs), exact=("count",), basis="judgments and meta-judgments stored")
         return w, pairs
-    bound = p * (2 if judge else 1)
-    w = StageWork("pairs", count=bound, basis="bound: one actor and one judge pair per prompt")
-    if measured:
-        expected = measured.actor_pairs_per_prompt * p + ((measured.judge_pairs_per_prompt or 0.0) * p if judge else 0)
-        w.expected = {"count": expected}
+    actor_yield, judge_yield = _yields(measured)
+    w = StageWork("pairs", count=p * (2 if judge else 1), basis="bound: one actor and one judge pair per prompt",
+                  expected={"count": p * (actor_yield + (judge_yield if judge else 0.0))})
     return w, None
 
 
 def _train(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, pairs: list[PreferencePair] | None,
-           pairs_work: StageWork, measured: Measured | None, unique_ratio: float | None) -> StageWork:
+           pairs_work: StageWork, measured: Measured | None) -> StageWork:
+    """DPO's examples and the tokens of their sequences (bound: every pair at max_tokens; expected: the
+    expected yields at measured lengths, else at max_tokens)."""
     cap = cfg.training.max_length
     if pairs is not None:
         heads = tokens.chats([x.prompt for x in pairs])
@@ -319,20 +333,17 @@ def _train(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, pair
         return StageWork("train", count=len(pairs), train_tokens=seqs, exact=("count",),
                          expected={"train_tokens": float(seqs)}, basis="pairs known; tokens of both sequences")
     heads = tokens.chats([q.text for q in prompts])
-    actor_seq = sum(min(cap, h + cfg.actor.max_tokens) for h in heads) * 2
-    judge_pairs = pairs_work.count - len(prompts)
-    judge_seq = 0
-    if judge_pairs > 0:
-        jheads = tokens.chats([judge_prompt(q.text, "", cfg.judge.template) for q in prompts])
-        judge_seq = sum(min(cap, h + cfg.actor.max_tokens + cfg.judge.max_tokens) for h in jheads) * 2
-    w = StageWork("train", count=pairs_work.count, train_tokens=actor_seq + judge_seq,
-                  basis="bound: every pair at max_tokens")
-    expected_count = pairs_work.estimate("count")
-    if measured and pairs_work.count:
+    judge = pairs_work.count > len(prompts)
+    jheads = tokens.chats([judge_prompt(q.text, "", cfg.judge.template) for q in prompts]) if judge else []
+    resp, jt = cfg.actor.max_tokens, cfg.judge.max_tokens
+
+    def sequences(resp: float, jt: float, actor_yield: float, judge_yield: float) -> float:
+        a = sum(min(cap, h + resp) for h in heads) * 2 * actor_yield
+        return a + sum(min(cap, h + resp + jt) for h in jheads) * 2 * judge_yield
+
+    bound = round(sequences(resp, jt, 1.0, 1.0))
+    if measured:
         resp, jt = measured.response_tokens, measured.judgment_tokens
-        a = sum(min(cap, h + resp) for h in heads) * 2 * measured.actor_pairs_per_prompt
-        j = 0.0
-        if judge_pairs > 0 and measured.judge_pairs_per_prompt:
-            j = sum(min(cap, h + resp + jt) for h in jheads) * 2 * measured.judge_pairs_per_prompt
-        w.expected = {"count": expected_count, "train_tokens": a + j}
-    return w
+    return StageWork("train", count=pairs_work.count, train_tokens=bound, basis="bound: every pair at max_tokens",
+                     expected={"count": pairs_work.estimate("count"),
+                               "train_tokens": sequences(resp, jt, *_yields(measured))})
