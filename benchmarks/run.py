@@ -567,6 +567,7 @@ def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict
 def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceilings: Ceilings) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from metareward.config import TrainingConfig
     from metareward.training.dpo_native import tokenize_pair, train_dpo_native
 
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -583,9 +584,9 @@ def bench_dpo(model_path: str, pairs: list[dict], steps: int, fm: dict, ceilings
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     with PeakMemory() as mem:
-        m, nearby = ceilings.around("float32", lambda: train_dpo_native(
-            model, tok, pairs, beta=0.1, lr=5e-6, epochs=steps, batch_size=batch, grad_accum=2, max_length=None,
-            warmup_ratio=0.0, lr_scheduler="constant", seed=0))
+        cfg = TrainingConfig(beta=0.1, learning_rate=5e-6, epochs=steps, batch_size=batch, gradient_accumulation=2,
+                             max_length=None, warmup_ratio=0.0, lr_scheduler="constant", shuffle_seed=0)
+        m, nearby = ceilings.around("float32", lambda: train_dpo_native(model, tok, pairs, cfg))
     ceiling = max(nearby)
     step = statistics.median(m["step_s"][1:] or m["step_s"])
     seconds = step + m["reference_s"]

@@ -404,6 +404,7 @@ def section_dpo_native(args) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from metareward.config import TrainingConfig
     from metareward.training.dpo_native import train_dpo_native
 
     on_gpu = cuda()
@@ -411,14 +412,14 @@ def section_dpo_native(args) -> dict[str, Any]:
     n, repeat, batch = (64, 6, 16) if on_gpu else (4, 1, 2)
     tok = AutoTokenizer.from_pretrained(model_path())
     model = AutoModelForCausalLM.from_pretrained(model_path(), dtype=dtype).to(device)
-    kw = dict(beta=0.1, lr=1e-6, epochs=1.0, batch_size=batch, grad_accum=1, max_length=1024, warmup_ratio=0.0,
-              lr_scheduler="constant")
+    cfg = TrainingConfig(beta=0.1, learning_rate=1e-6, epochs=1.0, batch_size=batch, gradient_accumulation=1,
+                         max_length=1024, warmup_ratio=0.0, lr_scheduler="constant")
     if on_gpu:  # warm-up: kernels, allocator
-        train_dpo_native(model, tok, _dpo_pairs(batch, repeat), **kw)
+        train_dpo_native(model, tok, _dpo_pairs(batch, repeat), cfg)
         torch.cuda.synchronize()
     pairs = _dpo_pairs(n, repeat)
     t = time.perf_counter()
-    metrics = train_dpo_native(model, tok, pairs, **kw)
+    metrics = train_dpo_native(model, tok, pairs, cfg)
     if on_gpu:
         torch.cuda.synchronize()
     secs = time.perf_counter() - t

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from metareward.config import TrainingConfig
 from metareward.training.common import checkpointing_kwargs
 from metareward.training.dpo_native import (
     dpo_loss,
@@ -124,8 +125,9 @@ def test_loss_matches_trl_when_policy_differs_from_reference(model_and_tokenizer
     """After a native step the policy moved: the loss of a shifted policy must still equal TRL's."""
     model, tok = model_and_tokenizer
     moved = copy.deepcopy(model)
-    metrics = train_dpo_native(moved, tok, PAIRS, beta=0.1, lr=1e-4, epochs=2, batch_size=2, grad_accum=1,
-                               max_length=None, warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    cfg = TrainingConfig(beta=0.1, learning_rate=1e-4, epochs=2, batch_size=2, gradient_accumulation=1,
+                         max_length=None, warmup_ratio=0.0, lr_scheduler="constant", shuffle_seed=0)
+    metrics = train_dpo_native(moved, tok, PAIRS, cfg)
     assert metrics["steps"] == 4 and metrics["pairs"] == 3
     assert metrics["last"]["rewards/margins"] > metrics["first"]["rewards/margins"]
 

@@ -14,15 +14,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metareward.training.dpo_native import (
+from metareward.config import TrainingConfig
+from metareward.training.activations import (
     activation_checkpointing,
     checkpointed_layer_count,
     layer_activation_bytes,
-    sequence_logps,
     split_to_budget,
-    tokenize_pair,
-    train_dpo_native,
 )
+from metareward.training.dpo_native import sequence_logps, tokenize_pair, train_dpo_native
 
 PAIRS = [
     {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
@@ -68,9 +67,10 @@ def test_layer_activation_bytes_of_smollm2_135m_shape():
 
 def _train(model, tok, budget, batch_size=1, grad_accum=2):
     policy = copy.deepcopy(model)
-    metrics = train_dpo_native(policy, tok, PAIRS, beta=0.1, lr=1e-3, epochs=2, batch_size=batch_size,
-                               grad_accum=grad_accum, max_length=256, warmup_ratio=0.0, lr_scheduler="constant",
-                               seed=0, activation_budget=budget)
+    cfg = TrainingConfig(beta=0.1, learning_rate=1e-3, epochs=2, batch_size=batch_size,
+                         gradient_accumulation=grad_accum, max_length=256, warmup_ratio=0.0, lr_scheduler="constant",
+                         shuffle_seed=0)
+    metrics = train_dpo_native(policy, tok, PAIRS, cfg, activation_budget=budget)
     return policy, metrics
 
 
@@ -157,8 +157,9 @@ def test_no_gradient_is_held_through_a_steps_forward(tiny):
     handle = policy.get_decoder().register_forward_pre_hook(
         lambda module, args: held.append(sum(p.grad is not None for p in policy.parameters())))
     try:
-        train_dpo_native(policy, tok, PAIRS, beta=0.1, lr=1e-3, epochs=2, batch_size=2, grad_accum=1, max_length=256,
-                         warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+        cfg = TrainingConfig(beta=0.1, learning_rate=1e-3, epochs=2, batch_size=2, gradient_accumulation=1,
+                             max_length=256, warmup_ratio=0.0, lr_scheduler="constant", shuffle_seed=0)
+        train_dpo_native(policy, tok, PAIRS, cfg)
     finally:
         handle.remove()
     assert len(held) == 2 + 4  # the reference pass (2 micro-batches), then 2 epochs x 2 steps x 1 micro-batch

@@ -70,6 +70,7 @@ def test_native_dpo_logs_every_step_and_reports(tmp_path, monkeypatch):
     from transformers import TrainerCallback
     from transformers.integrations import integration_utils
 
+    from metareward.config import TrainingConfig
     from metareward.training.dpo_native import train_dpo_native
 
     seen: list[tuple[str, dict]] = []
@@ -88,9 +89,9 @@ def test_native_dpo_logs_every_step_and_reports(tmp_path, monkeypatch):
     path = tmp_path / "iter_1" / "train_log.jsonl"
     path.parent.mkdir()
     path.write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')  # a killed earlier round
-    metrics = train_dpo_native(tiny_llama(), CharTokenizer(), PAIRS, lr=1e-3, epochs=2, batch_size=2, grad_accum=2,
-                               max_length=64, warmup_ratio=0.0, lr_scheduler="linear", log_path=path,
-                               report_to=["recorder"])
+    cfg = TrainingConfig(learning_rate=1e-3, epochs=2, batch_size=2, gradient_accumulation=2, max_length=64,
+                         warmup_ratio=0.0, lr_scheduler="linear", report_to=["recorder"])
+    metrics = train_dpo_native(tiny_llama(), CharTokenizer(), PAIRS, cfg, log_path=path)
     rows = lines(path)
     assert metrics["steps"] == 4  # 6 pairs / global batch 4 = 2 steps per epoch, 2 epochs
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -8,6 +8,9 @@ once differed between ``hf`` and ``vllm``):
 * ``choice_context``: how a ``ChoiceRequest``'s ``assistant_prefix`` and its ``choices`` become context
   tokens plus one token per choice (the constrained scoring mode reads the next-token probability of
   exactly those tokens).
+* ``common_prefix``: how many leading tokens two sequences share (the hf engine's prefix sharing, and
+  native DPO's cut between a pair's prompt and its completions, which is why it lives here and not in
+  the hf engine: training may import this module).
 
 Pure functions of a tokenizer (any object with the transformers tokenizer methods used below): no torch.
 """
@@ -47,6 +50,15 @@ def stop_token_ids(tokenizer: Any, model_path: str | None = None, generation_eos
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             ids.add(tid)
     return sorted(ids)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def cut_at_stop(tokens: Sequence[int], stop_ids: Iterable[int]) -> tuple[list[int], bool]:

@@ -1,7 +1,7 @@
 """DPO in plain PyTorch: the same loss as TRL's DPOTrainer (sigmoid loss), less overhead (docs/method.md §4.1).
 
-Why it exists: on a small CPU, TRL's trainer reached about half of the machine's matmul ceiling on a DPO
-step, a hand-written loop about three quarters (issue 6). ``training.backend: native`` selects it;
+Why it exists: on a small CPU, TRL's trainer reached a smaller share of the machine's matmul ceiling on
+a DPO step than a hand-written loop (``docs/performance.md``). ``training.backend: native`` selects it;
 ``tests/test_dpo_native.py`` shows its loss and gradients equal TRL's on the same batch.
 
 What it does, and why it is fast without changing the result:
@@ -11,37 +11,32 @@ What it does, and why it is fast without changing the result:
   dropped, as TRL does); a plain-text prompt gets the eos token appended to its completions;
 * computes the reference model's log-probabilities ONCE for all pairs before training (the reference
   is the policy's starting weights; no second model is kept in memory while training);
-* within one optimizer step (``batch_size * grad_accum`` pairs, the global batch) it re-cuts the
-  micro-batches by length, so each forward pads chosen and rejected sequences of similar length only;
-  the gradient of the global batch does not depend on how it is cut;
+* within one optimizer step (``batch_size * gradient_accumulation`` pairs, the global batch) it re-cuts
+  the micro-batches by length, so each forward pads chosen and rejected sequences of similar length
+  only; the gradient of the global batch does not depend on how it is cut;
 * runs each pair as one row where the model's attention takes a custom mask (sdpa, eager:
   ``pair_logps``): the prompt once, then the chosen completion, then the rejected one, masked from the
-  chosen tokens and positioned after the prompt, so a judge pair's ~500-token prompt is not run twice
-  (judge-pair steps ~1.8x faster and ~1 GiB smaller on the tiny run, ``docs/performance.md``); the
+  chosen tokens and positioned after the prompt, so a judge pair's long prompt is not run twice; the
   log-probs equal two rows per pair up to float rounding (``tests/test_dpo_native.py``);
-* runs the LM head only at completion positions (the judge pairs' ~500-token prompts need no logits),
-  and in the gradient-free reference pass in slices of ``HEAD_CHUNK`` positions with logsumexp, so no
+* runs the LM head only at completion positions (the judge pairs' prompts need no logits), and in the
+  gradient-free reference pass in slices of ``HEAD_CHUNK`` positions with logsumexp, so no
   [tokens, vocab] tensor is ever whole there; with gradients, the log-probabilities of the targets come
   from the logits and their log-sum-exp only, and the backward writes the logits' gradient into the
   logits themselves (``_TargetLogps``: no full-size log-softmax, zero-filled gradient or softmax backward);
 * frees the gradients after each optimizer step (``zero_grad(set_to_none=True)``), so a forward's
-  activations never sit beside a full set of them (0.5 GB for SmolLM2-135M in float32; in a run,
-  where the hf engine's heap setting ``keep_freed_memory`` stays in force, the next step reuses the
-  freed buffers without page faults), and uses PyTorch's fused AdamW (one pass over the parameters instead of ten elementwise
-  ones, memory-bound on a CPU);
-* log-probabilities and the loss are float32 (bf16 margins moved by up to 1.5 nats in our tests);
-* bounds the memory a micro-batch's saved activations take (``activation_budget``): when the decoder
-  layers' activations for backward would exceed it, the first layers run under activation
-  checkpointing (their activations recomputed in backward, bit for bit the same, so the loss and the
-  gradients do not change: ``tests/test_dpo_native_memory.py``), just enough of them to fit; a
-  micro-batch that does not fit even with every layer checkpointed (long judge pairs) runs in halves
-  (``split_to_budget``: the same gradients up to the sum's rounding). Without it, a
-  micro-batch of four ~600-token judge pairs saved ~7.6 GiB of activations on SmolLM2-135M, which was
-  most of the tiny run's peak memory and, freshly page-faulted, much of its first step's time
-  (``docs/performance.md``, "Iteration costs: DPO warm-up and memory").
+  activations never sit beside a full set of them (in a run, where the hf engine's heap setting
+  ``keep_freed_memory`` stays in force, the next step reuses the freed buffers without page faults),
+  and uses PyTorch's fused AdamW (one pass over the parameters instead of ten elementwise ones,
+  memory-bound on a CPU);
+* log-probabilities and the loss are float32 (bf16 moves the margins noticeably);
+* bounds the memory a micro-batch's saved activations take (``activation_budget``,
+  ``training.activations.MicroBatchPlan``): layers checkpointed, or the micro-batch halved, until it fits.
 
-Optimizer and schedule as transformers' Trainer uses them for DPOTrainer: AdamW (betas 0.9/0.999,
-eps 1e-8, no weight decay), ``get_scheduler(lr_scheduler, warmup)``, gradient norm clipped at 1.0.
+The loop is cut into its parts: ``_global_batches`` (the shuffled pairs of each optimizer step),
+``_accumulate`` (a step's micro-batches: forward, loss, backward), ``dpo_loss``, ``_StepLog`` (the
+train log and the ``report_to`` integrations). Optimizer and schedule as transformers' Trainer uses
+them for DPOTrainer: AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), ``get_scheduler(lr_scheduler,
+warmup)``, gradient norm clipped at 1.0.
 """
 
 from __future__ import annotations
@@ -50,17 +45,18 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
-HEAD_CHUNK = 256  # completion positions per LM-head slice when no gradient is needed (50 MB of logits)
-ACTIVATION_BUDGET = 128 << 20  # bytes of decoder-layer activations a micro-batch may keep for backward
+from metareward.config import TrainingConfig
+from metareward.engines.tokens import common_prefix
+from metareward.training.activations import ACTIVATION_BUDGET, MicroBatchPlan
+
+HEAD_CHUNK = 256  # completion positions per LM-head slice when no gradient is needed
 
 
 @dataclass
@@ -83,15 +79,6 @@ def _chat_ids(tokenizer, messages: list[dict[str, str]], generation_prompt: bool
     return list(out)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def tokenize_pair(tokenizer, pair: dict[str, Any], max_length: int | None) -> PairTokens | None:
     """TRL 1.16's DPO tokenization of one pair (see module docstring); None if the prompt fills max_length."""
     prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
@@ -109,7 +96,7 @@ def tokenize_pair(tokenizer, pair: dict[str, Any], max_length: int | None) -> Pa
         p = _chat_ids(tokenizer, list(prompt), True)
         pc = _chat_ids(tokenizer, list(prompt) + list(chosen), False)
         pr = _chat_ids(tokenizer, list(prompt) + list(rejected), False)
-    cut = min(_common_prefix(p, pc), _common_prefix(p, pr))
+    cut = min(common_prefix(p, pc), common_prefix(p, pr))
     if max_length is not None and cut >= max_length:
         return None
     c, r = pc[cut:], pr[cut:]
@@ -154,7 +141,7 @@ def pair_logps(model, items: Sequence[PairTokens], pad_id: int) -> torch.Tensor:
     rejected tokens from seeing the chosen ones, and their position ids continue the prompt's, so each
     completion's log-probs are those of its own prompt+completion row (``sequence_logps``; equal up to
     float rounding, ``tests/test_dpo_native.py``) over p + c + r positions instead of 2p + c + r: a judge
-    pair's ~500-token prompt runs once, not twice. Padded positions attend only to themselves.
+    pair's long prompt runs once, not twice. Padded positions attend only to themselves.
     Assumes ``packs_pairs(model)``."""
     device = next(model.parameters()).device
     lengths = [len(t.prompt) + len(t.chosen) + len(t.rejected) for t in items]
@@ -229,10 +216,10 @@ class _TargetLogps(torch.autograd.Function):
     """``log_softmax(logits)[row, target]`` with a backward that works in the logits' own memory.
 
     The plain way (``log_softmax(...).gather``) writes a [tokens, vocab] log-softmax, then in backward a
-    zero-filled [tokens, vocab] gradient, a scatter and a full-size softmax backward: on a CPU, ~0.8 s
-    per micro-batch of 800 completion tokens. Here the forward keeps only each row's log-sum-exp
-    (computed in ``HEAD_CHUNK`` slices), and the backward turns the saved logits into their gradient
-    in place, ``-g * softmax + g * onehot(target)`` (~0.35 s). Assumes, and is only used where, the
+    zero-filled [tokens, vocab] gradient, a scatter and a full-size softmax backward, each a pass over
+    memory on a CPU. Here the forward keeps only each row's log-sum-exp (computed in ``HEAD_CHUNK``
+    slices), and the backward turns the saved logits into their gradient in place,
+    ``-g * softmax + g * onehot(target)``. Assumes, and is only used where, the
     logits are a fresh tensor nothing else reads (the LM head's output, whose own backward needs only
     its input and weight). Its values and gradients equal the plain way's (``tests/test_dpo_native``).
     """
@@ -278,189 +265,159 @@ def reference_logps(model, items: Sequence[PairTokens], batch_size: int, pad_id:
     return out
 
 
-def layer_activation_bytes(config, tokens: int, itemsize: int) -> int:
-    """Estimated bytes one decoder layer keeps for backward over ``tokens`` (padded) positions: per token,
-    10 hidden-sized, 4 key/value-sized and 5 MLP-sized values (norms, projections, rotary, attention
-    output; gate, up, activation, product). Fitted to a Llama layer of SmolLM2-135M's shape in float32:
-    56.8 KB per token estimated, 57.8 KB measured (``docs/performance.md``)."""
-    hidden = config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    kv = config.num_key_value_heads * head_dim
-    return tokens * itemsize * (10 * hidden + 4 * kv + 5 * config.intermediate_size)
-
-
-def checkpointed_layer_count(n_layers: int, per_layer: int, saved_input: int, budget: int | None) -> int:
-    """How many of ``n_layers`` decoder layers must run under activation checkpointing so that what the
-    micro-batch keeps for backward fits ``budget`` bytes: a plain layer keeps ``per_layer``, a checkpointed
-    one only its input (``saved_input``), plus one layer's activations while it is recomputed in backward.
-    0 when everything fits (or ``budget`` is None), ``n_layers`` when even that does not."""
-    if budget is None or n_layers * per_layer <= budget:
-        return 0
-    if per_layer <= saved_input:
-        return n_layers
-    need = (n_layers + 1) * per_layer - budget  # k layers save (per_layer - saved_input) each
-    return min(n_layers, -(-need // (per_layer - saved_input)))
-
-
-def split_to_budget(micro: list[int], fits) -> list[list[int]]:
-    """``micro`` (pairs sorted by length) halved, and its halves halved, until ``fits(part)`` or one pair is
-    left. Used where even every layer checkpointed keeps more than the activation budget for backward
-    (long judge pairs): the pairs then run as several backward passes into the same gradients, which
-    changes the sum's rounding only, and the peak shrinks with the micro-batch."""
-    if len(micro) == 1 or fits(micro):
-        return [micro]
-    half = (len(micro) + 1) // 2
-    return split_to_budget(micro[:half], fits) + split_to_budget(micro[half:], fits)
-
-
-def _checkpointed(forward):
-    def run(*args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-    return run
-
-
-@contextmanager
-def activation_checkpointing(layers: Sequence[torch.nn.Module], count: int) -> Iterator[None]:
-    """Run the first ``count`` of ``layers`` under non-reentrant activation checkpointing inside the block
-    (the layer's own forward, recomputed in backward: the same operations on the same inputs, so the same
-    bits on a CPU). Instance-level, so the model's own checkpointing settings are left alone."""
-    wrapped = list(layers[:count])
-    try:
-        for layer in wrapped:
-            layer.forward = _checkpointed(layer.forward)
-        yield
-    finally:
-        for layer in wrapped:
-            if "forward" in layer.__dict__:
-                del layer.forward
-
-
 def _fused_adamw_ok(params: Sequence[torch.Tensor]) -> bool:
     """PyTorch's fused AdamW runs on CPU and CUDA for floating-point parameters on one device type."""
     kinds = {(p.device.type, p.dtype) for p in params}
     return len({d for d, _ in kinds}) == 1 and all(d in ("cpu", "cuda") and t.is_floating_point for d, t in kinds)
 
 
-def train_dpo_native(
-    model,
-    tokenizer,
-    pairs: Sequence[dict[str, Any]],
-    beta: float = 0.1,
-    lr: float = 5e-6,
-    epochs: float = 1.0,
-    batch_size: int = 4,
-    grad_accum: int = 8,
-    max_length: int | None = 4096,
-    warmup_ratio: float = 0.1,
-    lr_scheduler: str = "cosine",
-    seed: int = 0,
-    ref_model=None,
-    log_path: str | Path | None = None,
-    report_to: Sequence[str] = (),
-    activation_budget: int | None = ACTIVATION_BUDGET,
-) -> dict[str, Any]:
-    """Train ``model`` in place with DPO on ``pairs`` (dicts with prompt: chat messages or str, chosen,
-    rejected: str or assistant messages). The reference is ``ref_model`` if given, else ``model``'s
-    weights before training (log-probs taken once up front). Returns metrics: loss, rewards, accuracy
-    (first and last optimizer step), steps, tokens, runtime and tokens/s.
-
-    Each optimizer step's metrics (``training.common.STEP_KEYS``: loss, rewards, margins, accuracy, the
-    learning rate the step used, the gradient norm before clipping, tokens/s of the step) are appended to
-    ``log_path`` when given (a fresh ``TrainLog``: a killed round restarts from step 1) and handed to the
-    ``report_to`` integrations (``training.common.NativeReporter``; their files go beside ``log_path``).
-
-    ``activation_budget``: bytes of decoder-layer activations a micro-batch may keep for backward; layers
-    beyond it are checkpointed (see the module docstring; None: never). Changes memory and time only."""
-    from transformers import get_scheduler
-
-    from metareward.training.common import NativeReporter, TrainLog, step_record
-
-    started = time.perf_counter()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tokenized = [tokenize_pair(tokenizer, p, max_length) for p in pairs]
-    items = [t for t in tokenized if t is not None]
-    if not items:
-        raise ValueError("no preference pairs to train on (every prompt fills max_length?)")
-    ref = reference_logps(ref_model if ref_model is not None else model, items, batch_size, pad_id)
-    reference_s = time.perf_counter() - started
-
-    global_batch = batch_size * grad_accum
-    steps_per_epoch = math.ceil(len(items) / global_batch)
-    total_steps = max(1, math.ceil(steps_per_epoch * epochs))
-    warmup = math.ceil(warmup_ratio * total_steps) if warmup_ratio < 1 else int(warmup_ratio)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # fused: one pass over the parameters instead of ~10 elementwise ones (memory-bound on a CPU)
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                                  fused=_fused_adamw_ok(params))
-    scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+def _global_batches(n_items: int, size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """The pair indices of each of ``steps`` optimizer steps: ``size`` at a time from a shuffled order,
+    reshuffled (``random.Random(seed)``) whenever the order runs out (an epoch's last batch may be smaller)."""
     rng = random.Random(seed)
-    train_log = TrainLog(log_path, resume_step=0) if log_path is not None else None
-    reporter = NativeReporter(report_to, Path(log_path).parent if log_path is not None else Path.cwd(), model, tokenizer)
-    reporter.begin(total_steps)
-    model.train()
-    layers = getattr(model.get_decoder(), "layers", [])
-    itemsize = next(model.parameters()).element_size()
-    checkpointed: list[int] = []
-    logs: list[dict[str, float]] = []
-    tokens = 0
     order: list[int] = []
-    step_times: list[float] = []
-    for step in range(1, total_steps + 1):
-        step_start = time.perf_counter()
-        step_lr = scheduler.get_last_lr()[0]
-        step_tokens = 0
+    for _ in range(steps):
         if not order:
-            order = list(range(len(items)))
+            order = list(range(n_items))
             rng.shuffle(order)
-        chunk, order = order[:global_batch], order[global_batch:]
-        optimizer.zero_grad(set_to_none=True)  # no gradients held through the forward (see module docstring)
-        losses, chosen_r, rejected_r = [], [], []
-        def kept(micro: list[int]) -> tuple[int, int]:  # (per layer, per checkpointed layer) bytes
-            padded = micro_batch_positions(model, [items[i] for i in micro])
-            return (layer_activation_bytes(model.config, padded, itemsize),
-                    padded * model.config.hidden_size * itemsize)
+        chunk, order = order[:size], order[size:]
+        yield chunk
 
-        def fits(micro: list[int]) -> bool:  # every layer checkpointed, one recomputed: within the budget
-            per_layer, saved = kept(micro)
-            return activation_budget is None or len(layers) * saved + per_layer <= activation_budget
 
-        parts = [part for micro in _micro_batches(chunk, items, batch_size) for part in split_to_budget(micro, fits)]
-        for micro in parts:
-            pairs_in = [items[i] for i in micro]
-            step_tokens += sum(len(s) for t in pairs_in for s, _ in t.sequences())
-            count = checkpointed_layer_count(len(layers), *kept(micro), activation_budget)
-            checkpointed.append(count)
-            with activation_checkpointing(layers, count):
-                logps = micro_batch_logps(model, pairs_in, pad_id)
-                r = ref[micro].to(logps.device)
-                loss, cr, rr = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta)
-                (loss.sum() / len(chunk)).backward()
-            losses.append(loss.detach())
-            chosen_r.append(cr)
-            rejected_r.append(rr)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-        optimizer.step()
-        scheduler.step()
-        step_times.append(time.perf_counter() - step_start)
-        tokens += step_tokens
-        c, r = torch.cat(chosen_r), torch.cat(rejected_r)
-        entry = {
-            "loss": float(torch.cat(losses).mean()),
+@dataclass
+class _StepResult:
+    """What one optimizer step's micro-batches computed: per-pair losses and implicit rewards, the
+    sequence tokens they ran, and the checkpointed layer count of each micro-batch."""
+
+    losses: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    tokens: int
+    checkpointed: list[int]
+
+    def entry(self) -> dict[str, float]:
+        """The step's DPO metrics, as TRL logs them."""
+        c, r = self.chosen, self.rejected
+        return {
+            "loss": float(self.losses.mean()),
             "rewards/chosen": float(c.mean()),
             "rewards/rejected": float(r.mean()),
             "rewards/margins": float((c - r).mean()),
             "rewards/accuracies": float((c > r).float().mean()),
         }
-        logs.append(entry)
-        record = step_record(step, step / steps_per_epoch, {
-            **entry, "learning_rate": step_lr, "grad_norm": grad_norm,
-            "tokens_per_s": step_tokens / step_times[-1] if step_times[-1] > 0 else None,
-        }, time.perf_counter() - started)
-        if train_log is not None:
-            train_log.append(record)
-        reporter.log(record)
-    reporter.end()
+
+
+def _accumulate(model, items: Sequence[PairTokens], ref: torch.Tensor, chunk: list[int], plan: MicroBatchPlan,
+                batch_size: int, beta: float, pad_id: int) -> _StepResult:
+    """Forward and backward of one global batch (``chunk``) into the gradients: cut by length into
+    micro-batches of ``batch_size`` pairs, each split and checkpointed as ``plan`` says; each pair's loss
+    counts 1/len(chunk)."""
+    losses, chosen, rejected, checkpointed = [], [], [], []
+    tokens = 0
+    parts = [part for micro in _micro_batches(chunk, items, batch_size) for part in plan.parts(micro)]
+    for micro in parts:
+        pairs_in = [items[i] for i in micro]
+        tokens += sum(len(s) for t in pairs_in for s, _ in t.sequences())
+        count = plan.layers_to_checkpoint(micro)
+        checkpointed.append(count)
+        with plan.checkpointing(count):
+            logps = micro_batch_logps(model, pairs_in, pad_id)
+            r = ref[micro].to(logps.device)
+            loss, cr, rr = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta)
+            (loss.sum() / len(chunk)).backward()
+        losses.append(loss.detach())
+        chosen.append(cr)
+        rejected.append(rr)
+    return _StepResult(torch.cat(losses), torch.cat(chosen), torch.cat(rejected), tokens, checkpointed)
+
+
+class _StepLog:
+    """Each optimizer step's metrics (``training.common.STEP_KEYS``: loss, rewards, margins, accuracy, the
+    learning rate the step used, the gradient norm before clipping, tokens/s of the step) appended to
+    ``log_path`` when given (a fresh ``TrainLog``: a killed round restarts from step 1) and handed to the
+    ``report_to`` integrations (``training.common.NativeReporter``; their files go beside ``log_path``)."""
+
+    def __init__(self, log_path: str | Path | None, report_to: Sequence[str], model, tokenizer, total_steps: int,
+                 steps_per_epoch: int, started: float):
+        from metareward.training.common import NativeReporter, TrainLog
+
+        self.train_log = TrainLog(log_path, resume_step=0) if log_path is not None else None
+        folder = Path(log_path).parent if log_path is not None else Path.cwd()
+        self.reporter = NativeReporter(report_to, folder, model, tokenizer)
+        self.reporter.begin(total_steps)
+        self.steps_per_epoch, self.started = steps_per_epoch, started
+
+    def step(self, step: int, entry: dict[str, float], lr: float, grad_norm: float, tokens: int,
+             seconds: float) -> None:
+        from metareward.training.common import step_record
+
+        record = step_record(step, step / self.steps_per_epoch, {
+            **entry, "learning_rate": lr, "grad_norm": grad_norm,
+            "tokens_per_s": tokens / seconds if seconds > 0 else None,
+        }, time.perf_counter() - self.started)
+        if self.train_log is not None:
+            self.train_log.append(record)
+        self.reporter.log(record)
+
+    def end(self) -> None:
+        self.reporter.end()
+
+
+def _optimizer(model, cfg: TrainingConfig, total_steps: int):
+    """AdamW over the trainable parameters (fused where PyTorch allows: one pass over the parameters
+    instead of ~10 elementwise ones, memory-bound on a CPU) and its learning-rate schedule."""
+    from transformers import get_scheduler
+
+    warmup = math.ceil(cfg.warmup_ratio * total_steps) if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                  fused=_fused_adamw_ok(params))
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def train_dpo_native(model, tokenizer, pairs: Sequence[dict[str, Any]], cfg: TrainingConfig, ref_model=None,
+                     log_path: str | Path | None = None,
+                     activation_budget: int | None = ACTIVATION_BUDGET) -> dict[str, Any]:
+    """Train ``model`` in place with DPO on ``pairs`` (dicts with prompt: chat messages or str, chosen,
+    rejected: str or assistant messages) as ``cfg`` says (beta, learning rate and schedule, warm-up,
+    epochs, batch size, gradient accumulation, max length, ``shuffle_seed``, ``report_to``). The
+    reference is ``ref_model`` if given, else ``model``'s weights before training (log-probs taken once up
+    front). Returns metrics: loss, rewards, accuracy (first and last optimizer step), steps, tokens,
+    runtime and tokens/s. Each step is logged to ``log_path`` and ``cfg.report_to`` (``_StepLog``).
+
+    ``activation_budget``: bytes of decoder-layer activations a micro-batch may keep for backward
+    (``training.activations``; None: no bound). Changes memory and time only."""
+    started = time.perf_counter()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    items = [t for t in (tokenize_pair(tokenizer, p, cfg.max_length) for p in pairs) if t is not None]
+    if not items:
+        raise ValueError("no preference pairs to train on (every prompt fills max_length?)")
+    ref = reference_logps(ref_model if ref_model is not None else model, items, cfg.batch_size, pad_id)
+    reference_s = time.perf_counter() - started
+    global_batch = cfg.batch_size * cfg.gradient_accumulation
+    steps_per_epoch = math.ceil(len(items) / global_batch)
+    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    log = _StepLog(log_path, cfg.report_to, model, tokenizer, total_steps, steps_per_epoch, started)
+    model.train()
+    plan = MicroBatchPlan(model, lambda micro: micro_batch_positions(model, [items[i] for i in micro]),
+                          activation_budget)
+    entries, step_times, checkpointed, tokens = [], [], [], 0
+    for step, chunk in enumerate(_global_batches(len(items), global_batch, total_steps, cfg.shuffle_seed), 1):
+        step_start = time.perf_counter()
+        step_lr = scheduler.get_last_lr()[0]
+        optimizer.zero_grad(set_to_none=True)  # no gradients held through the forward (see module docstring)
+        result = _accumulate(model, items, ref, chunk, plan, cfg.batch_size, cfg.beta, pad_id)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        optimizer.step()
+        scheduler.step()
+        step_times.append(time.perf_counter() - step_start)
+        tokens += result.tokens
+        checkpointed += result.checkpointed
+        entries.append(result.entry())
+        log.step(step, entries[-1], step_lr, grad_norm, result.tokens, step_times[-1])
+    log.end()
     optimizer.zero_grad(set_to_none=True)  # the model is saved next: without its last gradients beside it
     model.eval()
     runtime = time.perf_counter() - started
@@ -468,7 +425,7 @@ def train_dpo_native(
         "pairs": len(items),
         "dropped_pairs": len(pairs) - len(items),
         "steps": total_steps,
-        "train_loss": sum(entry["loss"] for entry in logs) / len(logs),
+        "train_loss": sum(entry["loss"] for entry in entries) / len(entries),
         "runtime_s": runtime,
         "reference_s": reference_s,
         "step_s": step_times,
@@ -476,8 +433,8 @@ def train_dpo_native(
         "tokens": tokens,
         "tokens_per_s": tokens / runtime if runtime > 0 else None,
         "precision": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "first": logs[0],
-        "last": logs[-1],
+        "first": entries[0],
+        "last": entries[-1],
     }
 
 
@@ -485,44 +442,30 @@ def train_dpo_native_from_path(
     model_path: str,
     pairs: Sequence[Any],
     out_dir,
-    cfg,
+    cfg: TrainingConfig,
     work_dir=None,
     threads: int = 0,
 ) -> dict[str, Any]:
     """Drop-in for ``metareward.training.dpo.train_dpo`` (same arguments): load, train, save atomically.
 
-    ``pairs`` are ``PreferencePair`` records; ``cfg`` a ``TrainingConfig``. Full fine-tuning only (LoRA
-    stays with the TRL backend). No mid-training checkpoints: a killed run restarts the round, whose
-    output folder appears only when complete, and its ``train_log.jsonl`` (beside ``out_dir``) starts
-    over. ``work_dir`` is unused (kept for the same signature).
+    ``pairs`` are ``PreferencePair`` records. Full fine-tuning only (LoRA stays with the TRL backend). No
+    mid-training checkpoints: a killed run restarts the round, whose output folder appears only when
+    complete, and its ``train_log.jsonl`` (beside ``out_dir``) starts over. ``work_dir`` is unused (kept
+    for the same signature).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from metareward.models import save_model_atomic
-    from metareward.training.common import train_log_path, use_bf16
+    from metareward.training.common import load_for_training, train_log_path
     from metareward.training.dpo import to_conversational
 
     if cfg.method != "full":
         raise ValueError(f"training.method {cfg.method!r} needs training.backend: trl (native trains full models)")
-    if threads > 0:
-        torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if use_bf16(cfg.precision) else torch.float32
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    loaded = load_for_training(model_path, cfg.precision, threads, on_device=True)
     rows = [
         {"prompt": r["prompt"], "chosen": r["chosen"][0]["content"], "rejected": r["rejected"][0]["content"]}
         for r in to_conversational(pairs, cfg.shuffle_seed)
     ]
-    metrics = train_dpo_native(
-        model, tokenizer, rows, beta=cfg.beta, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        grad_accum=cfg.gradient_accumulation, max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio,
-        lr_scheduler=cfg.lr_scheduler, seed=cfg.shuffle_seed, log_path=train_log_path(out_dir),
-        report_to=cfg.report_to,
-    )
-    save_model_atomic(model, tokenizer, out_dir)
+    metrics = train_dpo_native(loaded.model, loaded.tokenizer, rows, cfg, log_path=train_log_path(out_dir))
+    save_model_atomic(loaded.model, loaded.tokenizer, out_dir)
     metrics["backend"] = "native"
     return metrics
