@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
-
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.stages.progress import ChunkTiming, Progress
 
 Req = TypeVar("Req")
 Out = TypeVar("Out")
@@ -34,6 +33,7 @@ class ChunkLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[int, list[dict[str, Any]]] = {}
+        self.timing: dict[int, tuple[float, bool]] = {}  # chunk -> (seconds, warm-up), where logged
         if path.is_file():
             self._load_and_repair()
 
@@ -48,18 +48,28 @@ class ChunkLog:
                 except json.JSONDecodeError:
                     break
                 self.done[entry["chunk"]] = entry["outputs"]
+                if "seconds" in entry:
+                    self.timing[entry["chunk"]] = (float(entry["seconds"]), bool(entry.get("warm_up")))
                 good_bytes += len(raw)
         if good_bytes != self.path.stat().st_size:
             with self.path.open("r+b") as f:
                 f.truncate(good_bytes)
 
-    def append(self, chunk: int, outputs: list[dict[str, Any]]) -> None:
-        line = json.dumps({"chunk": chunk, "outputs": outputs}, ensure_ascii=False) + "\n"
+    def append(self, chunk: int, outputs: list[dict[str, Any]], seconds: float | None = None,
+               warm_up: bool = False) -> None:
+        """Log a finished chunk; ``seconds`` (and whether it was a warm-up) let a resumed pass's progress
+        line estimate its rate at once (``stages.progress``)."""
+        entry: dict[str, Any] = {"chunk": chunk, "outputs": outputs}
+        if seconds is not None:
+            entry.update(seconds=round(seconds, 3), warm_up=warm_up)
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self.done[chunk] = outputs
+        if seconds is not None:
+            self.timing[chunk] = (seconds, warm_up)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -101,29 +111,52 @@ def run_chunked(
     """
     log = ChunkLog(log_path)
     chunks = cut_chunks(requests, chunk_size, weight)
-    done_requests = sum(len(chunks[c]) for c in log.done if c < len(chunks))
+    progress = Progress(desc, sum(weight(r) for r in requests))
     # A chunk counts as done only if it holds exactly this chunk's request ids (same order).
-    bar = tqdm(total=len(requests), initial=done_requests, desc=desc, unit="req", dynamic_ncols=True)
+    logged = [c for c, chunk in enumerate(chunks)
+              if c in log.done and [o["id"] for o in log.done[c]] == [request_id(r) for r in chunk]]
+    progress.resumed([_timing(chunks[c], log.done[c], log.timing.get(c), weight) for c in logged])
+    warm_up = True  # the first chunk this process runs of the pass pays its start-up costs
     try:
         for c, chunk in enumerate(chunks):
-            if c in log.done and [o["id"] for o in log.done[c]] == [request_id(r) for r in chunk]:
+            if c in logged:
                 continue
+            progress.chunk_started()
             outputs: dict[str, dict[str, Any]] = {}
+            by_id = {request_id(r): r for r in chunk}
             for out in call(chunk):
                 enc = encode(out)
                 outputs[enc["id"]] = enc
-                bar.update(1)
+                request = by_id.get(enc["id"])
+                progress.advance(weight(request) if request is not None else 1, _tokens(enc))
             missing = [request_id(r) for r in chunk if request_id(r) not in outputs]
             if missing:
                 raise RuntimeError(f"{desc}: engine returned no output for {missing[:5]}")
-            log.append(c, [outputs[request_id(r)] for r in chunk])
+            seconds = progress.clock() - progress.chunk_start
+            log.append(c, [outputs[request_id(r)] for r in chunk], seconds, warm_up)
+            progress.chunk_done(ChunkTiming(sum(weight(r) for r in chunk), sum(_tokens(o) for o in outputs.values()),
+                                            seconds, warm_up))
+            warm_up = False
     finally:
-        bar.close()
+        progress.close()
     result: dict[str, dict[str, Any]] = {}
     for c in range(len(chunks)):
         for enc in log.done[c]:
             result[enc["id"]] = enc
     return result
+
+
+def _tokens(encoded: dict[str, Any]) -> int:
+    """Generated tokens of one encoded output (0 for a choice read)."""
+    n = encoded.get("n_tokens")
+    return int(sum(n)) if isinstance(n, list) else 0
+
+
+def _timing(chunk: Sequence[Req], outputs: list[dict[str, Any]], logged: tuple[float, bool] | None,
+            weight: Callable[[Req], int]) -> ChunkTiming:
+    """A logged chunk's timing (a log written before timings were: no seconds, so no rate)."""
+    seconds, warm_up = logged if logged is not None else (0.0, True)
+    return ChunkTiming(sum(weight(r) for r in chunk), sum(_tokens(o) for o in outputs), seconds, warm_up)
 
 
 class ChunkedPasses:
