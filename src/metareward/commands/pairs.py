@@ -18,12 +18,13 @@ import json
 from typing import Any
 
 from metareward.errors import InputError
+from metareward.layout import CONFIG_FILE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pairs", help="what-if: the pairs other rho / length limits give, from stored judgments",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run directory (holds config.yaml and the iteration folders)")
+    p.add_argument("run_dir", help=f"a run directory (holds {CONFIG_FILE} and the iteration folders)")
     p.add_argument("--iteration", type=int, required=True, help="which iteration (1-based)")
     p.add_argument("--rho", help="comma-separated rho values, e.g. 0,0.1,0.2,0.32,0.4 (default: the run's)")
     p.add_argument("--actor-max-chosen-length", metavar="CHARS",
