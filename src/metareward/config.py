@@ -269,6 +269,9 @@ class RunConfig:
         """A short hash of everything that affects results (not where they are written)."""
         data = self.to_dict()
         data.pop("run_dir")
+        if self.judge.is_self():  # the judge-kind fields are newer than runs that must keep their hash
+            for name in ("kind", "model", "engine"):
+                data["judge"].pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

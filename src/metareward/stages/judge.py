@@ -36,6 +36,7 @@ from metareward.engines.base import (
 from metareward.parsing import check_probabilities, close_open_fence, parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages.common import Passes, answered, constrained_answers, request_seed, user_turn
+from metareward.stages.reward_judges import FunctionJudge
 from metareward.templates import judge_prompt
 
 SCORE_CHOICES = ("0", "1", "2", "3", "4", "5")
@@ -50,10 +51,19 @@ def run(
     run_seed: int,
     iteration: int,
     passes: Passes,
+    function_judge: FunctionJudge | None = None,
 ) -> list[Judgment]:
     """The judge stage: N judgments of every response (pass ``judge``), scored from their text
     (``free_text``) or from the next-token distribution after the cut judgment (``constrained``, pass
-    ``judge_score``). Judgments come in response order, then judgment index."""
+    ``judge_score``). Judgments come in response order, then judgment index.
+
+    Dispatch by ``cfg.kind``: ``self`` and ``model`` run the paper's judge prompt through ``passes`` (the
+    caller gives ``model`` an engine on the judge model); ``verifier`` and ``python:`` kinds are functions
+    (``function_judge``, built by ``reward_judges.function_judge``) that write one judgment per response."""
+    if not cfg.is_self() and cfg.kind != "model":
+        if function_judge is None:
+            raise ValueError(f"judge.kind {cfg.kind!r} needs its function judge (reward_judges.function_judge)")
+        return function_judge(prompts, responses)
     outs = passes.generate(PASS, judge_requests(prompts, responses, cfg, run_seed, iteration))
     judgments = [j for r in responses for j in judgments_from_output(r, outs[r.id], cfg)]
     if cfg.scoring != "constrained":

@@ -1,5 +1,7 @@
 """Verifiable instruction following (IFEval / IFBench style): constraints checked by code, no judge.
 
+Used by the evaluation suites (IFEval, IFBench) and by the ``verifier`` judge (``metareward.verifiable``).
+
 Checks come from ``if-verifiable`` (``pip install --no-deps if-verifiable`` plus ``emoji immutabledict
 langdetect nltk syllapy``; Apache-2.0; the IFEval checks of Zhou et al. 2023 and the IFBench checks of
 Pyatkin et al. 2025); prompts and constraint arguments from IFBench's test set (``prompt_sets.ifbench_rows``).
