@@ -216,7 +216,8 @@ def test_a_second_run_stops_within_seconds_and_the_first_run_is_undisturbed(tmp_
     engine = SecondRunMidStage(tmp_path / "busy.yaml")
     run(cfg, engine)
     second = engine.second
-    assert second.returncode == 2 and second.stdout == ""
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert second.stdout == ""  # stopped before anything else: no plan printed, nothing loaded
     line = second.stderr.strip()
     assert "\n" not in line and line.startswith(f"metareward: error: {cfg.run_dir}: in use by `metareward run` "
                                                 f"(pid {os.getpid()} on {socket.gethostname()}, started ")

@@ -59,6 +59,7 @@ from metareward.stages import actor, judge, meta_judge, pairs, reward_judges
 from metareward.stages.chunks import ChunkedPasses
 from metareward.store import IterationStore
 from metareward.summary import format_summary, iteration_summary
+from metareward.training.space import training_writes
 
 log = logging.getLogger("metareward")
 
@@ -230,7 +231,8 @@ def _run_train(it: Iteration, passes: ChunkedPasses) -> Output:
         runner.echo(f"[iter {it.index}] no preference pairs: the model is carried over untrained")
         return Output(count=0, extra={"trained": False, "model_out": it.model_in})
     runner.echo(f"[iter {it.index}] DPO on {len(it.actor_pairs)} actor + {len(it.judge_pairs)} judge pairs")
-    metrics = runner.train(it.model_in, train_set, it.store)
+    with training_writes("DPO", it.model_in, it.cfg.training, len(train_set), it.store.layout):  # disk checks
+        metrics = runner.train(it.model_in, train_set, it.store)
     release_freed_memory()  # the trained model is gone: its heap is the next engine's to fault in afresh
     return Output(count=len(train_set),
                   extra={"trained": True, "model_out": str(it.store.layout.model), "metrics": metrics})
@@ -341,7 +343,7 @@ class Runner:
         key = settings_hash(sft, model_path)
         if not store.stage_done("sft", key):
             self.echo("[iter 0] sft: supervised fine-tuning on EFT data")
-            with Timer() as t:
+            with Timer() as t, training_writes("SFT", model_path, sft, None, store.layout):
                 if self.cfg.training.launcher:  # same multi-process launcher as DPO (accelerate launch ...)
                     from metareward.training.launch import launch_training
 

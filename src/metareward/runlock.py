@@ -20,7 +20,9 @@ How it works:
   does not count). Where the filesystem refuses ``flock`` altogether, the record alone decides, with a
   warning. ``docs/artifacts.md`` ("One writer at a time") describes this for users.
 
-The lock is re-entrant within a process: a command that holds it may call code that asks for it again.
+Taking the lock also sweeps the run directory of what interrupted writers left (``files.remove_temporaries``:
+``*.tmp``, ``model.tmp<pid>``, ``tmp-checkpoint-*``): only the lock's holder may write there, so nothing
+else can be mid-write. The lock is re-entrant within a process: a command that holds it may call code that asks for it again.
 The lock file's descriptor is not inherited by child processes (Python opens files close-on-exec).
 
 Assumptions: Linux or another POSIX system with ``fcntl.flock``; ``/proc/self/mountinfo`` for the
@@ -42,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from metareward.errors import InputError
+from metareward.files import remove_temporaries
 from metareward.layout import RunLayout
 
 log = logging.getLogger("metareward.runlock")
@@ -81,12 +84,13 @@ class Holder:
 
 @dataclass(frozen=True)
 class RunLockHandle:
-    """What ``run_lock`` yields: the run's lock file, this process's record, and the record of a holder
-    that died without releasing the lock and was taken over (else None)."""
+    """What ``run_lock`` yields: the run's lock file, this process's record, the record of a holder that
+    died without releasing the lock and was taken over (else None), and the temporaries swept."""
 
     path: Path
     holder: Holder
     took_over: Holder | None
+    swept: tuple[Path, ...] = ()  # temporaries of interrupted writers removed on taking the lock
 
 
 def _process_start(pid: int) -> float | None:
@@ -230,7 +234,10 @@ def run_lock(layout: RunLayout | str | Path, command: str = "run") -> Iterator[R
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(asdict(me)) + "\n").encode(), 0)
         os.fsync(fd)
-        handle = RunLockHandle(path, me, took_over)
+        swept = tuple(remove_temporaries(layout.root))  # safe now: no other writer can be mid-write
+        if swept:
+            log.info("%s: removed %d temporary files of interrupted writes", layout.root, len(swept))
+        handle = RunLockHandle(path, me, took_over, swept)
         _held[key] = (1, handle)
         try:
             yield handle

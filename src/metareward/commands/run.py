@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from metareward.loop import Runner
     from metareward.plan import make_plan
     from metareward.plan.text import format_plan
+    from metareward.runlock import run_lock
 
     overrides = dict(parse_override(s) for s in args.set)
     if args.run_dir:
@@ -44,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_plan(plan))
         return 1 if plan.problems else 0
     runner.preflight()
-    try:  # the bill, printed before paying it; a plan that cannot be made never stops the run
-        print(format_plan(make_plan(cfg, args.config)), flush=True)
-    except (InputError, OSError, ValueError) as e:
-        print(f"plan unavailable: {e}", flush=True)
-    summaries = runner.run()
+    with run_lock(runner.layout, command="run"):  # a second writer stops here, before the plan; run() re-enters
+        try:  # the bill, printed before paying it; a plan that cannot be made never stops the run
+            print(format_plan(make_plan(cfg, args.config)), flush=True)
+        except (InputError, OSError, ValueError) as e:
+            print(f"plan unavailable: {e}", flush=True)
+        summaries = runner.run()
     print(json.dumps({"run_dir": cfg.run_dir, "iterations": len(summaries)}))
     return 0
