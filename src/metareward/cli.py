@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import signal
 import sys
 import threading
@@ -33,12 +34,44 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     directory stops within a second or two, not after every command's imports."""
     import metareward.commands as commands
 
-    parser = argparse.ArgumentParser(prog="metareward", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="metareward", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
     for name in [command] if command in names else names:
         importlib.import_module(f"metareward.commands.{name}").register(sub)
+    plain_help(parser)
     return parser
+
+
+DESCRIPTION = ("Meta-Rewarding (Wu et al. 2024): one model acts, judges and meta-judges itself,\n"
+               "then learns from its own preferences by DPO.")
+EPILOG = ("`metareward COMMAND --help` shows a command's options. Before a run, see its bill:\n"
+          "`metareward plan configs/tiny-cpu.yaml`.")
+_LITERAL = re.compile(r"``(.+?)``", re.S)
+
+
+def plain_text(text: str) -> str:
+    """A docstring as help: reStructuredText's ``literal`` marks dropped, a literal block's ``::`` made ``:``."""
+    return re.sub(r"::$", ":", _LITERAL.sub(r"\1", text), flags=re.M)
+
+
+def plain_help(parser: argparse.ArgumentParser) -> None:
+    """Every description, epilog and help string of ``parser`` and its subcommands as plain text, and
+    descriptions printed with their line breaks (commands' module docstrings hold examples and lists)."""
+    for attr in ("description", "epilog"):
+        if getattr(parser, attr):
+            setattr(parser, attr, plain_text(getattr(parser, attr)))
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = plain_text(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                if isinstance(choice.help, str):
+                    choice.help = plain_text(choice.help)
+            for subparser in set(action.choices.values()):
+                plain_help(subparser)
 
 
 class Terminated(KeyboardInterrupt):
