@@ -139,6 +139,24 @@ def start_run(tmp_path: Path, config: Path, pid_file: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def terminate_mid_stage(proc: subprocess.Popen, log: Path | None = None) -> list[int]:
+    """SIGTERM a running ``metareward run``; check it exits 143 with the resume message (on its stderr
+    pipe, or in ``log``) and that every process below it (listed just before the signal) is gone.
+    Returns those pids."""
+    descendants = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    stderr = log.read_text(errors="replace") if log is not None else stderr
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "metareward: terminated (SIGTERM); " + RESUME
+    assert "Traceback" not in stderr
+    deadline = time.monotonic() + 10  # the engine's group was killed before the exit; reaping may lag
+    while time.monotonic() < deadline and not all(gone(p) for p in descendants):
+        time.sleep(0.1)
+    assert descendants and [p for p in descendants if not gone(p)] == []
+    return descendants
+
+
 @pytest.mark.slow  # a `metareward run` subprocess with an engine child process
 def test_sigterm_mid_stage_exits_143_ends_the_engine_processes_and_resumes_identically(tmp_path):
     ref = make_cfg(tmp_path / "ref")
@@ -155,15 +173,53 @@ def test_sigterm_mid_stage_exits_143_ends_the_engine_processes_and_resumes_ident
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "metareward: terminated (SIGTERM); " + RESUME
-    assert "Traceback" not in stderr
+    descendants = terminate_mid_stage(proc)
     pids = [int(p) for p in pid_file.read_text().split()]
-    assert len(pids) == 2 and all(gone(p) for p in pids)  # the engine's child and the worker it started
+    assert len(pids) == 2 and set(pids) <= set(descendants)  # the engine's child and the worker it started
     assert read_holder(RunLayout(cfg.run_dir).lock) is None  # released cleanly, nothing to take over
     manifest = RunLayout(cfg.run_dir).iteration(1).manifest.read_text()
     assert '"actor"' not in manifest  # the stage in flight was abandoned, not marked done
     run(cfg, FakeEngine())
     assert records(cfg.run_dir) == records(ref.run_dir)
+
+
+# ---------------------------------------------------------------- the same with the real vLLM engine
+
+VLLM_PYTHON = Path(os.environ.get("METAREWARD_VLLM_VENV", TESTS.parent / ".venv-vllm")) / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.is_file(),
+                    reason=f"no vLLM environment at {VLLM_PYTHON.parent.parent}: run `bash scripts/setup_vllm_cpu.sh`")
+def test_sigterm_ends_the_real_vllm_engine(tmp_path):
+    """``metareward run`` on the vLLM engine (CPU build, its child process and engine core), SIGTERMed
+    once the actor stage logged a chunk: exit 143, and no process of the engine is left."""
+    import yaml
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a primary color.\nWhat is 2 + 3?\nSay hello in French.\nName a planet.\n")
+    run_dir = tmp_path / "run"
+    config = tmp_path / "vllm.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(run_dir), "model": "smollm2-135m", "prompts": str(prompts),
+        "engine": {"name": "vllm", "device": "cpu", "dtype": "float32", "threads": 2, "chunk_size": 1},
+        "actor": {"k": 3, "max_tokens": 16}, "judge": {"n": 3, "max_tokens": 12, "scoring": "constrained"},
+        "meta_judge": {"max_tokens": 8, "scoring": "constrained"},
+        "iterations": [{"prompts": 4, "rho": 0.0, "train_judge": True}],
+    }))
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    log = tmp_path / "stderr.log"  # vLLM logs much: a pipe nobody reads until the end would fill and block it
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(VLLM_PYTHON), "-m", "metareward.cli", "run", str(config)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    work = RunLayout(run_dir).iteration(1).work
+    deadline = time.monotonic() + 900  # vLLM on a CPU starts in 1-5 minutes
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list(work.glob("actor-*.chunks.jsonl")) if work.is_dir() else []
+        if logs and logs[0].read_text().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+    assert len(terminate_mid_stage(proc, log)) >= 2  # the engine's child process and vLLM's engine core at least
+    assert read_holder(RunLayout(run_dir).lock) is None
