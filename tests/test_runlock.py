@@ -226,3 +226,30 @@ def test_a_second_run_stops_within_seconds_and_the_first_run_is_undisturbed(tmp_
     assert engine.seconds < 5
     assert records(cfg.run_dir) == records(ref.run_dir)
     assert read_holder(RunLayout(cfg.run_dir).lock) is None
+
+
+def test_writes_into_run(tmp_path):
+    from metareward.runlock import writes_into_run
+
+    run = tmp_path / "run"
+    assert writes_into_run(run, run / "eval") and writes_into_run(run, run)
+    assert not writes_into_run(run, tmp_path / "run-eval") and not writes_into_run(None, run / "eval")
+
+
+@pytest.mark.slow  # a lock holder process
+def test_eval_into_a_locked_run_directory_stops_at_once(tmp_path, capsys):
+    from test_preemption import make_cfg, run
+
+    from metareward import cli
+
+    cfg = make_cfg(tmp_path)
+    run(cfg, FakeEngine())
+    holder = start_holder(Path(cfg.run_dir), "run")
+    capsys.readouterr()  # the finished run's progress lines
+    try:
+        code = cli.main(["eval", "--run-dir", cfg.run_dir, "--parts", "length", "--limit", "1"])
+    finally:
+        stop(holder)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"metareward: error: {cfg.run_dir}: in use by `metareward run` (pid {holder.pid} on ")

@@ -188,6 +188,15 @@ def _check_record(root: Path, lock_path: Path, previous: Holder | None, locked: 
     return previous
 
 
+def writes_into_run(run_dir: str | Path | None, out: str | Path) -> bool:
+    """Whether a command that reads ``run_dir`` and writes ``out`` writes into the run directory (and so
+    must hold its lock): ``out`` is inside it."""
+    if run_dir is None:
+        return False
+    root, target = os.path.realpath(run_dir), os.path.realpath(out)
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
 _held: dict[str, tuple[int, RunLockHandle]] = {}  # resolved lock path -> (depth, handle), this process
 
 
@@ -250,4 +259,4 @@ def run_lock(layout: RunLayout | str | Path, command: str = "run") -> Iterator[R
 
 
 __all__ = ["Holder", "RunLockHandle", "RunLocked", "filesystem_type", "holder_alive", "is_network_filesystem",
-           "read_holder", "run_lock"]
+           "read_holder", "run_lock", "writes_into_run"]

@@ -20,6 +20,7 @@ Results: ``OUT/eval.json`` (default ``RUN_DIR/eval`` or ``./eval``) and a table 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from metareward.config import ENGINES
@@ -134,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
         judge_template=judge.template,
     )
     out = args.out or (RunLayout(args.run_dir).eval_dir if args.run_dir is not None else Path(EVAL_DIR))
-    report = Evaluator(models, opts, out).run()
+    from metareward.runlock import run_lock, writes_into_run
+
+    with run_lock(args.run_dir, command="eval") if writes_into_run(args.run_dir, out) else contextlib.nullcontext():
+        report = Evaluator(models, opts, out).run()  # writing into a run directory: its one writer (runlock)
     print(format_table(report))
     if report.get("suites"):
         print("\n" + format_suites(report))
