@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "of a source checkout)")
     p.add_argument("--calibrate", action="store_true",
                    help="measure the configured engine here for a few seconds (loads the model)")
+    p.add_argument("--pool-like", metavar="POOL",
+                   help="plan with POOL's prompts (cycled) in place of the config's pool, e.g. builtin:seed_prompts "
+                        "for a pool not on this machine (prompt lengths assumed alike)")
     p.add_argument("--gpu-efficiency", metavar="GEN,TRAIN",
                    help="fractions of bf16 peak for generation and DPO on GPUs (default: the stated assumption)")
     p.set_defaults(func=run)
@@ -53,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
         overrides["run_dir"] = args.run_dir
     cfg = load_config(args.config, overrides)
     plan = make_plan(cfg, args.config, benchmark=args.benchmark, calibrate=args.calibrate,
-                     gpu_efficiency=parse_efficiency(args.gpu_efficiency))
+                     gpu_efficiency=parse_efficiency(args.gpu_efficiency), pool_like=args.pool_like)
     print(plan.to_json() if args.json else format_plan(plan))
     return 1 if plan.problems else 0

@@ -18,6 +18,7 @@ from typing import Any
 from metareward.config import RunConfig
 from metareward.layout import RunLayout
 from metareward.plan.cost import (
+    GIB,
     GPU_EFFICIENCY_ASSUMED,
     GPUS,
     Rates,
@@ -33,7 +34,15 @@ from metareward.plan.cost import (
 from metareward.plan.rates import calibrate as run_calibration
 from metareward.plan.rates import default_benchmark, rates_from_benchmark, rates_from_run
 from metareward.plan.shape import ModelShape, TokenCounter, load_shape, load_token_counter
-from metareward.plan.work import Known, StageWork, Stored, draw_prompts, latest_measured, plan_iteration
+from metareward.plan.work import (
+    Known,
+    StageWork,
+    Stored,
+    draw_prompts,
+    fill_like,
+    latest_measured,
+    plan_iteration,
+)
 from metareward.pool import load_prompt_pool
 
 __all__ = ["Plan", "make_plan"]
@@ -50,7 +59,7 @@ class Plan:
     flops: list[dict[str, float]]
     seconds_here: list[dict[str, float | None]]
     rates: Rates
-    memory: dict[str, float]
+    memory: dict[str, Any]
     disk: list[dict[str, float]]
     gpus: list[dict[str, Any]]
     problems: list[str] = field(default_factory=list)
@@ -95,10 +104,11 @@ def _round(v: float | None) -> float | None:
 def make_plan(cfg: RunConfig, config_name: str = "", *, tokens: TokenCounter | None = None,
               shape: ModelShape | None = None, benchmark: str | Path | None = None, calibrate: bool = False,
               gpu_efficiency: dict[str, float] | None = None, pair_builder: Any = None,
-              machine_gib: float | None = -1.0) -> Plan:
+              machine_gib: float | None = -1.0, pool_like: str | None = None) -> Plan:
     """The plan of ``cfg`` (see the module docstring). ``tokens`` and ``shape`` default to the model's own
     (read from disk); ``pair_builder`` to the loop's pairs stage (``whatif.loop_pairs``); ``machine_gib``
-    to this machine's memory (None: do not check memory)."""
+    to this machine's memory (None: do not check memory); ``pool_like``: plan with this pool's prompts
+    cycled in place of the config's (``work.fill_like``; an assumption the plan names)."""
     folder = None
     if shape is None:
         shape, folder = load_shape(cfg.model)
@@ -108,11 +118,15 @@ def make_plan(cfg: RunConfig, config_name: str = "", *, tokens: TokenCounter | N
         from metareward.whatif import loop_pairs
 
         pair_builder = loop_pairs
-    pool = load_prompt_pool(cfg.prompts)
+    pool = load_prompt_pool(pool_like or cfg.prompts)
+    assumptions = [f"model: {shape.name}, {shape.params / 1e6:,.1f}M parameters ({shape.source})", tokens.label]
+    if pool_like:
+        pool = fill_like(cfg, pool)
+        assumptions.append(f"prompts: {pool_like}'s {len(load_prompt_pool(pool_like))} prompts cycled in place of "
+                           f"{cfg.prompts} (prompt lengths assumed alike)")
     drawn = draw_prompts(cfg, pool)
     run = RunLayout(cfg.run_dir)
     on_gpu = cfg.engine.device.startswith("cuda") or cfg.engine.name == "vllm"
-    assumptions = [f"model: {shape.name}, {shape.params / 1e6:,.1f}M parameters ({shape.source})", tokens.label]
 
     def builder_for(i: int) -> Any:
         return lambda r, j, m: pair_builder(cfg, i, drawn[i - 1], r, j, m)
@@ -123,9 +137,10 @@ def make_plan(cfg: RunConfig, config_name: str = "", *, tokens: TokenCounter | N
         known = Known(stored.responses, stored.judgments, stored.metas, stored.pairs)
         iterations.append(plan_iteration(cfg, i, prompts, tokens, known, latest_measured(run, cfg, i), builder_for(i)))
     flops = [{w.stage: stage_flops(shape, w, cfg) for w in works} for works in iterations]
+    whole = [{w.stage: stage_flops(shape, w, cfg, shared_prefixes=False) for w in works} for works in iterations]
 
     rates = _rates_here(cfg, shape, tokens, run, drawn, benchmark, calibrate, builder_for)
-    seconds = [{stage: rates.seconds(stage, f) for stage, f in it.items()} for it in flops]
+    seconds = [{stage: rates.seconds(stage, f) for stage, f in it.items()} for it in whole]
 
     memory = memory_gib(shape, cfg, [w for works in iterations for w in works], on_gpu)
     chars_per_token = _chars_per_token(pool, tokens)
@@ -137,7 +152,7 @@ def make_plan(cfg: RunConfig, config_name: str = "", *, tokens: TokenCounter | N
     found = problems(cfg, memory, total_disk, max(d["checkpoints_gib"] for d in disk), machine_gib, free)
 
     efficiency = gpu_efficiency or GPU_EFFICIENCY_ASSUMED
-    gpus = [_gpu_row(name, count, efficiency, flops, memory) for name, count in GPU_SETUPS]
+    gpus = [_gpu_row(name, count, efficiency, flops, memory, cfg) for name, count in GPU_SETUPS]
     assumptions += [
         f"generated tokens: bounded by max_tokens; 'expected' uses {_measured_label(run, cfg, len(drawn))}",
         f"GPUs: time = FLOPs / (bf16 peak x efficiency {efficiency}), perfect scaling across GPUs "
@@ -185,16 +200,29 @@ def _rates_here(cfg: RunConfig, shape: ModelShape, tokens: TokenCounter, run: Ru
 
 
 def _gpu_row(gpu: str, count: int, efficiency: dict[str, float], flops: list[dict[str, float]],
-             memory: dict[str, float]) -> dict[str, Any]:
+             memory: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """Hours per iteration on ``count`` GPUs of kind ``gpu``, and what their memory holds: generation with
+    the weights split over ``engine.tensor_parallel_size`` GPUs (vLLM's KV cache in the rest of
+    ``gpu_memory_utilization``), DPO's state sharded over all of them (FSDP / ZeRO-3) when one cannot hold it."""
     r = gpu_rates(gpu, count, efficiency)
     per_iteration = [sum(r.seconds(s, f) or 0.0 for s, f in it.items()) for it in flops]
     mem = GPUS[gpu]["memory_gib"]
     notes = []
-    if memory["generation_gib"] > mem:
-        notes.append(f"generation needs {memory['generation_gib']:.0f} GiB > {mem:.0f} GiB per GPU: tensor parallel")
-    if memory["train_state_gib"] / count > mem:
-        notes.append(f"DPO state {memory['train_state_gib']:.0f} GiB / {count} GPU > {mem:.0f} GiB: does not fit")
-    elif memory["train_state_gib"] > mem:
-        notes.append(f"DPO state {memory['train_state_gib']:.0f} GiB: needs FSDP/ZeRO-3 sharding over {count} GPUs")
+    tp = max(1, cfg.engine.tensor_parallel_size) if cfg.engine.name == "vllm" else 1
+    usable = mem * (cfg.engine.gpu_memory_utilization if cfg.engine.name == "vllm" else 1.0)
+    weights = memory["weights_gib"] / tp
+    room = usable - weights
+    if room < memory["kv_cache_gib"] / tp:
+        notes.append(f"generation: weights {weights:.0f} GiB + KV cache {memory['kv_cache_gib'] / tp:.1f} GiB per GPU "
+                     f"> {usable:.0f} GiB: raise engine.tensor_parallel_size")
+    elif cfg.engine.name == "vllm" and memory["longest_sequence_tokens"]:
+        seqs = room * GIB / (memory["kv_per_token_kib"] * 1024 / tp) / memory["longest_sequence_tokens"]
+        notes.append(f"vLLM KV room {room:.0f} GiB per GPU: ~{seqs:,.0f} longest sequences in flight per replica")
+    state = memory["train_state_gib"]
+    if state / count > mem:
+        notes.append(f"DPO state {state:.0f} GiB / {count} GPU > {mem:.0f} GiB: does not fit")
+    elif state > mem:
+        notes.append(f"DPO state {state:.0f} GiB: FSDP/ZeRO-3 over {count} GPUs ({state / count:.0f} GiB each, "
+                     "+ activations)")
     return {"gpu": gpu, "count": count, "hours_per_iteration": [round(s / 3600, 2) for s in per_iteration],
             "notes": notes}

@@ -3,13 +3,16 @@
 Every number here is a model, and every model's assumption is a named constant or a labelled input:
 
 * FLOPs (``stage_flops``): ``ModelShape.forward_flops`` (benchmarks/run.py's model). Generation: each
-  request's prompt prefilled once, each sample's tokens decoded against prompt and its own earlier
-  tokens, at the stage's mean lengths. DPO: ``DPO_PASSES`` forwards' worth per sequence and epoch (a
+  request's prompt prefilled once (a prefix its group shares, ``StageWork.shared_tokens``, once per
+  group: the judge's rubric, a meta-judge battle's rubric, question and response; both engines share
+  such prefixes), each sample's tokens decoded against prompt and its own earlier tokens, at the
+  stage's mean lengths. DPO: ``DPO_PASSES`` forwards' worth per sequence and epoch (a
   backward is two forwards) plus the reference's forward (once up front in the native trainer, every
   epoch in TRL's).
-* Time: FLOPs / a rate in FLOP/s per stage (``Rates``: measured here by calibration, taken from an earlier
-  iteration of the run or a benchmark JSON, or, on named GPUs, bf16 peak x an efficiency), plus the
-  rates' fixed seconds (loading an engine or a trainer).
+* Time: FLOPs / a rate in FLOP/s per stage, plus the rates' fixed seconds (loading an engine or a
+  trainer). On this machine (``Rates``: measured by calibration, in an earlier iteration of the run or by
+  a benchmark JSON) rates and FLOPs both count every prompt whole, benchmarks/run.py's units; on named
+  GPUs FLOPs count shared prefixes once (the compute done) against bf16 peak x an efficiency.
 * Memory: weights (parameters x bytes of the dtype), KV cache (layers x KV heads x head size x 2 x bytes
   per token, x the tokens a full batch holds), DPO's training state (``TRAIN_STATE_BYTES`` per parameter).
 * Disk: the records each iteration writes (``RECORD_OVERHEAD_BYTES`` of JSON per record + text), its
@@ -70,13 +73,18 @@ def _means(w: StageWork) -> tuple[float, float]:
     return prompt, generated
 
 
-def stage_flops(shape: ModelShape, w: StageWork, cfg: RunConfig) -> float:
-    """The useful FLOPs of one stage at its expected work (see the module docstring)."""
+def stage_flops(shape: ModelShape, w: StageWork, cfg: RunConfig, shared_prefixes: bool = True) -> float:
+    """The useful FLOPs of one stage at its expected work (see the module docstring). Without
+    ``shared_prefixes``: every request's prompt counted whole, as benchmarks/run.py counts "useful" work;
+    rates measured in those units (a benchmark JSON, and this module's ``Rates`` for this machine) divide
+    those FLOPs."""
     if w.stage in GENERATION_STAGES:
         prompt, generated = _means(w)
         steps = max(generated - 1.0, 0.0)
-        return (w.estimate("requests") * shape.forward_flops(prompt, 0, 1)
-                + w.estimate("samples") * shape.forward_flops(steps, prompt, steps))
+        shared = min(w.shared_tokens, prompt) if w.groups and shared_prefixes else 0.0
+        prefill = (w.groups * shape.forward_flops(shared, 0, 0) if shared else 0.0) \
+            + w.estimate("requests") * shape.forward_flops(prompt - shared, shared, 1)
+        return prefill + w.estimate("samples") * shape.forward_flops(steps, prompt, steps)
     if w.stage == "train":
         count = w.estimate("count")
         if not count:
@@ -133,24 +141,36 @@ def free_disk_gib(path: str | Path) -> float:
     return shutil.disk_usage(p).free / GIB
 
 
-def memory_gib(shape: ModelShape, cfg: RunConfig, works: list[StageWork], on_gpu: bool) -> dict[str, float]:
-    """Weights, the KV cache of a full generation batch (largest stage), and DPO's training state."""
+def memory_gib(shape: ModelShape, cfg: RunConfig, works: list[StageWork], on_gpu: bool) -> dict[str, Any]:
+    """Weights, the KV cache generation holds, and DPO's training state.
+
+    KV cache: the hf engine holds a full batch (``engine.batch_size`` rows, the longest stage's prompt +
+    max_tokens each: a bound, its shared prefixes are stored once); vLLM pages it into what the GPU has
+    left (``engine.gpu_memory_utilization``), so it needs room for one longest sequence at least, and more
+    room means more sequences in flight (``_gpu_row``). DPO: ``TRAIN_STATE_BYTES`` per parameter plus the
+    reference model's weights; LoRA: frozen weights only (the adapters' state is small)."""
     w_bytes = dtype_bytes(engine_dtype(cfg))
     weights = shape.params * w_bytes / GIB
-    batch = cfg.engine.batch_size if cfg.engine.name == "hf" else cfg.engine.chunk_size
-    kv_tokens = 0.0
+    longest = 0.0
+    rows_tokens = 0.0
     for w in works:
         if w.stage in GENERATION_STAGES and w.samples:
-            prompt = w.prompt_tokens / w.requests if w.requests else 0.0
-            max_tokens = w.generated_tokens / w.samples
-            kv_tokens = max(kv_tokens, min(batch, w.samples) * (prompt + max_tokens))
-    kv = kv_tokens * shape.kv_bytes_per_token(w_bytes) / GIB
+            seq = (w.prompt_tokens / w.requests if w.requests else 0.0) + w.generated_tokens / w.samples
+            longest = max(longest, seq)
+            rows_tokens = max(rows_tokens, min(cfg.engine.batch_size, w.samples) * seq)
+    per_token = shape.kv_bytes_per_token(w_bytes)
+    kv = (rows_tokens if cfg.engine.name == "hf" else longest) * per_token / GIB
     tdtype = train_dtype(cfg, on_gpu)
-    state = shape.params * TRAIN_STATE_BYTES[tdtype] / GIB
+    reference = shape.params * dtype_bytes(tdtype) / GIB
+    state = shape.params * TRAIN_STATE_BYTES[tdtype] / GIB + reference
     if cfg.training.method == "lora":
-        state = shape.params * dtype_bytes(tdtype) / GIB  # frozen weights; adapter state is small
-    return {"weights_gib": round(weights, 2), "kv_cache_gib": round(kv, 2),
-            "generation_gib": round(weights + kv, 2), "train_state_gib": round(state, 2)}
+        state = reference
+    basis = (f"a full batch of {cfg.engine.batch_size} rows" if cfg.engine.name == "hf"
+             else "one longest sequence; vLLM pages more into the memory it is given")
+    return {"weights_gib": round(weights, 2), "kv_cache_gib": round(kv, 2), "kv_basis": basis,
+            "generation_gib": round(weights + kv, 2),
+            "kv_per_token_kib": round(per_token / 1024, 1), "longest_sequence_tokens": round(longest),
+            "train_state_gib": round(state, 2)}
 
 
 def disk_gib(shape: ModelShape, cfg: RunConfig, works: list[StageWork], chars_per_token: float,
@@ -178,7 +198,7 @@ def disk_gib(shape: ModelShape, cfg: RunConfig, works: list[StageWork], chars_pe
             "checkpoints_gib": round(checkpoint / GIB, 2)}
 
 
-def problems(cfg: RunConfig, memory: dict[str, float], disk_total_gib: float, checkpoint_gib: float,
+def problems(cfg: RunConfig, memory: dict[str, Any], disk_total_gib: float, checkpoint_gib: float,
              machine_gib: float | None, free_gib: float | None) -> list[str]:
     """What this machine cannot hold, with the numbers (``run --check`` prints these)."""
     out = []

@@ -80,7 +80,7 @@ def rates_from_run(run: RunLayout, cfg: RunConfig, shape: ModelShape, tokens: To
                 continue
             if "generated_tokens" in entry:
                 w.expected["generated_tokens"] = float(entry["generated_tokens"])
-            flops = stage_flops(shape, w, cfg)
+            flops = stage_flops(shape, w, cfg, shared_prefixes=False)
             if flops:
                 r.flop_per_s[w.stage] = flops / entry["seconds"]
                 r.source[w.stage] = f"measured in iteration {i} of this run"
@@ -111,7 +111,7 @@ def calibrate(cfg: RunConfig, shape: ModelShape, model_path: str, prompts: list[
     generated = sum(sum(o.n_tokens) for o in outs)
     ptok = sum(tokens.chats([p.text for p in prompts[:len(requests)]]))
     w = StageWork("actor", requests=len(requests), samples=samples, prompt_tokens=ptok, generated_tokens=generated)
-    rate = stage_flops(shape, w, cfg) / seconds
+    rate = stage_flops(shape, w, cfg, shared_prefixes=False) / seconds
     r = Rates(fixed_s={"actor": load_s})
     label = (f"calibrated here: {samples} samples x {CALIBRATION_TOKENS} tokens of the {cfg.engine.name} engine "
              f"in {seconds:.1f} s (+ {load_s:.1f} s load)")

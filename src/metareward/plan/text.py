@@ -70,7 +70,7 @@ def format_plan(plan: Plan) -> str:
     if not plan.rates.flop_per_s:
         lines.append("  none: give --benchmark JSON or --calibrate")
     m = plan.memory
-    lines.append(f"\nmemory: weights {m['weights_gib']:.2f} GiB + KV cache of a full batch {m['kv_cache_gib']:.2f} GiB; "
+    lines.append(f"\nmemory: weights {m['weights_gib']:.2f} GiB + KV cache {m['kv_cache_gib']:.2f} GiB ({m['kv_basis']}); "
                  f"DPO state {m['train_state_gib']:.2f} GiB")
     lines.append("GPUs (hours per iteration):")
     for g in plan.gpus:

@@ -59,6 +59,8 @@ class StageWork:
     prompt_tokens: int = 0  # tokens prefilled: each request's prompt once (its samples share it)
     generated_tokens: int = 0  # bound: samples x max_tokens
     train_tokens: int = 0  # train: tokens of every sequence, one epoch
+    shared_tokens: float = 0.0  # expected tokens of a prompt prefix that ``groups`` groups of requests share
+    groups: float = 0.0  # how many such groups (0: requests share nothing beyond their own samples)
     exact: tuple[str, ...] = ()
     expected: dict[str, float] = field(default_factory=dict)
     basis: str = ""
@@ -94,6 +96,13 @@ def draw_prompts(cfg: RunConfig, pool: Sequence[Prompt]) -> list[list[Prompt]]:
         out.append(order[start:start + it.prompts])
         start += it.prompts
     return out
+
+
+def fill_like(cfg: RunConfig, pool: Sequence[Prompt]) -> list[Prompt]:
+    """A stand-in pool of as many prompts as ``cfg`` draws, cycling through ``pool``'s texts (ids made
+    unique): for planning a config whose own pool is not on this machine from prompts of similar length."""
+    needed = sum(it.prompts for it in cfg.iterations)
+    return [Prompt(id=f"{pool[i % len(pool)].id}~{i // len(pool)}", text=pool[i % len(pool)].text) for i in range(needed)]
 
 
 def _manifest(layout: IterationLayout) -> dict[str, Any]:
@@ -184,6 +193,16 @@ class Known:
     pairs: list[PreferencePair] | None = None
 
 
+SENTINEL = "\x00"
+"""Filled in for the first part that differs between requests, to cut a template's shared prefix there (a
+prompt that itself holds it only shortens the estimate of the shared part)."""
+
+
+def _head(text: str, sentinel: str) -> str:
+    """``text`` up to ``sentinel``: the part of a filled template that every request of a group shares."""
+    return text.split(sentinel, 1)[0]
+
+
 def _scale(value: float, ratio: float | None) -> float:
     return value if ratio is None else value * ratio
 
@@ -255,6 +274,8 @@ def _judge(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, know
                       basis="bound: K unique responses per prompt, each of actor.max_tokens")
         expected_ptok = (sum(empty) * expected_r / r + expected_r * resp) if generates and r else 0.0
     w.generated_tokens = w.samples * cfg.judge.max_tokens if generates else 0
+    if generates and w.requests:  # every judge prompt starts with the rubric: computed once (shared roots, prefix caching)
+        w.shared_tokens, w.groups = float(tokens.text(_head(judge_prompt(SENTINEL, "", template), SENTINEL))), 1.0
     per = measured.judgment_tokens if measured else cfg.judge.max_tokens
     w.expected = {"requests": expected_r, "samples": expected_r * n, "count": expected_r * n,
                   "prompt_tokens": expected_ptok, "generated_tokens": expected_r * n * per if generates else 0.0}
@@ -274,8 +295,12 @@ def _meta_judge(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens: T
                                    template) for b in battles]
         b = len(battles)
         ptok = sum(tokens.chats(texts))
-        w = StageWork("meta_judge", requests=b, samples=b, count=b, prompt_tokens=ptok,
-                      exact=("requests", "samples", "count", "prompt_tokens"), basis="judgments stored")
+        chosen = {x.response_id: x.prompt_id for x in battles}
+        heads = tokens.texts([_head(meta_judge_prompt(by_id[q].text, responses[r].text, SENTINEL, "", template), SENTINEL)
+                              for r, q in chosen.items()])
+        shared, groups = (sum(heads) / len(heads), float(len(heads))) if heads else (0.0, 0.0)
+        w = StageWork("meta_judge", requests=b, samples=b, count=b, prompt_tokens=ptok, shared_tokens=shared,
+                      groups=groups, exact=("requests", "samples", "count", "prompt_tokens"), basis="judgments stored")
         w.expected = {"prompt_tokens": float(ptok)}
     else:
         n = cfg.judge.n
@@ -291,6 +316,11 @@ def _meta_judge(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens: T
         mean_empty = sum(empty) / len(empty) if empty else 0.0
         w.expected = {"requests": expected_b, "samples": expected_b, "count": expected_b,
                       "prompt_tokens": expected_b * (mean_empty + lengths)}
+        # the battles of one response share rubric, question and response: one group per prompt
+        heads = tokens.texts([_head(meta_judge_prompt(q.text, "", SENTINEL, "", template), SENTINEL) for q in prompts])
+        resp = measured.response_tokens if measured else cfg.actor.max_tokens
+        w.shared_tokens = (sum(heads) / len(heads) + resp) if heads else 0.0
+        w.groups = float(len(prompts)) * (expected_b / b if b else 0.0)
     w.generated_tokens = w.samples * cfg.meta_judge.max_tokens
     per = measured.meta_tokens if measured and measured.meta_tokens is not None else cfg.meta_judge.max_tokens
     w.expected["generated_tokens"] = w.estimate("samples") * per
