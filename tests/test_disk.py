@@ -305,3 +305,19 @@ def test_a_safetensors_save_on_a_full_tmpfs_is_one_line_and_leaves_nothing(small
     assert str(e.value).startswith(f"{out}: saving the model failed: No space left on device (")
     assert isinstance(e.value.__cause__, Exception) and "os error 28" in str(e.value.__cause__)
     assert os.listdir(out.parent) == []
+
+
+def test_a_chunk_log_on_a_full_tmpfs_fails_in_one_line_and_resumes(small_tmpfs):
+    from metareward.stages.chunks import ChunkLog
+
+    path = small_tmpfs / "actor-abc.chunks.jsonl"
+    log = ChunkLog(path)
+    log.append(0, [{"id": "q0", "texts": ["short"]}])
+    first = path.read_bytes()
+    with open(small_tmpfs / "ballast", "wb") as f:
+        f.write(b"\1" * (files.free_bytes(small_tmpfs) - 4096))
+    with pytest.raises(DiskError, match=rf"^{path}: logging a finished chunk failed: No space left on device"):
+        log.append(1, [{"id": "q1", "texts": ["x" * (1 << 20)]}])
+    (small_tmpfs / "ballast").unlink()
+    again = ChunkLog(path)  # the torn line of chunk 1 is cut off; chunk 0 stays
+    assert list(again.done) == [0] and path.read_bytes() == first

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.files import disk_errors
 from metareward.stages.progress import ChunkTiming, Progress
 
 Req = TypeVar("Req")
@@ -63,7 +64,8 @@ class ChunkLog:
         if seconds is not None:
             entry.update(seconds=round(seconds, 3), warm_up=warm_up)
         line = json.dumps(entry, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as f:
+        # a full disk mid-line leaves a torn line, cut off on resume; the error is one line (files.DiskError)
+        with disk_errors(self.path, "logging a finished chunk"), self.path.open("a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
