@@ -120,7 +120,7 @@ def test_flop_model_matches_the_benchmarks():
     """Parameters as benchmarks/run.py's flop_model counts them for SmolLM2-135M (body 106,168,320,
     head 28,311,552), and one token's forward with no context."""
     assert SMOLLM2.body_params == 106_168_320 and SMOLLM2.head_params == 28_311_552
-    assert SMOLLM2.params == 134_479_872
+    assert SMOLLM2.params == 134_515_008  # SmolLM2-135M's published count (norm weights included)
     assert SMOLLM2.forward_flops(1, 0, 1) == 2 * 106_168_320 + 2 * 28_311_552 + 4 * 30 * 576 * 1
     assert SMOLLM2.kv_bytes_per_token(2) == 2 * 30 * 3 * 64 * 2
 
@@ -156,4 +156,43 @@ def test_plan_json_round_trips(finished):
     data = json.loads(plan_of(cfg).to_json())
     assert [s["stage"] for s in data["iterations"][0]["stages"]] == ["prompts", "actor", "judge", "meta_judge",
                                                                       "pairs", "train"]
-    assert data["model"]["parameters"] == 134_479_872
+    assert data["model"]["parameters"] == 134_515_008
+
+
+def test_shared_prefixes_are_computed_once_per_group():
+    from metareward.config import RunConfig
+    from metareward.plan.cost import stage_flops
+    from metareward.plan.work import StageWork
+
+    w = StageWork("meta_judge", requests=10, samples=10, prompt_tokens=3000, generated_tokens=500,
+                  shared_tokens=100.0, groups=2.0)
+    f = SMOLLM2.forward_flops
+    assert stage_flops(SMOLLM2, w, RunConfig()) == pytest.approx(
+        2 * f(100, 0, 0) + 10 * f(200, 100, 1) + 10 * f(49, 300, 49))
+    assert stage_flops(SMOLLM2, w, RunConfig(), shared_prefixes=False) == pytest.approx(
+        10 * f(300, 0, 1) + 10 * f(49, 300, 49))
+
+
+def test_a_pool_not_on_this_machine_is_planned_from_a_stand_in(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.prompts = str(tmp_path / "missing.jsonl")
+    stand_in = tmp_path / "three.txt"
+    stand_in.write_text("One?\nTwo?\nThree?\n")
+    p = make_plan(cfg, tokens=CHARS, shape=SMOLLM2, machine_gib=None, pool_like=str(stand_in))
+    assert [w.count for w in p.iterations[0] if w.stage == "prompts"] == [5]
+    assert any("3 prompts cycled in place of" in a for a in p.assumptions)
+
+
+def test_8b_dpo_state_needs_sharding_on_80_gib_gpus(tmp_path):
+    from metareward.plan.shape import load_shape
+
+    shape, folder = load_shape("meta-llama/Meta-Llama-3-8B-Instruct")
+    assert folder is None and shape.params == 8_030_261_248  # the published parameter count
+    cfg = make_cfg(tmp_path)
+    cfg.engine.name, cfg.training.precision = "vllm", "bfloat16"
+    p = make_plan(cfg, tokens=CHARS, shape=shape, machine_gib=None)
+    assert p.memory["train_state_gib"] == pytest.approx(8_030_261_248 * (16 + 2) / 2**30, abs=0.01)
+    rows = {(g["gpu"], g["count"]): g["notes"] for g in p.gpus}
+    assert any("does not fit" in n for n in rows[("H100-SXM", 1)])
+    assert any("FSDP/ZeRO-3 over 8 GPUs" in n for n in rows[("H100-SXM", 8)])
+    assert not any("DPO" in n for n in rows[("H200", 1)])  # 135 GiB of state in 141 GiB

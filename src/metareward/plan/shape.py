@@ -74,8 +74,10 @@ class ModelShape:
 
     @property
     def params(self) -> int:
-        """Every stored parameter: embedding, layers and (untied) LM head."""
-        return self.body_params + self.head_params * (1 if self.tied else 2)
+        """Every stored parameter: embedding, layers (with their two RMSNorm weights), final norm and
+        (untied) LM head."""
+        norms = (2 * self.layers + 1) * self.hidden
+        return self.body_params + norms + self.head_params * (1 if self.tied else 2)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Keys and values of one token in every layer."""
