@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stages", ("metareward.stages", "metareward.training", "metareward.eft", "metareward.prompt_pool",
                 "metareward.verifiable")),
     ("loop", ("metareward.loop", "metareward.evaluation", "metareward.report", "metareward.summary",
+              "metareward.experiment",
               "metareward.drift", "metareward.plan", "metareward.whatif")),
     ("commands", ("metareward.commands", "metareward.api")),
     ("cli", ("metareward.cli", "metareward")),

@@ -254,10 +254,10 @@ class RunConfig:
 
     def meta_judge_skip_reason(self, iteration: int) -> str | None:
         """Why iteration ``iteration`` runs no meta-judge (None when it runs one)."""
-        if self.mode != "meta-rewarding":
-            return f"mode: {self.mode} trains the actor only"
         if not self.judge.is_self():
             return f"judge.kind: {self.judge.kind} is not the model's own judge; there is no judge to train"
+        if self.mode != "meta-rewarding":
+            return f"mode: {self.mode} trains the actor only"
         if not self.iterations[iteration - 1].train_judge:
             return f"iterations[{iteration - 1}].train_judge: false"
         return None
