@@ -223,3 +223,39 @@ def test_sigterm_ends_the_real_vllm_engine(tmp_path):
     assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
     assert len(terminate_mid_stage(proc, log)) >= 2  # the engine's child process and vLLM's engine core at least
     assert read_holder(RunLayout(run_dir).lock) is None
+
+
+FAKE_LAUNCHER = """#!{python}
+# stands in for `accelerate launch`/`torchrun`: one worker in the launcher's process group and one in a
+# session of its own that ignores SIGTERM (as an elastic agent's workers may be); then it trains forever
+import os, signal, subprocess, sys, time
+sleep = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+b = subprocess.Popen([sys.executable, "-c", sleep], start_new_session=True)
+with open({pids!r}, "w") as f:
+    f.write(f"{{os.getpid()}} {{a.pid}} {{b.pid}}")
+time.sleep(600)
+"""
+
+
+def test_an_interrupted_training_launch_ends_the_launcher_and_its_workers(tmp_path, monkeypatch):
+    import threading
+
+    from metareward.training import launch
+
+    pid_file = tmp_path / "pids"
+    launcher = tmp_path / "fake-launcher"
+    launcher.write_text(FAKE_LAUNCHER.format(python=sys.executable, pids=str(pid_file)))
+    launcher.chmod(0o755)
+    monkeypatch.setattr(launch, "end_launch", functools.partial(launch.end_launch, grace=1.0))
+
+    def terminate_once_started() -> None:
+        while not pid_file.exists() or len(pid_file.read_text().split()) < 3:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_once_started, daemon=True).start()
+    with pytest.raises(cli.Terminated), cli.sigterm_as_interrupt():
+        launch.launch_training(str(launcher), "dpo", tmp_path / "run", 1)
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 3 and all(gone(p) for p in pids)

@@ -19,6 +19,7 @@ subprocess and reads them back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -117,12 +118,41 @@ def launch_training(launcher: str, task: str, run_dir: str | Path, iteration: in
     cmd = resolve_launcher(launcher) + ["-m", "metareward.training.launch", *args]
     out = metrics_path(run_dir, iteration or 0)
     out.unlink(missing_ok=True)
-    done = subprocess.run(cmd)
-    if done.returncode != 0:
-        raise RuntimeError(f"training launcher failed with exit code {done.returncode}: {shlex.join(cmd)}")
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: ended as a whole on an interrupt
+    try:
+        code = proc.wait()
+    except BaseException:  # Ctrl-C or SIGTERM (cli): end the launcher and every worker it started
+        end_launch(proc)
+        raise
+    if code != 0:
+        raise RuntimeError(f"training launcher failed with exit code {code}: {shlex.join(cmd)}")
     if not out.is_file():
         raise RuntimeError(f"training launcher exited 0 but wrote no metrics ({out}): {shlex.join(cmd)}")
     return json.loads(out.read_text())
+
+
+def end_launch(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """End a training launch: SIGTERM to its process group (torchrun's and accelerate's agents end their
+    workers on it), SIGKILL after ``grace`` seconds to the group and to every descendant still running
+    (workers an agent started in sessions of their own). The launch's checkpoints stay for the rerun."""
+    import signal
+    import time
+
+    from metareward.engines.isolated import alive_pids, group_and_descendants
+
+    pids = group_and_descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive_pids(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in alive_pids(pids):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10.0  # SIGKILLed a moment ago: give the kernel a moment to end them
+    while alive_pids(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
