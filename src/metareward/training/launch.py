@@ -131,7 +131,7 @@ def launch_training(launcher: str, task: str, run_dir: str | Path, iteration: in
     return json.loads(out.read_text())
 
 
-def end_launch(proc: subprocess.Popen, grace: float = 30.0) -> None:
+def end_launch(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """End a training launch: SIGTERM to its process group (torchrun's and accelerate's agents end their
     workers on it), SIGKILL after ``grace`` seconds to the group and to every descendant still running
     (workers an agent started in sessions of their own). The launch's checkpoints stay for the rerun."""
