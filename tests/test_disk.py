@@ -321,3 +321,26 @@ def test_a_chunk_log_on_a_full_tmpfs_fails_in_one_line_and_resumes(small_tmpfs):
     (small_tmpfs / "ballast").unlink()
     again = ChunkLog(path)  # the torn line of chunk 1 is cut off; chunk 0 stays
     assert list(again.done) == [0] and path.read_bytes() == first
+
+
+@pytest.mark.slow  # loads the embedded model
+def test_saving_the_real_model_on_a_full_tmpfs_is_one_line_and_leaves_nothing(small_tmpfs):
+    """The issue's case: DPO's save of SmolLM2 (about 513 MiB) on a small filesystem: no traceback, no
+    ``model.tmp<pid>``, and the check before training would have said so first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from metareward.models import resolve_model
+    from metareward.training.space import check_training_space
+
+    path = resolve_model("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    out = small_tmpfs / "iter_1" / "model"
+    with pytest.raises(DiskError, match=rf"^{out}: DPO \(135M parameters: model save\) needs about 513.1 MiB but"):
+        check_training_space(path, out, out.parent / "work", "float32", lora=False, checkpoints=False, what="DPO")
+    out.parent.mkdir()
+    with pytest.raises(DiskError) as e:
+        save_model_atomic(model, tokenizer, out)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{out}: saving the model failed: No space left on device (")
+    assert os.listdir(out.parent) == []
