@@ -16,27 +16,28 @@ Every number here is a model, and every model's assumption is a named constant o
 * Memory: weights (parameters x bytes of the dtype), KV cache (layers x KV heads x head size x 2 x bytes
   per token, x the tokens a full batch holds), DPO's training state (``TRAIN_STATE_BYTES`` per parameter).
 * Disk: the records each iteration writes (``RECORD_OVERHEAD_BYTES`` of JSON per record + text), its
-  saved model (parameters x bytes of the training precision) and, with TRL, the DPO checkpoint in flight
-  (weights + AdamW's two float32 moments, ``CHECKPOINTS_IN_FLIGHT`` of them while the newer is written).
+  saved model and, with TRL when ``save_steps`` is reached, the DPO checkpoints in flight (weights +
+  AdamW's two float32 moments, two while the newer is written): ``training.space``'s estimate, the same
+  the training step checks before it starts.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metareward.config import RunConfig
+from metareward.files import free_bytes
 from metareward.plan.shape import ModelShape
 from metareward.plan.work import StageWork
+from metareward.training.space import training_peak_bytes, writes_checkpoints
 
 GIB = float(1 << 30)
 DPO_PASSES = 3  # forward + backward of the policy, per sequence and epoch
 TRAIN_STATE_BYTES = {"float32": 16, "bfloat16": 16}  # weights + gradients (fp32 or bf16 + fp32 master) + AdamW's 2 fp32 moments
 RECORD_OVERHEAD_BYTES = {"responses": 150, "judgments": 220, "meta_judgments": 260, "pairs": 350}
-CHECKPOINTS_IN_FLIGHT = 2  # save_total_limit 1: the older checkpoint is deleted after the newer is written
 GENERATION_STAGES = ("actor", "judge", "meta_judge")
 
 GPUS: dict[str, dict[str, float]] = {
@@ -135,10 +136,7 @@ def machine_memory_gib() -> float | None:
 
 def free_disk_gib(path: str | Path) -> float:
     """Free space of the file system that holds ``path`` (its nearest existing parent)."""
-    p = Path(path).absolute()
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free / GIB
+    return free_bytes(path) / GIB
 
 
 def memory_gib(shape: ModelShape, cfg: RunConfig, works: list[StageWork], on_gpu: bool) -> dict[str, Any]:
@@ -189,11 +187,11 @@ def disk_gib(shape: ModelShape, cfg: RunConfig, works: list[StageWork], chars_pe
     train = by.get("train")
     if train is not None:
         records += train.estimate("train_tokens") * chars_per_token + train.estimate("count") * RECORD_OVERHEAD_BYTES["pairs"]
-    tdtype = train_dtype(cfg, on_gpu)
-    model = shape.params * dtype_bytes(tdtype)
-    checkpoint = shape.params * (dtype_bytes(tdtype) + 8) * CHECKPOINTS_IN_FLIGHT
-    if cfg.training.method == "lora" or cfg.training.backend == "native":
-        checkpoint = 0.0  # the native trainer keeps no checkpoints; LoRA's are adapter-sized
+    # the model save and checkpoints as the training step's own free-space check counts them
+    bf16, lora = train_dtype(cfg, on_gpu) == "bfloat16", cfg.training.method == "lora"
+    model = training_peak_bytes(shape.params, bf16, lora, False)
+    examples = round(train.count) if train is not None else 0
+    checkpoint = training_peak_bytes(shape.params, bf16, lora, writes_checkpoints(cfg.training, examples)) - model
     return {"records_gib": round(records / GIB, 3), "model_gib": round(model / GIB, 2),
             "checkpoints_gib": round(checkpoint / GIB, 2)}
 
