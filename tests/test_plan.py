@@ -196,3 +196,31 @@ def test_8b_dpo_state_needs_sharding_on_80_gib_gpus(tmp_path):
     assert any("does not fit" in n for n in rows[("H100-SXM", 1)])
     assert any("FSDP/ZeRO-3 over 8 GPUs" in n for n in rows[("H100-SXM", 8)])
     assert not any("DPO" in n for n in rows[("H200", 1)])  # 135 GiB of state in 141 GiB
+
+
+def test_rates_measured_in_a_finished_iteration_reproduce_its_seconds(finished):
+    cfg, _ = finished
+    p = plan_of(cfg)
+    last = manifests(cfg)[-1]["stages"]
+    for stage in ("actor", "judge", "meta_judge", "train"):
+        assert p.rates.source[stage] == "measured in iteration 2 of this run"
+        assert p.seconds_here[1][stage] == pytest.approx(last[stage]["seconds"], rel=1e-9), stage
+    assert p.stage(2, "actor").expected["generated_tokens"] == last["actor"]["generated_tokens"]
+
+
+def test_calibration_measures_the_actor_and_keeps_the_benchmarks_stage_ratios(tmp_path, monkeypatch):
+    import metareward.engines
+    from metareward.plan.cost import Rates
+    from metareward.plan.rates import calibrate
+
+    monkeypatch.setattr(metareward.engines, "make_engine", lambda cfg, path, **kw: FakeEngine())
+    cfg = make_cfg(tmp_path)
+    prompts = draw_prompts(cfg, load_prompt_pool(cfg.prompts))[0]
+    bench = Rates({"actor": 100e9, "judge": 50e9, "meta_judge": 200e9, "train": 10e9}, {}, {})
+    r = calibrate(cfg, SMOLLM2, "unused", prompts, CHARS, bench)
+    actor = r.flop_per_s["actor"]
+    assert actor > 0 and r.fixed_s["actor"] >= 0
+    assert r.flop_per_s["judge"] == pytest.approx(actor / 2) and r.flop_per_s["train"] == pytest.approx(actor / 10)
+    assert r.source["judge"].startswith("calibrated here: 20 samples x 24 tokens of the hf engine")
+    alone = calibrate(cfg, SMOLLM2, "unused", prompts, CHARS, None)
+    assert set(alone.flop_per_s) == {"actor", "judge", "meta_judge"}  # no DPO rate without a benchmark

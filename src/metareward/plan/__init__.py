@@ -134,7 +134,7 @@ def make_plan(cfg: RunConfig, config_name: str = "", *, tokens: TokenCounter | N
     iterations: list[list[StageWork]] = []
     for i, prompts in enumerate(drawn, start=1):
         stored = Stored.read(run.iteration(i))
-        known = Known(stored.responses, stored.judgments, stored.metas, stored.pairs)
+        known = Known.of(stored)
         iterations.append(plan_iteration(cfg, i, prompts, tokens, known, latest_measured(run, cfg, i), builder_for(i)))
     flops = [{w.stage: stage_flops(shape, w, cfg) for w in works} for works in iterations]
     whole = [{w.stage: stage_flops(shape, w, cfg, shared_prefixes=False) for w in works} for works in iterations]
@@ -205,6 +205,7 @@ def _gpu_row(gpu: str, count: int, efficiency: dict[str, float], flops: list[dic
     the weights split over ``engine.tensor_parallel_size`` GPUs (vLLM's KV cache in the rest of
     ``gpu_memory_utilization``), DPO's state sharded over all of them (FSDP / ZeRO-3) when one cannot hold it."""
     r = gpu_rates(gpu, count, efficiency)
+    per_stage = [{s: round((r.seconds(s, f) or 0.0) / 3600, 2) for s, f in it.items() if f} for it in flops]
     per_iteration = [sum(r.seconds(s, f) or 0.0 for s, f in it.items()) for it in flops]
     mem = GPUS[gpu]["memory_gib"]
     notes = []
@@ -225,4 +226,4 @@ def _gpu_row(gpu: str, count: int, efficiency: dict[str, float], flops: list[dic
         notes.append(f"DPO state {state:.0f} GiB: FSDP/ZeRO-3 over {count} GPUs ({state / count:.0f} GiB each, "
                      "+ activations)")
     return {"gpu": gpu, "count": count, "hours_per_iteration": [round(s / 3600, 2) for s in per_iteration],
-            "notes": notes}
+            "hours_per_stage": per_stage, "notes": notes}

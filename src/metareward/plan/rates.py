@@ -71,15 +71,13 @@ def rates_from_run(run: RunLayout, cfg: RunConfig, shape: ModelShape, tokens: To
         stages = stored.manifest.get("stages", {})
         if not stages.get("train", {}).get("done") or i not in prompts_of:
             continue
-        known = Known(stored.responses, stored.judgments, stored.metas, stored.pairs)
+        known = Known.of(stored)
         works = plan_iteration(cfg, i, prompts_of[i], tokens, known, None, builder_for(i))
         r = Rates()
         for w in works:
             entry = stages.get(w.stage, {})
             if w.stage not in STAGES_TIMED or not entry.get("seconds"):
                 continue
-            if "generated_tokens" in entry:
-                w.expected["generated_tokens"] = float(entry["generated_tokens"])
             flops = stage_flops(shape, w, cfg, shared_prefixes=False)
             if flops:
                 r.flop_per_s[w.stage] = flops / entry["seconds"]

@@ -191,6 +191,14 @@ class Known:
     judgments: list[Judgment] | None = None
     metas: list[MetaJudgment] | None = None
     pairs: list[PreferencePair] | None = None
+    generated: dict[str, int] = field(default_factory=dict)  # a finished stage's generated tokens (manifest)
+
+    @classmethod
+    def of(cls, stored: Stored) -> Known:
+        stages = stored.manifest.get("stages", {})
+        generated = {name: int(e["generated_tokens"]) for name, e in stages.items()
+                     if e.get("done") and "generated_tokens" in e}
+        return cls(stored.responses, stored.judgments, stored.metas, stored.pairs, generated)
 
 
 SENTINEL = "\x00"
@@ -226,6 +234,9 @@ def plan_iteration(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens
     pairs_work, pairs = _pairs(cfg, index, prompts, known, measured, pair_builder)
     works.append(pairs_work)
     works.append(_train(cfg, prompts, tokens, pairs, pairs_work, measured))
+    for w in works:  # a finished stage generated what its manifest says
+        if w.stage in known.generated:
+            w.expected["generated_tokens"] = float(known.generated[w.stage])
     return works
 
 
