@@ -224,3 +224,18 @@ def test_calibration_measures_the_actor_and_keeps_the_benchmarks_stage_ratios(tm
     assert r.source["judge"].startswith("calibrated here: 20 samples x 24 tokens of the hf engine")
     alone = calibrate(cfg, SMOLLM2, "unused", prompts, CHARS, None)
     assert set(alone.flop_per_s) == {"actor", "judge", "meta_judge"}  # no DPO rate without a benchmark
+
+
+def test_run_check_without_the_models_shape_still_validates(tmp_path, monkeypatch, capsys):
+    from metareward.errors import InputError
+
+    def no_shape(name):
+        raise InputError("model: cannot plan 'x': no config.json on this machine")
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"Question {i}?" for i in range(20)) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nprompts: {prompts}\niterations: [{{prompts: 4}}]\n")
+    monkeypatch.setattr(plan_module, "load_shape", no_shape)
+    assert cli.main(["run", str(config), "--check"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "plan unavailable: model: cannot plan 'x': no config.json on this machine"

@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         pool = runner.preflight()
         print(f"ok: {args.config} is valid; {len(pool)} prompts; model {cfg.model}")
-        plan = make_plan(cfg, args.config)
+        try:
+            plan = make_plan(cfg, args.config)
+        except (InputError, OSError, ValueError) as e:  # e.g. a hub model whose config.json is not here
+            print(f"plan unavailable: {e}")
+            return 0
         print(format_plan(plan))
         return 1 if plan.problems else 0
     runner.preflight()
