@@ -313,3 +313,23 @@ def test_chunked_passes_log_count_and_build_the_engine_only_when_needed(tmp_path
     assert built == [] and again.generated_tokens == first.generated_tokens  # everything was logged
     again.remove_logs()
     assert not list(tmp_path.iterdir())
+
+
+def test_each_artifact_is_declared_by_one_stage_and_written_as_declared(tmp_path):
+    from metareward.layout import ARTIFACTS
+
+    declared = [name for stage in STAGES for name in stage.artifacts]
+    assert sorted(declared) == sorted(ARTIFACTS)  # every artifact, each by exactly one stage
+
+    def run_extra(it, passes):
+        return Output({"judgments": []})  # not what the stage declares
+
+    class WrongRunner(FakeTrainRunner):
+        stages = (*STAGES[:2], Stage("extra", lambda it: ("v1",), run_extra, ("judge_pairs",)))
+
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(RuntimeError, match=r"stage extra produced \['judgments'\], declared \['judge_pairs'\]"):
+        WrongRunner(cfg, engine_factory=lambda path: FakeEngine(), echo=lambda s: None).run()
+    it1 = Path(cfg.run_dir) / "iter_1"
+    assert "extra" not in json.loads((it1 / "manifest.json").read_text())["stages"]  # not marked done
+    assert not (it1 / "judge_pairs.jsonl").exists() and (it1 / "responses.jsonl").is_file()

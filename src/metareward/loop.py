@@ -148,7 +148,10 @@ class Stage:
 
     def load_into(self, it: Iteration) -> None:
         """Read this stage's results into ``it`` (its ``load``, or ``load_artifacts``)."""
-        (self.load or (lambda it: load_artifacts(it, self.artifacts)))(it)
+        if self.load is not None:
+            self.load(it)
+        else:
+            load_artifacts(it, self.artifacts)
 
 
 def load_artifacts(it: Iteration, names: Sequence[str]) -> None:
