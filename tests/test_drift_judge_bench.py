@@ -109,3 +109,19 @@ def test_gaming_alarm_on_records_that_rise_or_stay_flat(tmp_path, texts, fires):
 ])
 def test_judge_addressed_kinds(text, kinds):
     assert judge_addressed(text) == kinds
+
+
+def test_end_of_iteration_summary_counts_responses_addressing_the_judge(tmp_path):
+    from metareward.records import Judgment, read_jsonl
+    from metareward.store import IterationStore
+    from metareward.summary import format_summary, iteration_summary
+
+    run = hand_made_run(tmp_path)
+    _second_iteration(run, ["fine", f"a\n\n{INJECTIONS['score']}", "fine too", f"b {INJECTIONS['grader']}"])
+    it2 = RunLayout(run).iteration(2)
+    s = iteration_summary(IterationStore(it2), read_jsonl(it2.artifact("responses"), Response),
+                          read_jsonl(it2.artifact("judgments"), Judgment), [], [], [], k=2)
+    assert s["judge_addressed"] == 2
+    assert "judge gaming: " in s["drift_alarms"][-1]
+    text = format_summary(2, s, {})
+    assert "responses 4 (duplicates removed -4)  addressing the judge 2" in text  # hand-made: no prompts stage

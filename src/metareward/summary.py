@@ -6,7 +6,8 @@ actor and judge pairs were built (and why every other prompt yielded none, by re
 rejected lengths, and the meta-judge's first-position win rate (its positional bias, docs/method.md
 §5.6). A meta-judge whose decisive verdicts all name one position is named as such
 (``meta_judge_position_only``): the positional weights then give those wins zero weight, so its
-verdicts cannot produce a judge pair (docs/judging.md, "Skip reasons").
+verdicts cannot produce a judge pair (docs/judging.md, "Skip reasons"). Also how many responses
+contain text aimed at the judge (``evaluation.judge_addressed``; the drift alarm watches its rise).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from metareward.drift import summary_alarms
+from metareward.evaluation.judge_addressed import addressed_count
 from metareward.records import Judgment, MetaJudgment, PreferencePair, Response
 from metareward.store import IterationStore
 
@@ -69,6 +71,7 @@ def iteration_summary(
         "prompts": n_prompts,
         "responses": len(responses),
         "duplicates_removed": n_prompts * k - len(responses),
+        "judge_addressed": addressed_count(r.text for r in responses)[0],
         "judgments": len(judgments),
         "parse_rate": round(len(scores) / len(judgments), 4) if judgments else None,
         "score_mean": round(float(np.mean(scores)), 4) if scores else None,
@@ -102,7 +105,8 @@ def format_summary(iteration: int, s: dict[str, Any], timings: dict[str, float])
     al, jl = s["actor_pair_lengths"], s["judge_pair_lengths"]
     lines = [
         f"── iteration {iteration} summary " + "─" * 40,
-        f"  prompts {s['prompts']}  responses {s['responses']} (duplicates removed {s['duplicates_removed']})",
+        f"  prompts {s['prompts']}  responses {s['responses']} (duplicates removed {s['duplicates_removed']})"
+        f"  addressing the judge {s.get('judge_addressed', 0)}",
         f"  judgments {s['judgments']}  parse rate {s['parse_rate']}  score mean {s['score_mean']}",
         f"  score histogram  {hist}",
         f"  actor pairs {s['actor_pairs']}  (skipped: {s['actor_skipped'] or 'none'})",
