@@ -259,3 +259,48 @@ def test_an_interrupted_training_launch_ends_the_launcher_and_its_workers(tmp_pa
         launch.launch_training(str(launcher), "dpo", tmp_path / "run", 1)
     pids = [int(p) for p in pid_file.read_text().split()]
     assert len(pids) == 3 and all(gone(p) for p in pids)
+
+
+@pytest.mark.slow  # starts a local Ray
+def test_abort_ends_busy_ray_replicas_at_once(tmp_path):
+    pytest.importorskip("ray")
+    import threading
+
+    from servers import tiny_judge_requests
+
+    from metareward.engines.base import Engine
+    from metareward.engines.ray_dp import RayDataParallelEngine
+
+    class Busy(Engine):  # defined here: Ray's workers receive it by value (tests/ is not on their path)
+        def generate(self, requests):
+            open(os.path.join(str(tmp_path), str(os.getpid())), "w").close()
+            time.sleep(600)
+            return iter(())
+
+        def choice_probs(self, requests):
+            return iter(())
+
+    dp = RayDataParallelEngine(Busy, replicas=2, num_cpus=1)
+    reqs, _ = tiny_judge_requests(n=2, max_tokens=8)
+    failed: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            list(dp.generate(reqs))
+        except BaseException as e:  # noqa: BLE001 - the shards in flight fail once their actors are killed
+            failed.append(e)
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    replicas = [int(name) for name in os.listdir(tmp_path)]
+    assert len(replicas) == 2 and not any(gone(p) for p in replicas)
+    dp.abort()  # both replicas are 600 s into a call: close() would wait for them, abort() does not
+    deadline = time.monotonic() + 60
+    while not all(gone(p) for p in replicas) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(p) for p in replicas) and dp.actors == []
+    thread.join(timeout=60)
+    assert not thread.is_alive() and failed
