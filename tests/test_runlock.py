@@ -253,3 +253,12 @@ def test_eval_into_a_locked_run_directory_stops_at_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"metareward: error: {cfg.run_dir}: in use by `metareward run` (pid {holder.pid} on ")
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(InputError) as e, run_lock(blocked / "run"):
+        pass
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{RunLayout(blocked / 'run').lock}: opening the run directory's lock file failed: ")

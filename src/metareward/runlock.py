@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from metareward.errors import InputError
-from metareward.files import remove_temporaries
+from metareward.files import disk_error, remove_temporaries
 from metareward.layout import RunLayout
 
 log = logging.getLogger("metareward.runlock")
@@ -209,7 +209,6 @@ def run_lock(layout: RunLayout | str | Path, command: str = "run") -> Iterator[R
     any way; a killed process's lock is released by the kernel.
     """
     layout = layout if isinstance(layout, RunLayout) else RunLayout(layout)
-    layout.root.mkdir(parents=True, exist_ok=True)
     path = layout.lock
     key = os.path.realpath(path)
     if key in _held:
@@ -222,7 +221,11 @@ def run_lock(layout: RunLayout | str | Path, command: str = "run") -> Iterator[R
             if depth > 1:
                 _held[key] = (depth - 1, handle)
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:  # a read-only or full filesystem, no permission: one line, as every write error
+        raise disk_error(path, "opening the run directory's lock file", e) from e
     try:
         locked = True
         try:
