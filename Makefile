@@ -55,3 +55,12 @@ bench: setup
 .PHONY: gpu-check
 gpu-check: setup
 	$(BIN)/python scripts/gpu_check.py
+
+# docs/experiment.md: control (verifier judge) vs Self- vs Meta-Rewarding on verifiable instructions,
+# three iterations each, held-out accuracy with bootstrap intervals (resumable). The quick variant is a smoke check.
+.PHONY: experiment experiment-quick
+experiment: setup
+	$(BIN)/metareward experiment configs/experiment.yaml
+
+experiment-quick: setup
+	$(BIN)/metareward experiment configs/experiment-quick.yaml

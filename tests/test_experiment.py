@@ -112,3 +112,10 @@ def test_the_experiment_with_a_fake_engine(tmp_path):
         strip = lambda d: json.loads(json.dumps(d).replace('"eval_seconds"', '"_"'))  # noqa: E731
         assert strip(again[key]).keys() == strip(results[key]).keys()
     assert again["arms"]["control-seed0"]["iterations"][1]["prompt_strict"] == control["iterations"][1]["prompt_strict"]
+
+
+def test_an_evaluation_folder_is_not_reused_with_other_settings(tmp_path):
+    ho.check_settings(tmp_path / "m", {"answer_max_tokens": 96})
+    ho.check_settings(tmp_path / "m", {"answer_max_tokens": 96})  # same settings: reused
+    with pytest.raises(InputError, match="evaluated with other settings"):
+        ho.check_settings(tmp_path / "m", {"answer_max_tokens": 64})

@@ -10,6 +10,7 @@ CPU was and a killed experiment leaves what it had measured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -80,7 +81,12 @@ class Experiment:
             if "e" in holder:
                 holder.pop("e").close()
 
-        return ho.passes(engine, RunLayout(self.root).eval_dir / label, label), close
+        folder = RunLayout(self.root).eval_dir / label
+        ho.check_settings(folder, {"model": model_path, "heldout": [p.id for p in self.heldout.prompts],
+                                   "answer_max_tokens": self.exp.answer_max_tokens,
+                                   "judge_pairs_k": self.exp.judge_pairs_k, "judge": dataclasses.asdict(cfg.judge),
+                                   "ifeval": [self.exp.ifeval_limit, self.exp.ifeval_max_tokens]})
+        return ho.passes(engine, folder, label), close
 
     def evaluate(self, cfg: RunConfig, model_path: str, label: str) -> dict[str, Any]:
         """Held-out accuracy (and its difference from the seed model) and judge accuracy of one model."""

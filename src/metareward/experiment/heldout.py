@@ -20,6 +20,7 @@ rerun after a kill, or with more arms, reuses what was generated.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 
 from metareward.config import JudgeConfig
 from metareward.engines.base import Engine, GenerationRequest, SamplingParams
+from metareward.errors import InputError
 from metareward.records import Prompt, Response
 from metareward.stages import judge
 from metareward.stages.chunks import ChunkedPasses
@@ -51,6 +53,21 @@ class HeldOut:
         if v.error is not None:
             raise RuntimeError(f"held-out prompt {prompt.id}: the checker failed ({v.error})")
         return v
+
+
+def check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """Record what a model's evaluation folder was generated with (``settings.json``), or refuse to reuse
+    it with other settings: its chunk logs would answer other requests. (The run loop refuses a finished
+    stage whose settings changed the same way.)"""
+    path = folder / "settings.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if path.is_file():
+        if path.read_text(encoding="utf-8") != text:
+            raise InputError(f"{folder}: evaluated with other settings ({path}); use another experiment root "
+                             "or remove the folder to evaluate again")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def passes(engine: Callable[[], Engine], folder: Path, label: str, chunk_size: int = 64) -> ChunkedPasses:
