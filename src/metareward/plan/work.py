@@ -225,7 +225,7 @@ def plan_iteration(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens
     inputs exist. ``measured`` supplies the expected lengths and ratios in place of bounds."""
     known = known or Known()
     works = [StageWork("prompts", count=len(prompts), exact=("count",), basis="drawn from the pool")]
-    actor_work, _ = _actor(cfg, prompts, tokens, known, measured)
+    actor_work = _actor(cfg, prompts, tokens, known, measured)
     works.append(actor_work)
     judge_work = _judge(cfg, prompts, tokens, known, measured, actor_work)
     works.append(judge_work)
@@ -241,11 +241,12 @@ def plan_iteration(cfg: RunConfig, index: int, prompts: Sequence[Prompt], tokens
 
 
 def _actor(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, known: Known,
-           measured: Measured | None) -> tuple[StageWork, float | None]:
+           measured: Measured | None) -> StageWork:
     p, k = len(prompts), cfg.actor.k
     bound = p * k * cfg.actor.max_tokens
-    w = StageWork("actor", requests=p, samples=p * k, count=p * k, prompt_tokens=sum(tokens.chats([q.text for q in prompts])),
-                  generated_tokens=bound, exact=("requests", "samples", "prompt_tokens"))
+    w = StageWork("actor", requests=p, samples=p * k, count=p * k, generated_tokens=bound,
+                  prompt_tokens=sum(tokens.chats([q.text for q in prompts])),
+                  exact=("requests", "samples", "prompt_tokens"))
     ratio = measured.unique_ratio if measured else None
     if known.responses is not None:
         w.count, w.exact = len(known.responses), (*w.exact, "count")
@@ -257,7 +258,7 @@ def _actor(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, know
                   "generated_tokens": p * k * measured.response_tokens if measured else bound}
     if measured:
         w.basis += f"; lengths measured in iteration {measured.iteration}"
-    return w, ratio
+    return w
 
 
 def _judge(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, known: Known,
