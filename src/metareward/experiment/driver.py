@@ -67,8 +67,8 @@ class Experiment:
 
     # ------------------------------------------------------------------ evaluation of one model
 
-    def _passes(self, cfg: RunConfig, model_path: str, label: str) -> tuple[ho.ChunkedPasses, Callable[[], None]]:
-        """Chunk-logged passes on ``model_path`` (engine built on first need) and a function closing it."""
+    def _engine(self, cfg: RunConfig, model_path: str, label: str) -> tuple[Callable[[], Engine], Callable[[], None]]:
+        """An engine on ``model_path``, built on first need, and a function closing it."""
         holder: dict[str, Engine] = {}
 
         def engine() -> Engine:
@@ -81,23 +81,44 @@ class Experiment:
             if "e" in holder:
                 holder.pop("e").close()
 
-        folder = RunLayout(self.root).eval_dir / label
-        ho.check_settings(folder, {"model": model_path, "heldout": [p.id for p in self.heldout.prompts],
-                                   "answer_max_tokens": self.exp.answer_max_tokens,
-                                   "judge_pairs_k": self.exp.judge_pairs_k, "judge": dataclasses.asdict(cfg.judge),
-                                   "ifeval": [self.exp.ifeval_limit, self.exp.ifeval_max_tokens]})
-        return ho.passes(engine, folder, label), close
+        return engine, close
+
+    def _folder(self, engine: Callable[[], Engine], label: str, part: str, settings: dict[str, Any]) -> ho.ChunkedPasses:
+        """Chunk-logged passes in the evaluation folder ``label/part``, which keeps its settings."""
+        folder = RunLayout(self.root).eval_dir / label / part
+        ho.check_settings(folder, settings)
+        return ho.passes(engine, folder, f"{label} {part}")
+
+    def build_pairs(self, cfg: RunConfig, seed_model: str) -> None:
+        """The held-out response pairs of the judge check, sampled once from the seed model."""
+        if self.exp.judge_eval_limit <= 0:
+            self.pairs = []
+            return
+        engine, close = self._engine(cfg, seed_model, "seed")
+        heldout = ho.HeldOut(self.heldout.prompts[: self.exp.judge_eval_limit], self.heldout.constraints)
+        try:
+            run = self._folder(engine, "seed", "judge-pairs", {
+                "model": seed_model, "heldout": [p.id for p in heldout.prompts], "k": self.exp.judge_pairs_k,
+                "max_tokens": self.exp.answer_max_tokens})
+            self.pairs = ho.judge_pairs(heldout, run, self.exp.judge_pairs_k, self.exp.answer_max_tokens)
+        finally:
+            close()
 
     def evaluate(self, cfg: RunConfig, model_path: str, label: str) -> dict[str, Any]:
         """Held-out accuracy (and its difference from the seed model) and judge accuracy of one model."""
         started = time.monotonic()
-        run, close = self._passes(cfg, model_path, label)
+        engine, close = self._engine(cfg, model_path, label)
         try:
-            answers = ho.answer(self.heldout, run, self.exp.answer_max_tokens)
-            table = ho.per_prompt(self.heldout, answers)
-            if self.pairs is None:  # built once, from the first model evaluated: the seed model
-                self.pairs = ho.judge_pairs(self.heldout, run, self.exp.judge_pairs_k, self.exp.answer_max_tokens)
-            judged = ho.judge_accuracy(self.heldout, self.pairs, cfg.judge, run)
+            run = self._folder(engine, label, "answers", {
+                "model": model_path, "heldout": [p.id for p in self.heldout.prompts],
+                "answer_max_tokens": self.exp.answer_max_tokens})
+            table = ho.per_prompt(self.heldout, ho.answer(self.heldout, run, self.exp.answer_max_tokens))
+            judged = None
+            if self.pairs:
+                run = self._folder(engine, label, "judge", {
+                    "model": model_path, "judge": dataclasses.asdict(cfg.judge),
+                    "pairs": [(a.id, b.id) for a, b in self.pairs]})
+                judged = ho.judge_accuracy(self.heldout, self.pairs, cfg.judge, run)
         finally:
             close()
         out: dict[str, Any] = {"model": model_path, **ho.accuracy(table), "judge_vs_verifier": judged}
@@ -121,8 +142,10 @@ class Experiment:
         sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=self.exp.ifeval_max_tokens)
         requests = [GenerationRequest(id=ife.prompt_id(r), messages=user_turn(r["prompt"]), sampling=sampling)
                     for r in rows]
-        run, close = self._passes(cfg, model_path, label)
+        engine, close = self._engine(cfg, model_path, label)
         try:
+            run = self._folder(engine, label, "ifeval", {"model": model_path, "limit": self.exp.ifeval_limit,
+                                                         "max_tokens": self.exp.ifeval_max_tokens})
             outs = run.generate("ifeval", requests)
         finally:
             close()
@@ -142,7 +165,9 @@ class Experiment:
         }
         first = arm_config(exp, exp.arms[0], exp.seeds[0])
         seed_model = resolve_model(first.model)
+        self.build_pairs(first, seed_model)
         self.results["seed_model"] = self.evaluate(first, seed_model, "seed")
+        self.results["judge_check_pairs"] = len(self.pairs or [])
         if (ife := self.ifeval(first, seed_model, "seed")) is not None:
             self.results["seed_model"]["ifeval"] = ife
         self.save()

@@ -39,6 +39,7 @@ class ExperimentConfig:
     heldout_limit: int = 0  # > 0: the first N held-out prompts
     answer_max_tokens: int = 96  # held-out answers (greedy)
     judge_pairs_k: int = 4  # held-out responses sampled from the seed model per prompt, for the judge check
+    judge_eval_limit: int = 40  # held-out prompts the judge check samples pairs from (0: no judge check)
     bootstrap: int = 2000  # paired bootstrap resamples of the held-out prompts
     ifeval_limit: int = 0  # > 0: IFEval (fixed stratified sample) for the seed and each arm's last model
     ifeval_max_tokens: int = 256
