@@ -304,3 +304,31 @@ def test_abort_ends_busy_ray_replicas_at_once(tmp_path):
     assert all(gone(p) for p in replicas) and dp.actors == []
     thread.join(timeout=60)
     assert not thread.is_alive() and failed
+
+
+@pytest.mark.slow  # a `metareward run` subprocess with an engine child process
+def test_a_run_killed_with_sigkill_leaves_a_lock_the_next_run_takes_over(tmp_path):
+    ref = make_cfg(tmp_path / "ref")
+    run(ref, FakeEngine())
+    cfg = make_cfg(tmp_path / "killed")
+    dump_config(cfg, tmp_path / "killed.yaml")
+    pid_file = tmp_path / "pids"
+    proc = start_run(tmp_path, tmp_path / "killed.yaml", pid_file)
+    layout = RunLayout(cfg.run_dir)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list(layout.iteration(1).work.glob("actor-*.chunks.jsonl")) if layout.iteration(1).work.is_dir() else []
+        if logs and logs[0].read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.kill()  # no clean-up at all: the record stays, the kernel frees the lock
+    proc.communicate(timeout=60)
+    assert read_holder(layout.lock).pid == proc.pid
+    engine_pids = [int(p) for p in pid_file.read_text().split()]
+    deadline = time.monotonic() + 30  # the engine's child sees its parent gone and ends its group
+    while time.monotonic() < deadline and not all(gone(p) for p in engine_pids):
+        time.sleep(0.1)
+    assert all(gone(p) for p in engine_pids)
+    run(cfg, FakeEngine())  # takes the lock over (the holder is dead) and resumes
+    assert read_holder(layout.lock) is None
+    assert records(cfg.run_dir) == records(ref.run_dir)
