@@ -355,9 +355,11 @@ def time_naive(model, tok, render, stop_ids, reqs, limit: int):
 
 def time_generate_batched(engine, reqs):
     """The previous engine: ``generate`` per batch with ``num_return_sequences`` (prompt prefilled n times)."""
+    from metareward.engines.hf.schedule import cut_batches
+
     samples, seconds = [], 0.0
     prompts = [engine.render(r.messages) for r in reqs]
-    for batch in engine._batches([r.n for r in reqs], [len(p) for p in prompts]):
+    for batch in cut_batches([r.n for r in reqs], [len(p) for p in prompts], engine.batch_size):
         by_n: dict[int, list[int]] = {}
         for i in batch:
             by_n.setdefault(reqs[i].n, []).append(i)

@@ -28,7 +28,7 @@ from metareward.engines.base import (
     SamplingParams,
 )
 from metareward.engines.hf import cache as cache_module
-from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf import schedule as schedule_module
 from metareward.engines.hf.fused_decoder import FusedDecoder
 from metareward.stages.chunks import ChunkedPasses
 from metareward.stages.judge import SCORE_CHOICES, ScorePrefix
@@ -88,7 +88,7 @@ def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatc
     while sum(map(len, follow_feeds)) < 9:
         follow_feeds.insert(0, [len(seq) for seq in fed[len(fed) - 1 - len(follow_feeds)]])
     assert sum(map(len, follow_feeds)) == 9 and len(follow_feeds) >= 2
-    assert max(follow_feeds[0]) <= 6 and min(follow_feeds[-1]) > engine_module.FEED_CHUNK  # both kinds, apart
+    assert max(follow_feeds[0]) <= 6 and min(follow_feeds[-1]) > schedule_module.FEED_CHUNK  # both kinds, apart
     for r in reqs[:3]:
         out = outs[r.id]
         assert len(out.choice_probs) == r.n
@@ -181,37 +181,37 @@ def split_cost(need, feeds, forward_cost, kernel=False):
     if kernel:
         waiting, cost = len(need), 0.0
         for f in sorted(feeds, key=lambda f: max(need[i] for i in f)):
-            cost += sum(need[i] for i in f) + engine_module.KERNEL_FEED_COST
-            cost += engine_module.KERNEL_COLUMN_COST * waiting * max(need[i] for i in f)
+            cost += sum(need[i] for i in f) + schedule_module.KERNEL_FEED_COST
+            cost += schedule_module.KERNEL_COLUMN_COST * waiting * max(need[i] for i in f)
             waiting -= len(f)
         return cost
-    return sum(len(f) * max(need[i] for i in f) + forward_cost * -(-max(need[i] for i in f) // engine_module.FEED_CHUNK)
+    return sum(len(f) * max(need[i] for i in f) + forward_cost * -(-max(need[i] for i in f) // schedule_module.FEED_CHUNK)
                for f in feeds)
 
 
 def test_feed_groups_exact_partitions():
-    assert engine_module.feed_groups([]) == []
-    assert engine_module.feed_groups([5, 5, 5]) == [[0, 1, 2]]
+    assert schedule_module.feed_groups([]) == []
+    assert schedule_module.feed_groups([5, 5, 5]) == [[0, 1, 2]]
     # 9 rows of 5 and one of 200: one feed would cost 10 * 200 + 4 * 32 = 2,128 positions; apart
     # 9 * 5 + 32 + 200 + 4 * 32 = 405
-    assert engine_module.feed_groups([5, 200, 5, 5, 5, 5, 5, 5, 5, 5]) == [[0, 2, 3, 4, 5, 6, 7, 8, 9], [1]]
+    assert schedule_module.feed_groups([5, 200, 5, 5, 5, 5, 5, 5, 5, 5]) == [[0, 2, 3, 4, 5, 6, 7, 8, 9], [1]]
     # widths 4 and 6: joining costs 2 rows * 2 more positions, a second forward 32: together
-    assert engine_module.feed_groups([6, 4, 4]) == [[1, 2, 0]]
+    assert schedule_module.feed_groups([6, 4, 4]) == [[1, 2, 0]]
     # with a zero fixed cost every distinct width is its own feed
-    assert engine_module.feed_groups([6, 4, 4], forward_cost=0) == [[1, 2], [0]]
+    assert schedule_module.feed_groups([6, 4, 4], forward_cost=0) == [[1, 2], [0]]
 
 
 def test_feed_groups_through_the_kernels_cost_real_tokens_and_buffer_positions():
     """With ``kernel`` a feed costs its rows' own needs plus ``KERNEL_FEED_COST``, and its width in buffer
     positions (``KERNEL_COLUMN_COST`` each) for every row still waiting: padding is not computed."""
-    assert (engine_module.KERNEL_FEED_COST, engine_module.KERNEL_COLUMN_COST) == (20, 1 / 64)
+    assert (schedule_module.KERNEL_FEED_COST, schedule_module.KERNEL_COLUMN_COST) == (20, 1 / 64)
     # widths 5 and 40: together 55 + 20 + 4 * 40 / 64 = 77.5; apart 15 + 20 + 4 * 5 / 64 + 40 + 20 + 40 / 64 = 95.9
-    assert engine_module.feed_groups([5, 40, 5, 5], kernel=True) == [[0, 2, 3, 1]]
+    assert schedule_module.feed_groups([5, 40, 5, 5], kernel=True) == [[0, 2, 3, 1]]
     # nine rows of 5 and one of 200: together 245 + 20 + 10 * 200 / 64 = 296.25; apart
     # 45 + 20 + 10 * 5 / 64 + 200 + 20 + 200 / 64 = 288.9 (the 200 positions kept off nine rows' buffers)
-    assert engine_module.feed_groups([5, 200, 5, 5, 5, 5, 5, 5, 5, 5], kernel=True) == [[0, 2, 3, 4, 5, 6, 7, 8, 9], [1]]
-    assert engine_module.feed_groups([6, 4], kernel=True) == [[1, 0]]
-    assert engine_module.feed_groups([3, 3], kernel=True) == [[0, 1]]
+    assert schedule_module.feed_groups([5, 200, 5, 5, 5, 5, 5, 5, 5, 5], kernel=True) == [[0, 2, 3, 4, 5, 6, 7, 8, 9], [1]]
+    assert schedule_module.feed_groups([6, 4], kernel=True) == [[1, 0]]
+    assert schedule_module.feed_groups([3, 3], kernel=True) == [[0, 1]]
 
 
 def test_feed_groups_is_never_costlier_than_any_contiguous_split():
@@ -220,7 +220,7 @@ def test_feed_groups_is_never_costlier_than_any_contiguous_split():
         need = [int(x) for x in rng.integers(1, 150, size=int(rng.integers(1, 8)))]
         cost = int(rng.integers(0, 64))
         kernel = bool(rng.integers(0, 2))
-        feeds = engine_module.feed_groups(need, forward_cost=cost, kernel=kernel)
+        feeds = schedule_module.feed_groups(need, forward_cost=cost, kernel=kernel)
         assert sorted(i for f in feeds for i in f) == list(range(len(need)))
         order = sorted(range(len(need)), key=lambda i: need[i])
         for mask in range(2 ** (len(need) - 1)):  # every split of the sorted rows into contiguous feeds

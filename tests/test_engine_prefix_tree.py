@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metareward.engines.base import ChoiceFollowUp, GenerationRequest, SamplingParams
-from metareward.engines.hf.engine import common_prefix, shared_roots, sharing_order
+from metareward.engines.hf.schedule import shared_roots, sharing_order
+from metareward.engines.tokens import common_prefix
 from metareward.stages.meta_judge import VERDICT_CHOICES, verdict_prefix
 from metareward.templates import meta_judge_prompt
 
@@ -153,7 +154,7 @@ def remainders_one_apart_from_a_feed_chunk(engine) -> list[GenerationRequest]:
     """Two requests on one shared root whose remainders are a few tokens and 1 + k * FEED_CHUNK tokens:
     the remainder feed's first forward is one position wide, where the short remainder is all padding
     (a row with no real continuation position yet, attending to its root alone)."""
-    from metareward.engines.hf.engine import FEED_CHUNK
+    from metareward.engines.hf.schedule import FEED_CHUNK
 
     question = "Summarise the rules of chess for a beginner in plain words. " * 12
     short = [{"role": "user", "content": question}]

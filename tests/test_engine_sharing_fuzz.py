@@ -49,7 +49,8 @@ from hf_trace import bf16_twin, embedded_engine, independent_choice_probs, recor
 from metareward.engines.base import ChoiceFollowUp, ChoiceRequest, GenerationRequest, SamplingParams
 from metareward.engines.hf import HFEngine
 from metareward.engines.hf import engine as engine_module
-from metareward.engines.hf.engine import FEED_CHUNK, common_prefix, shared_roots
+from metareward.engines.hf.schedule import FEED_CHUNK, shared_roots
+from metareward.engines.tokens import common_prefix
 from metareward.stages.meta_judge import VERDICT_CHOICES, verdict_prefix
 
 TOPICS = [

@@ -26,6 +26,7 @@ from metareward.engines.base import GenerationRequest, SamplingParams
 from metareward.engines.hf import HFEngine
 from metareward.engines.hf import cache as cache_module
 from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf import rows as rows_module
 from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
 
 QUESTIONS = ["What is 2+2?", "Write a haiku about autumn leaves.", "Name three primes and say why they are prime."]
@@ -96,7 +97,7 @@ def test_fused_step_equals_transformers_forward(kind, dtype, tokenizer, monkeypa
     """Bit-identical log-probabilities and texts, with row buffers growing every 2 positions and
     finished rows dropped as soon as they finish."""
     monkeypatch.setattr(cache_module, "SUFFIX_BLOCK", 2)
-    monkeypatch.setattr(engine_module, "COMPACT_AT", 1e-9)
+    monkeypatch.setattr(rows_module, "COMPACT_AT", 1e-9)
     fused, plain = engines(tiny(kind, tokenizer, dtype), tokenizer)
     assert_same_traces(trace(fused, requests()), trace(plain, requests()))
 

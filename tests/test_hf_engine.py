@@ -24,7 +24,7 @@ from metareward.engines.base import ChoiceRequest, GenerationRequest, SamplingPa
 from metareward.engines.hf import CompileFallbackWarning, HFEngine
 from metareward.engines.hf import attention as attention_module
 from metareward.engines.hf import cache as cache_module
-from metareward.engines.hf import engine as engine_module
+from metareward.engines.hf import rows as rows_module
 from metareward.engines.hf import sampling as sampling_module
 from metareward.engines.hf.kernels import kernel_attention, load_decode_kernel
 from metareward.engines.hf.sampling import batch_seed, sample_next
@@ -81,7 +81,7 @@ def test_shared_prefix_uses_each_samples_true_distribution(engine, monkeypatch, 
     """Every step's log-softmax equals an independent unpadded forward of prompt + sampled tokens,
     however long finished rows are carried in the batch before they are dropped. Row buffers grow every
     2 positions here, so growth, the masked unwritten tail and row selection all happen mid-sample."""
-    monkeypatch.setattr(engine_module, "COMPACT_AT", compact_at)
+    monkeypatch.setattr(rows_module, "COMPACT_AT", compact_at)
     monkeypatch.setattr(cache_module, "SUFFIX_BLOCK", 2)
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=6)
     reqs = [

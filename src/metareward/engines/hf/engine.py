@@ -1,71 +1,25 @@
 """The transformers engine: CPU or one GPU, the default, runs the embedded model offline.
 
 It drives the model's ``forward`` itself instead of calling ``generate``, because the stages' workloads
-have a shape ``generate`` wastes compute on: the judge asks for N samples of one ~500-token prompt, and
-``num_return_sequences`` prefills that prompt N times. What it does with a stage's requests:
+have a shape ``generate`` wastes compute on: the judge asks for N samples of one long prompt, and
+``num_return_sequences`` prefills that prompt N times. For each batch of requests (``schedule.py``
+decides the batches and which prompts share a prefilled root) it prefills each prompt (or shared root)
+once, samples the ``n`` continuations of each against that one copy of its keys and values
+(``cache.SharedPrefixCache``), one row per sample (``rows.DecodeRows``), and answers each sample's
+``ChoiceFollowUp`` from the sample's own cache after its batch has decoded. Decoding steps of
+Llama-architecture models run straight from fused weights (``fused_decoder.py``), in bf16 on a CPU
+through C++ kernels (``kernels.py``). Each batch's sampler is seeded from its requests' seeds, so a
+given list of requests always yields the same texts (the run loop's resume relies on this).
 
-* applies the model's chat template (``add_generation_prompt``) to each request's messages;
-* orders requests so that prompts sharing at least ``min_shared`` leading tokens stay together, each
-  such family and the lone prompts by length (``sharing_order``), and cuts them into batches of about
-  ``batch_size`` sequences (a request with ``n`` samples counts ``n``), so padding stays small;
-* shares prefixes across a batch's requests where that computes fewer padded positions
-  (``shared_roots``): the common root of a family is prefilled once, each request's remainder runs once
-  against it into a row of its own (left-padded, masked; the meta-judge's battles of one response, the
-  judge prompts of one question); where requests have several samples, root and remainder then become
-  that request's prompt (``SharedPrefixCache.promote_rows``: keys copied, not recomputed), read once per
-  decoding step by all its samples (the judge's N judgments of one response);
-* prefills each batch's prompts ONCE (right padded: causal SDPA needs no mask; logits only at each
-  prompt's last token), then samples the ``n`` continuations of each prompt against that one copy of
-  its keys/values (*prefix sharing*, ``SharedPrefixCache`` + ``shared_prefix_attention``: the prompt is
-  neither recomputed nor copied, and is read once per decoding step for all its samples);
-* each sample's own keys/values go to buffers that grow a block of positions at a time and live in
-  memory the engine keeps across batches (``RowBufferPool``: on a CPU, first-touch page faults on
-  fresh memory cost more than the attention itself);
-* samples each row with its own temperature and top-p (exactly the transformers warpers: temperature,
-  then nucleus keeping tokens whose higher-ranked mass is < top_p); ``temperature == 0`` is greedy;
-* finishes a sequence as soon as it emits a stop token (the tokenizer's eos, e.g. ``<|im_end|>``,
-  plus the generation config's eos ids) or reaches its ``max_tokens``; finished rows leave the batch
-  at once on the C++ kernels' path (through the cache's row-slot map, no copy), elsewhere in bulk,
-  once they are a quarter of it (each removal copies every layer's continuation cache);
-* keeps the per-step [batch, vocab] logits in reused buffers and samples in place (on a CPU, a fresh
-  50 MB temporary per full-vocabulary pass costs more in page faults than the arithmetic);
-* runs decoding steps' attention through a C++ kernel for bf16 on a CPU (``kernels.py``: one
-  pass per row and KV head over the prompt's keys and the row's own, no intermediate tensors), the
-  fused decoder's element-wise work through three more (``FusedDecoder.kernel_step``), and, for bf16
-  and float32 models on a CPU, the sampler through another, straight from the LM head's output
-  (``csrc/sample.cpp``: the same distribution as ``sample_next``, each row read twice instead of ~8
-  float32 passes);
-* on a CPU, has glibc keep freed memory for reuse (``keep_freed_memory``: a prefill's megabyte-sized
-  temporaries otherwise page-fault afresh every time);
-* runs decoding steps straight from the weights, projections fused, for Llama-architecture models
-  (``FusedDecoder``: same operations as transformers' forward, without its module stack; other models
-  decode through transformers' forward with the same cache and attention);
-* with ``compile=True``, runs the torch decoding path's attention (and the fused decoder's two halves
-  of a layer) through ``torch.compile`` (``compiled_or_eager``), where the C++ kernels do not run;
-* seeds each batch's sampler from its requests' seeds, so a given list of requests always yields the
-  same texts (the run loop's resume relies on this).
-
-A ``GenerationRequest``'s ``ChoiceFollowUp`` (the constrained score or verdict read after each
-sample) is answered from the sample's own cache once its batch has decoded (``_follow_ups``): no
-re-prefill of prompt and text. Finished rows with a follow-up are parked instead of dropped on the C++
-kernels' path (their buffer rows kept, ``SharedPrefixCache.select_rows(park=True)``), and their contexts
-are fed there in one pass per group (``FusedDecoder.kernel_feed``: only the real tokens computed); elsewhere such a
-batch carries its finished rows to the end (so its texts may differ from the same batch without
-follow-ups: sampling draws per batch row; the same requests still give the same texts).
-
-``choice_probs`` prefills each distinct prompt once, runs each request's ``assistant_prefix`` tokens
-against it (shared, as above; suffixes left-padded and masked) and reads the softmax of the last
-position's logits at each choice's token, renormalised over the choices.
-
-Precision: ``dtype="auto"`` is bf16 on a CUDA device that supports it and on a CPU with native bf16
-instructions (AVX512-BF16 or AMX), float32 otherwise. Keys/values are kept and attention's matmuls run
-in that dtype with the softmax in float32 (transformers' eager recipe; a test shows the bf16 engine is
-as close to float32 as transformers' own bf16 forward); log-probabilities and sampling are float32.
+How and why, step by step: ``docs/DESIGN.md`` (the hf engine). Precision: ``dtype="auto"`` is bf16 on a
+CUDA device that supports it and on a CPU with native bf16 instructions, float32 otherwise; softmax,
+log-probabilities and sampling are float32.
 
 Assumptions: a decoder-only causal LM with full attention whose ``forward`` takes ``position_ids``,
 a KV cache (``cache``, or ``past_key_values`` in older transformers) and ``logits_to_keep`` and whose
 attention goes through transformers' ``AttentionInterface`` (Llama, Qwen2, Mistral, SmolLM ...), with a
-plain LM head (no logit scaling or soft-capping) and a chat template; each choice is a single token after the prefix (checked).
+plain LM head (no logit scaling or soft-capping) and a chat template; each choice is a single token
+after the prefix (checked).
 """
 
 from __future__ import annotations
@@ -93,15 +47,11 @@ from metareward.engines.hf.cache import RowBufferPool, SharedPrefixCache
 from metareward.engines.hf.device import keep_freed_memory, pick_device, pick_dtype
 from metareward.engines.hf.fused_decoder import FusedDecoder, unsupported_reason
 from metareward.engines.hf.kernels import load_decode_kernel
+from metareward.engines.hf.rows import DecodeRows
 from metareward.engines.hf.sampling import batch_seed, sample_next
+from metareward.engines.hf.schedule import FEED_CHUNK, cut_batches, feed_groups, shared_roots, sharing_order
 from metareward.engines.memory import release_freed_memory
-from metareward.engines.tokens import choice_context, cut_at_stop, stop_token_ids
-
-FEED_CHUNK = 64  # positions per forward when rows are fed several known tokens (choice contexts, follow-ups)
-FEED_FORWARD_COST = 32  # a forward's fixed cost (weights read, per-layer dispatch) in fed positions: ``feed_groups``
-KERNEL_FEED_COST = 20  # a kernel feed's fixed cost in fed positions (rough: ~25 ms against ~1.3 ms a position): ``feed_groups``
-KERNEL_COLUMN_COST = 1 / 64  # one more continuation position in a row's buffers (memory, zeroing), in fed positions
-COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
+from metareward.engines.tokens import choice_context, common_prefix, cut_at_stop, stop_token_ids
 
 
 def cache_argument(forward) -> str:
@@ -111,124 +61,10 @@ def cache_argument(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def sharing_order(prompts: Sequence[list[int]], min_shared: int) -> list[int]:
-    """The order in which ``generate`` cuts requests into batches: prompts sharing at least
-    ``min_shared`` leading tokens with another (e.g. the meta-judge's battles of one response, the judge
-    prompts of one question) stay together, so their batch prefills the shared part once
-    (``shared_roots``); each such family shortest first, families and lone prompts by their shortest
-    prompt (little padding, as plain length order gives). Deterministic: a function of the prompts."""
-    lexical = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    units: list[list[int]] = []
-    for prev, i in zip([None, *lexical], lexical):
-        if prev is not None and common_prefix(prompts[prev], prompts[i]) >= min_shared:
-            units[-1].append(i)
-        else:
-            units.append([i])
-    units = [sorted(u, key=lambda i: (len(prompts[i]), i)) for u in units]
-    units.sort(key=lambda u: (len(prompts[u[0]]), u[0]))
-    return [i for u in units for i in u]
-
-
 def fed_positions(mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """Positions of left-padded fed tokens (``mask`` [rows, w], 1 = token): row j's first real token at
     ``start[j]``, its padding at 0 (masked; any position would do)."""
     return (start[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def feed_groups(need: Sequence[int], forward_cost: int = FEED_FORWARD_COST, kernel: bool = False) -> list[list[int]]:
-    """Split rows to be fed ``need[i]`` tokens each into feeds, at the least cost in computed positions.
-
-    A feed pads its rows to its widest need, w. Through transformers' forward (``_feed``) the padding is
-    computed: a feed costs ``rows * w`` positions plus ``forward_cost`` per forward (``FEED_CHUNK``
-    positions each), so where most rows need the few tokens of ``"\nScore: "`` and a few need their
-    whole text, those few go to a feed of their own. Through the C++ kernels (``kernel``: ``_feed_kernel``)
-    only the rows' own tokens are computed: a feed costs ``sum(need)`` plus ``KERNEL_FEED_COST``, and its
-    padding only buffer space: w more positions for every row still waiting (this feed's and the wider
-    ones'), ``KERNEL_COLUMN_COST`` each; so one feed, or a few where a few rows need many more tokens.
-    Exact minimum over contiguous runs of the rows sorted by need (dynamic programming, O(rows^2)); a
-    feed always beats leaving a row to a re-prefill, which computes its prompt too. Returns the feeds,
-    each a list of row indices in ascending need, the narrowest feed first (fed first, so that the
-    wider feeds' buffer positions are added to the fewest rows)."""
-    order = sorted(range(len(need)), key=lambda i: need[i])
-    total = [0]  # total[i]: the needs of the i narrowest rows
-    for i in order:
-        total.append(total[-1] + need[i])
-    best = [0.0] * (len(order) + 1)  # best[i]: least cost of the i narrowest rows
-    start = [0] * (len(order) + 1)  # where the last feed of that least cost starts
-    for i in range(1, len(order) + 1):
-        width = need[order[i - 1]]
-        if kernel:
-            best[i], start[i] = min((best[j] + total[i] - total[j] + KERNEL_FEED_COST
-                                     + KERNEL_COLUMN_COST * (len(order) - j) * width, j) for j in range(i))
-        else:
-            fixed = forward_cost * -(-width // FEED_CHUNK)
-            best[i], start[i] = min((best[j] + (i - j) * width + fixed, j) for j in range(i))
-    feeds, i = [], len(order)
-    while i:
-        feeds.append(order[start[i] : i])
-        i = start[i]
-    return feeds[::-1]
-
-
-def shared_roots(prompts: Sequence[list[int]], min_shared: int) -> tuple[list[int], list[int]]:
-    """Prefix sharing across the requests of one batch: (root group of each prompt, its root length).
-
-    Prompts sharing a long common prefix form a group whose common prefix (the root; capped so that
-    every member keeps at least one token of its own, and at least ``min_shared`` tokens) is prefilled
-    once; each member's remainder then runs against it. A prompt in no group is its own root, whole
-    (remainder empty). How deep the roots reach is chosen: the meta-judge's battles all share the
-    rubric, and those of one response also its question and response; cutting at the rubric prefills
-    it once but feeds every battle its question and response, cutting deeper prefills the rubric once
-    per response but each response once. Every depth at which the lexically sorted prompts' runs
-    change is tried (runs of adjacent common prefixes at least that long), and the one that computes
-    the smallest padded token rectangle (roots x widest root + requests with a remainder x widest
-    remainder) is kept, or no sharing where that computes less (prompts x widest prompt). This is the
-    two-level case of the prefix tree vLLM's automatic prefix caching and SGLang's radix attention
-    share on GPUs."""
-    count = len(prompts)
-    whole = [len(p) for p in prompts]
-    lexical = sorted(range(count), key=lambda i: prompts[i])
-    # in lexical order the common prefix of a run is the least common prefix of its neighbours
-    adjacent = [common_prefix(prompts[a], prompts[b]) for a, b in zip(lexical, lexical[1:], strict=False)]
-    best = (count * max(whole), list(range(count)), whole)
-    for depth in sorted({d for d in adjacent if d >= min_shared}):
-        root_of, cut = list(range(count)), list(whole)
-        run = [lexical[0]]
-        shared = None
-        for k, i in enumerate(lexical[1:]):
-            if adjacent[k] >= depth:
-                run.append(i)
-                shared = adjacent[k] if shared is None else min(shared, adjacent[k])
-                continue
-            _root_run(run, shared, prompts, min_shared, root_of, cut)
-            run, shared = [i], None
-        _root_run(run, shared, prompts, min_shared, root_of, cut)
-        remainders = [w - c for w, c in zip(whole, cut, strict=True)]
-        cost = len(set(root_of)) * max(cut) + sum(r > 0 for r in remainders) * max(remainders)
-        if cost < best[0]:
-            best = (cost, root_of, cut)
-    return best[1], best[2]
-
-
-def _root_run(run: list[int], shared: int | None, prompts: Sequence[list[int]], min_shared: int,
-              root_of: list[int], cut: list[int]) -> None:
-    """Make the prompts of ``run`` (lexically sorted, common prefix ``shared``) one group rooted at its
-    first member, if the root, capped to leave each member a token, is ``min_shared`` tokens or more."""
-    if len(run) < 2:
-        return
-    root = min(shared, min(len(prompts[i]) for i in run) - 1)
-    if root >= min_shared:
-        for i in run:
-            root_of[i], cut[i] = run[0], root
 
 
 class HFEngine(Engine):
@@ -305,23 +141,6 @@ class HFEngine(Engine):
                 ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
                 mask[i, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
-
-    def _batches(self, sizes: Sequence[int], costs: Sequence[int], order: Sequence[int] | None = None) -> list[list[int]]:
-        """Indices grouped into batches of about ``batch_size`` sequences, in ``order`` (default:
-        shortest prompts first)."""
-        order = sorted(range(len(sizes)), key=lambda i: costs[i]) if order is None else order
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        seqs = 0
-        for i in order:
-            if cur and seqs + sizes[i] > self.batch_size:
-                batches.append(cur)
-                cur, seqs = [], 0
-            cur.append(i)
-            seqs += sizes[i]
-        if cur:
-            batches.append(cur)
-        return batches
 
     @contextmanager
     def _engine_attention(self):
@@ -422,109 +241,90 @@ class HFEngine(Engine):
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationOutput]:
         prompts = [self.render(r.messages) for r in requests]
         order = sharing_order(prompts, self.min_shared)
-        for batch in self._batches([r.n for r in requests], [len(p) for p in prompts], order):
+        for batch in cut_batches([r.n for r in requests], [len(p) for p in prompts], self.batch_size, order):
             yield from self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
 
     def _generate_batch(
         self, reqs: Sequence[GenerationRequest], prompts: Sequence[list[int]]
     ) -> Iterator[GenerationOutput]:
-        dev = self.device
-        generator = torch.Generator(device=dev).manual_seed(batch_seed([r.seed for r in reqs]))
+        """One batch: prefill (roots shared across requests), decode one row per sample to its end, read
+        the follow-ups from the rows' own caches, yield one output per request."""
+        generator = torch.Generator(device=self.device).manual_seed(batch_seed([r.seed for r in reqs]))
         max_new = max(r.sampling.max_tokens for r in reqs)
         if self.fused is not None:
             self.fused.refresh()  # the model may have been trained since the last batch
         # One row per sample: row j continues request owner[j]'s prompt (whose keys are never copied).
-        owner = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor([r.n for r in reqs])).to(dev)
+        owner = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor([r.n for r in reqs])).to(self.device)
+        logits, cache = self._prefill_shared(prompts, owner, max_new)
+        remainder_valid = cache.suffix_valid.clone()  # [rows, fed positions]: a row's own remainder
+        prompt_len = torch.tensor([len(p) for p in prompts], device=self.device)[owner]  # each row's whole prompt
+        lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
+        rows = DecodeRows(reqs, owner, prompt_len, self._stop_tensor, lazy)
+        self._decode_rows(rows, cache, logits, generator)
+        texts = rows.texts(self.tokenizer)
+        follow_probs: dict[int, list[float]] = {}
+        if rows.follow:
+            follow_probs = self._follow_ups(cache, rows.requests, rows.follow, rows.tokens, texts, prompt_len,
+                                            remainder_valid, rows.park_last(cache))
+        start = 0
+        for r in reqs:
+            samples = range(start, start + r.n)
+            start += r.n
+            yield GenerationOutput(id=r.id, texts=[texts[j] for j in samples],
+                                   n_tokens=[len(rows.tokens[j]) for j in samples],
+                                   finished=[rows.finished[j] for j in samples],
+                                   choice_probs=[follow_probs[j] for j in samples] if r.follow_up else None)
+
+    def _prefill_shared(self, prompts: Sequence[list[int]], owner: torch.Tensor,
+                        max_new: int) -> tuple[torch.Tensor, SharedPrefixCache]:
+        """Prefill a batch's prompts and start one cache row per sample (row j: request ``owner[j]``).
+        Returns each row's first logits and the cache.
+
+        Prefix sharing across requests (``schedule.shared_roots``): each root is prefilled once, and every
+        request's own remainder runs once against it (into a row of its own). Where requests have several
+        samples, root and remainder then become the request's prompt (``promote_rows``: copied, not
+        recomputed), read once for all its samples; a single sample keeps its row (copying the root for it
+        would only add memory traffic)."""
+        dev = self.device
         root_of, cut = shared_roots(prompts, self.min_shared)
         roots = sorted(set(root_of))
         root_prompts = [prompts[g][: cut[g]] for g in roots]  # a group's root is its first member's cut
         remainders = [p[c:] for p, c in zip(prompts, cut, strict=True)]
         logits, cache, mask, _ = self._prefill(root_prompts, max_new + max(len(x) for x in remainders))
-        if any(remainders):
-            # Prefix sharing across requests: each root was prefilled once above; every request's own
-            # remainder runs once against it (into a row of its own). Where requests have several
-            # samples, root and remainder then become the request's prompt (``promote_rows``: copied,
-            # not recomputed), read once for all its samples; a single sample keeps its row (copying
-            # the root for it would only add memory traffic).
-            request_root = torch.tensor([roots.index(g) for g in root_of], device=dev)
-            cache.start_rows(request_root, mask)
-            fed = self._feed(cache, remainders, torch.tensor(cut, device=dev))
-            has = torch.tensor([bool(x) for x in remainders], device=dev)
-            logits = torch.where(has[:, None], fed, logits[request_root])[owner]
-            if len(owner) > len(reqs):
-                mask = cache.promote_rows()
-                cache.capacity = max_new  # the samples' row buffers hold their own tokens only
-                cache.start_rows(owner, mask)
-            else:  # one sample per request: it keeps its remainder in its row, the roots stay shared
-                cache.select_rows(owner)
-        else:
-            logits = logits[owner]
+        if not any(remainders):
             cache.start_rows(owner, mask)
-        remainder_valid = cache.suffix_valid.clone()  # [rows, fed positions]: a row's own remainder
-        prompt_len = torch.tensor([len(p) for p in prompts], device=dev)[owner]  # each row's whole prompt
-        last_pos = prompt_len - 1
-        lazy = self.fused is not None and self.fused.kernels_apply(cache)  # rows leave by the slot map
+            return logits[owner], cache
+        request_root = torch.tensor([roots.index(g) for g in root_of], device=dev)
+        cache.start_rows(request_root, mask)
+        fed = self._feed(cache, remainders, torch.tensor(cut, device=dev))
+        has = torch.tensor([bool(x) for x in remainders], device=dev)
+        logits = torch.where(has[:, None], fed, logits[request_root])[owner]
+        if len(owner) > len(prompts):
+            mask = cache.promote_rows()
+            cache.capacity = max_new  # the samples' row buffers hold their own tokens only
+            cache.start_rows(owner, mask)
+        else:  # one sample per request: it keeps its remainder in its row, the roots stay shared
+            cache.select_rows(owner)
+        return logits, cache
+
+    def _decode_rows(self, rows: DecodeRows, cache: SharedPrefixCache, logits: torch.Tensor,
+                     generator: torch.Generator) -> None:
+        """The decoding loop: sample each live row's next token from ``logits``, record it, let finished
+        rows leave (``DecodeRows.leave``), feed the rest one position; until no row is live."""
         if self._sample_kernel:  # in the head's dtype, as the decoding steps hand logits over (exact)
             logits = logits.to(self.model.get_output_embeddings().weight.dtype)
-        temperature = torch.tensor([reqs[o].sampling.temperature for o in owner.tolist()], dtype=torch.float32, device=dev)
-        top_p = torch.tensor([reqs[o].sampling.top_p for o in owner.tolist()], dtype=torch.float32, device=dev)
-        budget = torch.tensor([reqs[o].sampling.max_tokens for o in owner.tolist()], device=dev)
-
-        rows = len(owner)
-        # rows whose follow-up is read from their own cache after decoding: kept (parked) when they finish
-        follow = [r for r, o in enumerate(owner.tolist()) if reqs[o].follow_up is not None]
-        parked: list[int] = []  # original rows in the cache's parking order (lazy path)
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        finished = [False] * rows
-        alive = torch.arange(rows, device=dev)  # original row index of each batch row
-        live = torch.ones(rows, dtype=torch.bool, device=dev)  # batch rows still generating
-        buffers = self._logit_buffers(rows)
+        buffers = self._logit_buffers(len(rows.tokens))
         step = 0
         while True:
-            nxt = self._sample(logits, temperature, top_p, generator, buffers[2])
+            nxt = self._sample(logits, rows.temperature, rows.top_p, generator, buffers[2])
             step += 1
-            stop = torch.isin(nxt, self._stop_tensor)
-            done = (stop | (budget <= step)) & live
-            idx = live.nonzero().flatten()
-            for r, t, s in zip(alive[idx].tolist(), nxt[idx].tolist(), stop[idx].tolist()):
-                tokens[r].append(t)
-                finished[r] = s
-            live &= ~done
-            n_live = int(live.sum())
+            n_live = rows.record(nxt, step)
             if n_live == 0:
                 break
-            # Finished rows leave the batch. On the C++ kernels' path at once, through the cache's slot
-            # map (no copy; parked for their follow-ups); elsewhere dropping a row costs a copy of every
-            # layer's continuation cache, so a finished row is carried (its tokens ignored) until
-            # COMPACT_AT of the batch has finished, or to the end where follow-ups will read it.
-            dropped = len(live) - n_live
-            if dropped and (lazy or (dropped >= COMPACT_AT * len(live) and not follow)):
-                keep = live.nonzero().flatten()
-                if lazy and follow:
-                    parked += alive[~live].tolist()
-                cache.select_rows(keep, lazy=lazy, park=lazy and bool(follow))
-                alive, nxt, last_pos, live = alive[keep], nxt[keep], last_pos[keep], live[keep]
-                temperature, top_p, budget = temperature[keep], top_p[keep], budget[keep]
-            last_pos = last_pos + 1
-            cache.add_suffix(torch.ones((len(nxt), 1), dtype=torch.bool, device=dev))
-            logits = self._decode(cache, nxt, last_pos, buffers)
-
-        texts = [self.tokenizer.decode(t[:-1] if f else t, skip_special_tokens=True).strip()
-                 for t, f in zip(tokens, finished, strict=True)]
-        follow_probs: dict[int, list[float]] = {}
-        if follow:
-            if lazy:
-                cache.select_rows(alive[:0], lazy=True, park=True)  # the last rows to finish
-                parked += alive.tolist()
-            follow_probs = self._follow_ups(cache, [reqs[o] for o in owner.tolist()], follow, tokens, texts,
-                                            prompt_len, remainder_valid, parked if lazy else None)
-        start = 0
-        for r in reqs:
-            samples = range(start, start + r.n)
-            start += r.n
-            yield GenerationOutput(id=r.id, texts=[texts[j] for j in samples], n_tokens=[len(tokens[j]) for j in samples],
-                                   finished=[finished[j] for j in samples],
-                                   choice_probs=[follow_probs[j] for j in samples] if r.follow_up else None)
+            nxt = rows.leave(cache, nxt, n_live)
+            rows.last_pos = rows.last_pos + 1
+            cache.add_suffix(torch.ones((len(nxt), 1), dtype=torch.bool, device=self.device))
+            logits = self._decode(cache, nxt, rows.last_pos, buffers)
 
     def _follow_ups(self, cache: SharedPrefixCache, row_requests: Sequence[GenerationRequest], follow: list[int],
                     tokens: list[list[int]], texts: list[str], prompt_len: torch.Tensor,
@@ -631,7 +431,7 @@ class HFEngine(Engine):
         keys = list(groups)
         sizes = [len(groups[k]) for k in keys]
         costs = [len(k) for k in keys]
-        for batch in self._batches(sizes, costs):
+        for batch in cut_batches(sizes, costs, self.batch_size):
             prompts = [list(keys[g]) for g in batch]
             members = [groups[keys[g]] for g in batch]
             suffix_len = max(len(contexts[i]) for m in members for i in m)
