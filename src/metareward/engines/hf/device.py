@@ -48,8 +48,8 @@ def keep_freed_memory() -> bool:
 
     One heap for all threads: by default each new thread that allocates (the decoding kernels' worker
     threads, oneDNN's) gets a heap of its own, up to 8 per core, and some of each stays resident after
-    the engine closes: in the tiny run a closed engine left ~64 MiB more behind each time it was built
-    again (``docs/performance.md``, "Iteration costs: DPO warm-up and memory")."""
+    the engine closes, more each time an engine is built again (figures: ``docs/performance.md``,
+    "Engine internals (hf)")."""
     import ctypes
     import ctypes.util
 
