@@ -165,3 +165,13 @@ def test_no_gradient_is_held_through_a_steps_forward(tiny):
     assert len(held) == 2 + 4  # the reference pass (2 micro-batches), then 2 epochs x 2 steps x 1 micro-batch
     assert held == [0] * 6
     assert all(p.grad is None for p in policy.parameters())  # and none is left after training
+
+
+def test_global_batches_cover_every_pair_once_per_epoch():
+    from metareward.training.dpo_native import _global_batches
+
+    chunks = list(_global_batches(5, 2, 6, seed=3))
+    assert [len(c) for c in chunks] == [2, 2, 1, 2, 2, 1]  # an epoch's last batch is smaller
+    assert sorted(sum(chunks[:3], [])) == sorted(sum(chunks[3:], [])) == [0, 1, 2, 3, 4]
+    assert chunks == list(_global_batches(5, 2, 6, seed=3))  # seeded
+    assert sum(chunks[:3], []) != sum(list(_global_batches(5, 2, 3, seed=4)), [])
