@@ -19,6 +19,7 @@ from metareward.plan.shape import ModelShape, TokenCounter
 from metareward.plan.work import draw_prompts
 from metareward.pool import load_prompt_pool
 from metareward.records import Prompt, Response, read_jsonl
+from metareward.templates import judge_prompt, meta_judge_prompt
 
 SMOLLM2 = ModelShape.from_config("smollm2-135m", {
     "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
@@ -64,6 +65,17 @@ def test_plan_before_the_run_is_exact_where_the_config_decides_and_bounds_the_re
         assert work["pairs"].count == work["train"].count == 10
 
 
+def test_prompt_token_bounds_hold(finished):
+    """The bounds made before the run against the exact prompt tokens of the stored records."""
+    cfg, before = finished
+    after = plan_of(cfg)
+    for i in (1, 2):
+        for stage in ("judge", "meta_judge"):
+            exact = after.stage(i, stage)
+            assert "prompt_tokens" in exact.exact
+            assert before.stage(i, stage).prompt_tokens >= exact.prompt_tokens, (i, stage)
+
+
 def test_plan_of_the_finished_run_predicts_every_stage_count_from_its_inputs(finished):
     cfg, _ = finished
     after = plan_of(cfg)
@@ -100,6 +112,12 @@ def test_prompts_and_prompt_tokens_are_the_loops(finished):
         stored = read_jsonl(RunLayout(cfg.run_dir).iteration(i).artifact("prompts"), Prompt)
         assert [p.id for p in stored] == [p.id for p in drawn[i - 1]]
         assert before.stage(i, "actor").prompt_tokens == sum(max(1, round(len(p.text) / 4)) + 8 for p in stored)
+        # bounds by hand: K responses per prompt at actor.max_tokens in the judge prompt; N(N-1) battles
+        # per prompt with a response and two judgments at their max_tokens in the meta-judge prompt
+        judge_empty = sum(round(len(judge_prompt(p.text, "")) / 4) + 8 for p in stored)
+        assert before.stage(i, "judge").prompt_tokens == 4 * judge_empty + 20 * 1024
+        meta_empty = sum(round(len(meta_judge_prompt(p.text, "", "", "")) / 4) + 8 for p in stored)
+        assert before.stage(i, "meta_judge").prompt_tokens == 12 * meta_empty + 60 * (1024 + 2 * 512)
 
 
 def test_a_later_iteration_expects_the_lengths_an_earlier_one_measured(tmp_path):

@@ -277,7 +277,7 @@ def _judge(cfg: RunConfig, prompts: Sequence[Prompt], tokens: TokenCounter, know
         expected_ptok = float(ptok)
     else:
         k = cfg.actor.k
-        empty = tokens.chats([judge_prompt(q.text, "", template) for q in prompts])
+        empty = [k * n_tok for n_tok in tokens.chats([judge_prompt(q.text, "", template) for q in prompts])]  # K each
         r = len(prompts) * k
         resp = measured.response_tokens if measured else cfg.actor.max_tokens
         expected_r = actor_work.expected["count"]
