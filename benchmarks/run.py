@@ -500,6 +500,7 @@ def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict
     from transformers import AutoTokenizer
 
     from metareward.config import load_config
+    from metareward.layout import PAIR_ARTIFACTS, RunLayout
     from metareward.loop import Runner
     from metareward.records import Judgment, MetaJudgment, PreferencePair, Prompt, Response, read_jsonl
 
@@ -517,19 +518,19 @@ def paper_iteration(args, model_path: str, fm: dict, ceilings: Ceilings) -> dict
         with follow_up_seconds({}) as follow_up:
             Runner(cfg, echo=lambda line: print(line, flush=True)).run()
         total = time.perf_counter() - t
-        it = Path(tmp) / "iter_1"
-        manifest = json.loads((it / "manifest.json").read_text())
+        it = RunLayout(tmp).iteration(1)
+        manifest = json.loads(it.manifest.read_text())
         tok = AutoTokenizer.from_pretrained(model_path)
 
         def ids(text: str) -> tuple[int, ...]:
             out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
             return tuple(out["input_ids"] if hasattr(out, "keys") else out)
 
-        by_prompt = {p.id: p for p in read_jsonl(it / "prompts.jsonl", Prompt)}
-        responses = {r.id: r for r in read_jsonl(it / "responses.jsonl", Response)}
-        judgments = {j.id: j for j in read_jsonl(it / "judgments.jsonl", Judgment)}
-        metas = read_jsonl(it / "meta_judgments.jsonl", MetaJudgment) if (it / "meta_judgments.jsonl").exists() else []
-        pairs = read_jsonl(it / "actor_pairs.jsonl", PreferencePair) + read_jsonl(it / "judge_pairs.jsonl", PreferencePair)
+        by_prompt = {p.id: p for p in read_jsonl(it.artifact("prompts"), Prompt)}
+        responses = {r.id: r for r in read_jsonl(it.artifact("responses"), Response)}
+        judgments = {j.id: j for j in read_jsonl(it.artifact("judgments"), Judgment)}
+        metas = read_jsonl(it.artifact("meta_judgments"), MetaJudgment) if it.artifact("meta_judgments").exists() else []
+        pairs = [p for name in PAIR_ARTIFACTS for p in read_jsonl(it.artifact(name), PreferencePair)]
         gen = {
             "actor": [(ids(by_prompt[r.prompt_id].text), r.n_tokens) for r in responses.values()],
             "judge": [(ids(judge_prompt(by_prompt[j.prompt_id].text, responses[j.response_id].text, cfg.judge.template)),

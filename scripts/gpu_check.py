@@ -432,6 +432,7 @@ def section_dpo_trl(args) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metareward.config import TrainingConfig
+    from metareward.layout import RunLayout
     from metareward.records import PreferencePair
     from metareward.training.dpo import train_dpo
 
@@ -445,7 +446,7 @@ def section_dpo_trl(args) -> dict[str, Any]:
                          warmup_ratio=0.0, lr_scheduler="constant", precision="bfloat16" if on_gpu else "float32",
                          save_steps=100000)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = train_dpo(model_path(), pairs, Path(tmp) / "iter_1" / "model", cfg, Path(tmp) / "work",
+        metrics = train_dpo(model_path(), pairs, RunLayout(tmp).model_of(1), cfg, Path(tmp) / "work",
                             threads=args.threads)
     tok = AutoTokenizer.from_pretrained(model_path())
     model = AutoModelForCausalLM.from_pretrained(model_path(), dtype=torch.float32)
@@ -464,6 +465,7 @@ def _one_iteration(args, **engine) -> dict[str, Any]:
     import dataclasses
 
     from metareward.config import load_config
+    from metareward.layout import RunLayout
     from metareward.loop import Runner
 
     cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml")
@@ -476,8 +478,9 @@ def _one_iteration(args, **engine) -> dict[str, Any]:
         t = time.perf_counter()
         summaries = Runner(cfg).run()
         secs = time.perf_counter() - t
-        manifest = json.loads((Path(cfg.run_dir) / "iter_1" / "manifest.json").read_text())
-        model_dir = Path(cfg.run_dir) / "iter_1" / "model"
+        it = RunLayout(cfg.run_dir).iteration(1)
+        manifest = json.loads(it.manifest.read_text())
+        model_dir = it.model
         assert (model_dir / "config.json").is_file(), f"no trained model in {model_dir}"
     return {"seconds": round(secs, 1), "stage_seconds": manifest.get("timings_s"), "summary": summaries[0]}
 
