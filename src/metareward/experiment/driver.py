@@ -22,6 +22,7 @@ from typing import Any
 
 from metareward.config import RunConfig
 from metareward.engines.base import Engine
+from metareward.evaluation.generation import settings_key
 from metareward.experiment import heldout as ho
 from metareward.experiment.settings import ExperimentConfig, arm_config, arm_name, write_arm_config
 from metareward.layout import RunLayout, iteration_label
@@ -115,7 +116,8 @@ class Experiment:
             table = ho.per_prompt(self.heldout, ho.answer(self.heldout, run, self.exp.answer_max_tokens))
             judged = None
             if self.pairs:
-                run = self._folder(engine, label, "judge", {
+                judge_key = settings_key(dataclasses.asdict(cfg.judge))  # arms judge with their own settings
+                run = self._folder(engine, label, f"judge-{judge_key}", {
                     "model": model_path, "judge": dataclasses.asdict(cfg.judge),
                     "pairs": [(a.id, b.id) for a, b in self.pairs]})
                 judged = ho.judge_accuracy(self.heldout, self.pairs, cfg.judge, run)
