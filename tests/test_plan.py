@@ -257,3 +257,14 @@ def test_run_check_without_the_models_shape_still_validates(tmp_path, monkeypatc
     monkeypatch.setattr(plan_module, "load_shape", no_shape)
     assert cli.main(["run", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "plan unavailable: model: cannot plan 'x': no config.json on this machine"
+
+
+def test_a_config_without_a_field_the_plan_needs_is_an_input_error_naming_it():
+    from metareward.errors import InputError
+    from metareward.plan.shape import ModelShape
+
+    config = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100}
+    with pytest.raises(InputError, match="m/config.json: field num_attention_heads missing"):
+        ModelShape.from_config("m", config, "m/config.json")
+    shape = ModelShape.from_config("m", {**config, "num_attention_heads": 4}, "m/config.json")
+    assert (shape.heads, shape.kv_heads, shape.head_dim) == (4, 4, 16)

@@ -52,6 +52,13 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, name: str, config: dict[str, Any], source: str) -> ModelShape:
+        """The shape read from a ``config.json``; a field the plan needs that is missing or not a number is
+        an ``InputError`` naming it (the plan only knows decoder-only, Llama-style configs)."""
+        need = ("num_attention_heads", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+        bad = [k for k in need if not isinstance(config.get(k), int | float) or isinstance(config.get(k), bool)]
+        if bad:
+            raise InputError(f"{source}: field {bad[0]} missing or not a number; the plan reads decoder-only "
+                             "(Llama-style) configs")
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         return cls(
