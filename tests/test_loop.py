@@ -140,9 +140,12 @@ def test_torn_chunk_log_line_is_repaired(tmp_path):
 def test_changed_settings_of_a_finished_stage_is_refused(tmp_path):
     cfg = make_cfg(tmp_path)
     run(cfg, FakeEngine())
+    saved = (Path(cfg.run_dir) / "config.yaml").read_text()
     cfg.judge.n = 5
     with pytest.raises(InputError, match="stage 'judge' already ran with different settings"):
         run(cfg, FakeEngine())
+    # the message points at config.yaml to restore the settings: the refused run must not have replaced it
+    assert (Path(cfg.run_dir) / "config.yaml").read_text() == saved
 
 
 def test_adding_an_iteration_reuses_finished_ones(tmp_path):

@@ -14,15 +14,11 @@ An iteration ``i`` (1-based) is the sequence ``STAGES``, each a ``Stage``:
 6. ``train``: DPO on both, from this iteration's model with itself as reference → the iteration's
    ``model`` folder (``layout.IterationLayout.model``).
 
-The loop does the same for every stage: hash its settings (its own settings + the previous stage's
-hash), skip it if the manifest says it is done with that hash (a done stage with another hash is
-refused, not recomputed), else run it, write its artifacts atomically, mark it done, and read its
-artifacts back. Each stage declares its artifacts once (``Stage.artifacts``, names of
-``layout.ARTIFACTS``): the loop writes them from its ``Output`` and reads them back by those names.
-Generation passes go through chunk logs (``stages.chunks.ChunkedPasses``), so a rerun resumes a
-half-done stage and loses at most one chunk. The engine is built lazily, only if a chunk must run, and
-freed before training so generation and DPO never hold the model twice. Adding a stage is one more
-``Stage`` in ``STAGES``.
+Every stage alike: hash its settings (+ the previous stage's hash), skip it if done with that hash (done
+with another hash: refused, not recomputed), else run it, write its declared artifacts
+(``Stage.artifacts``, names of ``layout.ARTIFACTS``) atomically, mark it done, read them back. Generation
+goes through chunk logs (``stages.chunks.ChunkedPasses``): a rerun loses at most one chunk. The engine is
+built lazily and freed before training (generation and DPO never hold the model twice).
 """
 
 from __future__ import annotations
@@ -320,7 +316,8 @@ class Runner:
                 raise
 
     def _run(self, pool: list[Prompt]) -> list[dict[str, Any]]:
-        dump_config(self.cfg, self.layout.config)
+        if not self.layout.config.is_file():  # else kept until a stage runs: a refused rerun leaves it as it was
+            self.save_config()
         order = list(pool)
         random.Random(self.cfg.seed).shuffle(order)
         model_path = resolve_model(self.cfg.model)
@@ -336,6 +333,12 @@ class Runner:
         self.close_engine()
         return summaries
 
+    def save_config(self) -> None:
+        """Write the resolved config (once per process): the config of the stages that run from here on."""
+        if not getattr(self, "_config_saved", False):
+            dump_config(self.cfg, self.layout.config)
+            self._config_saved = True
+
     def sft_step(self, model_path: str) -> str:
         """Optional step 0: SFT on EFT data (docs/method.md §1.1); its output is iteration 1's model."""
         from metareward.training.sft import run_sft
@@ -345,6 +348,7 @@ class Runner:
         assert sft is not None
         key = settings_hash(sft, model_path)
         if not store.stage_done("sft", key):
+            self.save_config()
             self.echo("[iter 0] sft: supervised fine-tuning on EFT data")
             with Timer() as t, training_writes("SFT", model_path, sft, None, store.layout):
                 if self.cfg.training.launcher:  # same multi-process launcher as DPO (accelerate launch ...)
@@ -447,6 +451,7 @@ class Runner:
         """Run one stage, write its artifacts, mark it done; then drop its chunk logs (a kill before the
         mark leaves them, and the rerun resumes from them)."""
         store = it.store
+        self.save_config()
         passes = ChunkedPasses(
             engine=lambda: self.stage_engine(stage.name, it),
             log_path=lambda name: store.layout.chunk_log(name, key),
