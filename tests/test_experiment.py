@@ -119,3 +119,16 @@ def test_an_evaluation_folder_is_not_reused_with_other_settings(tmp_path):
     ho.check_settings(tmp_path / "m", {"answer_max_tokens": 96})  # same settings: reused
     with pytest.raises(InputError, match="evaluated with other settings"):
         ho.check_settings(tmp_path / "m", {"answer_max_tokens": 64})
+
+
+def test_pair_agreement_counts_pairs_by_constraints_satisfied():
+    from metareward.records import PreferencePair
+    from metareward.verifiable.constraints import Constraint
+
+    cons = {"a": [Constraint("punctuation:no_comma"), Constraint("keywords:existence", {"keywords": ["river"]})]}
+
+    def pair(chosen, rejected):
+        return PreferencePair("actor/a", "actor", "a", "x", chosen, rejected, "a/r0", "a/r1")
+
+    pairs = [pair("the river", "a, b"), pair("a, b", "river"), pair("river, x", "plain"), pair("x", "y")]
+    assert ho.pair_agreement(pairs, cons) == {"more": 1, "fewer": 1, "equal": 2}

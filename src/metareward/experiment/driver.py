@@ -29,6 +29,7 @@ from metareward.layout import RunLayout, iteration_label
 from metareward.loop import Runner
 from metareward.models import resolve_model
 from metareward.pool import load_prompt_pool
+from metareward.records import PreferencePair, read_jsonl
 from metareward.store import IterationStore
 from metareward.verifiable.constraints import load_constraints
 
@@ -197,10 +198,13 @@ class Experiment:
                                "run_seconds": round(time.monotonic() - t0, 1), "cpu_seconds_so_far": cpu_seconds(),
                                "loadavg_after_run": [round(x, 2) for x in os.getloadavg()], "iterations": []}
         layout = RunLayout(cfg.run_dir)
+        train_constraints = load_constraints(cfg.prompts)
         for i in range(1, len(cfg.iterations) + 1):
             manifest = IterationStore(layout.iteration(i)).manifest
             label = f"{name}-{iteration_label(i)}"
+            pairs = read_jsonl(layout.iteration(i).artifact("actor_pairs"), PreferencePair)
             entry = {"iteration": i, **self.evaluate(cfg, manifest["model_out"], label),
+                     "actor_pairs_vs_verifier": ho.pair_agreement(pairs, train_constraints),
                      "summary": manifest.get("summary", {}), "timings_s": manifest.get("timings_s", {}),
                      "train": manifest["stages"].get("train", {}).get("metrics")}
             out["iterations"].append(entry)

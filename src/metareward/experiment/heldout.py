@@ -169,3 +169,17 @@ def judge_accuracy(heldout: HeldOut, pairs: Sequence[tuple[Response, Response]],
     judged = correct + wrong + ties
     return {"pairs": len(pairs), "correct": correct, "wrong": wrong, "ties": ties, "unscored": unscored,
             "accuracy": round(100 * (correct + ties / 2) / judged, 2) if judged else None}
+
+
+def pair_agreement(pairs: Sequence[Any], constraints: dict[str, list[Constraint]]) -> dict[str, int]:
+    """How an iteration's actor pairs (``PreferencePair``) look to the verifier: how many have a chosen
+    response that satisfies more of its prompt's constraints than the rejected one, fewer, or as many.
+    For the control arm every pair is "more" by construction; for a self-judging arm it shows how much
+    constraint signal the model's own judge put into its training pairs."""
+    out = {"more": 0, "fewer": 0, "equal": 0}
+    for p in pairs:
+        cons = constraints[p.prompt_id]
+        chosen = verify(p.prompt_id, p.prompt, cons, p.chosen).satisfied
+        rejected = verify(p.prompt_id, p.prompt, cons, p.rejected).satisfied
+        out["more" if chosen > rejected else "fewer" if chosen < rejected else "equal"] += 1
+    return out
