@@ -118,9 +118,9 @@ def test_two_processes_train_like_one_and_resume_from_a_checkpoint(tmp_path, tin
         m.setenv("METAREWARD_TEST_DIE_AFTER_STEP", "2")
         with pytest.raises(RuntimeError, match="training launcher failed with exit code"):
             launch_training(DDP, "dpo", killed.dir.parent, 1)
-    work = killed.work / "dpo"
+    work = killed.layout.train_work("dpo")
     assert [p.name for p in work.glob("checkpoint-*")] == ["checkpoint-2"]
-    assert list(step_losses(killed)) == [1, 2] and not killed.model_dir.exists()
+    assert list(step_losses(killed)) == [1, 2] and not killed.layout.model.exists()
     m3 = launch_training(DDP, "dpo", killed.dir.parent, 1)
     assert m3["processes"] == 2 and m3["steps"] == 4
     l3 = step_losses(killed)
