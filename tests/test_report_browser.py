@@ -167,7 +167,7 @@ def test_compare_page_renders_offline(tmp_path, browser):
     browser.open(uri)
     figs = browser.js(FIGURES_JS)
     assert [name for name, _ in figs] == ["compare-scores", "compare-lengths", "compare-bias", "compare-training",
-                                         "compare-winrates"]
+                                         "compare-judge-accuracy", "compare-winrates"]
     assert all(ok for _, ok in figs), figs
     assert_offline(browser, uri)
 
