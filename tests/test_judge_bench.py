@@ -312,7 +312,9 @@ def test_injection_plain_pairs_share_judgments_with_llmbar(tmp_path):
 
 def test_eval_json_of_the_judge_suites_is_strict_json(tmp_path):
     block, _ = run_suites(tmp_path, ScriptedJudge("first"), ("llmbar",), limit=4)
-    json.loads(json.dumps(block, allow_nan=False))
+    text = json.dumps(block, allow_nan=False)  # raises ValueError on a NaN or infinity anywhere in the block
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == block and block["llmbar"]
 
 
 def test_eval_runs_the_judge_suites_for_every_model_and_prints_them(tmp_path):
