@@ -148,7 +148,10 @@ def terminate_mid_stage(proc: subprocess.Popen, log: Path | None = None) -> list
     _, stderr = proc.communicate(timeout=180)
     stderr = log.read_text(errors="replace") if log is not None else stderr
     assert proc.returncode == 143, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "metareward: terminated (SIGTERM); " + RESUME
+    # multiprocessing's resource tracker (a separate process that outlives ours) may warn after our last
+    # line that it cleaned up semaphores of the killed vLLM engine: that is its cleanup working, not ours failing
+    lines = [line for line in stderr.strip().splitlines() if "resource_tracker" not in line]
+    assert lines[-1] == "metareward: terminated (SIGTERM); " + RESUME
     assert "Traceback" not in stderr
     deadline = time.monotonic() + 10  # the engine's group was killed before the exit; reaping may lag
     while time.monotonic() < deadline and not all(gone(p) for p in descendants):
