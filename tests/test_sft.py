@@ -45,12 +45,12 @@ def test_conversational_prompt_completion_rows():
 
 def test_config_loads_through_the_run_config_type_checker(tmp_path):
     """The lead adds ``sft: SFTConfig | None`` to RunConfig: every field must be a type the loader knows."""
-    from metareward.config import _build
+    from metareward.typed_yaml import build
 
-    cfg = _build(SFTConfig, {"data": "x.jsonl", "epochs": 1, "precision": "float32", "eval_data": None}, "sft")
+    cfg = build(SFTConfig, {"data": "x.jsonl", "epochs": 1, "precision": "float32", "eval_data": None}, "sft")
     assert cfg.epochs == 1.0 and cfg.precision == "float32"
     with pytest.raises(InputError, match=r"sft.batch_size: expected an integer"):
-        _build(SFTConfig, {"batch_size": "four"}, "sft")
+        build(SFTConfig, {"batch_size": "four"}, "sft")
 
 
 def _examples(n: int) -> list[dict]:

@@ -3,8 +3,10 @@
 Every field has a default taken from the paper where the paper gives one (docs/method.md §2–§4), and a
 one-line comment that says where it comes from. A YAML file only needs what differs from the defaults.
 Loading checks types, ranges and unknown keys, and every error names the file and the field path, e.g.
-``configs/x.yaml: iterations[1].rho: must be in [0, 0.5] ...``, before any model is loaded. Importing this
-module imports no torch (``SFTConfig`` lives here for that reason; ``tests/test_layout.py`` checks it).
+``configs/x.yaml: iterations[1].rho: must be in [0, 0.5] ...``, before any model is loaded. Types and
+unknown keys are checked by the generic reader ``metareward.typed_yaml`` (from the annotations below);
+ranges, which types cannot express, by ``validate`` here. Importing this module imports no torch
+(``SFTConfig`` lives here for that reason; ``tests/test_layout.py`` checks it).
 
 Two switches change the method itself:
 * ``mode: meta-rewarding`` (default): actor pairs every iteration, judge pairs where an iteration says
@@ -18,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,8 @@ import yaml
 
 from metareward.errors import InputError
 from metareward.files import atomic_write_text
+from metareward.typed_yaml import build, errors_in, read_yaml, set_dotted
+from metareward.typed_yaml import parse_override as parse_override  # re-exported: the commands' --set reader
 
 ScoringMode = Literal["free_text", "constrained"]
 
@@ -286,76 +288,6 @@ def settings_hash(*parts: Any) -> str:
 # ---------------------------------------------------------------- loading and validation
 
 
-def _check_type(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return _check_type(value, arg, path)
-            except InputError as e:
-                errors.append(str(e))
-        names = " or ".join(_type_name(a) for a in typing.get_args(tp))
-        raise InputError(f"{path}: expected {names}, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise InputError(f"{path}: must be one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise InputError(f"{path}: expected a list, got {value!r}")
-        return [_check_type(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is not None:
-            raise InputError(f"{path}: expected null, got {value!r}")
-        return None
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp} at {path}")
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"{path or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            raise InputError(f"{where}: unknown field (known: {', '.join(sorted(known))})")
-    kwargs = {k: _check_type(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
 def _require(cond: bool, path: str, msg: str) -> None:
     if not cond:
         raise InputError(f"{path}: {msg}")
@@ -427,19 +359,6 @@ def validate(cfg: RunConfig) -> None:
         cfg.sft.validate("sft")
 
 
-def _read_yaml(path: Path) -> Any:
-    """The parsed YAML of a config file ({} when empty); a missing file or a syntax error is an
-    ``InputError`` naming the file (and the line, where YAML gives one)."""
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise InputError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load, merge ``overrides`` (dotted keys), type-check and validate a YAML config.
 
@@ -447,14 +366,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     the way a user types them on the command line next to the config.
     """
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    try:
-        cfg = _build(RunConfig, data, "")
+        set_dotted(data, key, value)
+    with errors_in(path):
+        cfg = build(RunConfig, data, "")
         validate(cfg)
-    except InputError as e:
-        raise InputError(f"{path}: {e}") from None
     return cfg
 
 
@@ -467,7 +384,7 @@ def load_engine_config(path: str | Path | None, overrides: dict[str, Any] | None
     where = "command line"
     if path is not None:
         path = Path(path)
-        loaded = _read_yaml(path)
+        loaded = read_yaml(path)
         if not isinstance(loaded, dict):
             raise InputError(f"{path}: expected a mapping, got {loaded!r}")
         data = loaded.get("engine") or {}
@@ -475,40 +392,10 @@ def load_engine_config(path: str | Path | None, overrides: dict[str, Any] | None
     if not isinstance(data, dict):
         raise InputError(f"{where}: engine: expected a mapping, got {data!r}")
     data = {**data, **(overrides or {})}
-    try:
-        cfg = _build(EngineConfig, data, "engine")
+    with errors_in(where):
+        cfg = build(EngineConfig, data, "engine")
         validate_engine(cfg)
-    except InputError as e:
-        raise InputError(f"{where}: {e}") from None
     return cfg
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.0.c``-style keys; integer parts index lists (``iterations.0.rho``)."""
-    node: Any = data
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise InputError(f"--set {key}: {'.'.join(parts[:depth]) or key} has no item {part}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        else:
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key.sub=value`` from the command line; the value is parsed as YAML (numbers, bools, null)."""
-    if "=" not in text:
-        raise InputError(f"--set {text!r}: expected KEY=VALUE, e.g. engine.threads=2")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

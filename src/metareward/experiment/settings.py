@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from metareward.config import RunConfig, _build, _read_yaml, _set_dotted, validate
+from metareward.config import RunConfig, validate
 from metareward.errors import InputError
+from metareward.typed_yaml import build, errors_in, read_yaml, set_dotted
 
 ARMS: dict[str, dict[str, Any]] = {
     "control": {"judge.kind": "verifier", "mode": "self-rewarding"},
@@ -53,10 +54,10 @@ EXPERIMENT_FIELDS = ExperimentConfig.__dataclass_fields__
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and check an experiment YAML; ``overrides`` are dotted keys (``run.seed``, ``heldout_limit``)."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    try:
+        set_dotted(data, key, value)
+    with errors_in(path):
         if not isinstance(data, dict):
             raise InputError(f"expected a mapping, got {data!r}")
         run, arm_overrides = data.pop("run", {}), data.pop("overrides", {})
@@ -64,7 +65,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
             raise InputError(f"run: expected a mapping (a run config), got {run!r}")
         if not isinstance(arm_overrides, dict) or not all(isinstance(v, dict) for v in arm_overrides.values()):
             raise InputError("overrides: expected a mapping of arm -> {dotted key: value}")
-        exp = _build(ExperimentConfig, data, "")
+        exp = build(ExperimentConfig, data, "")
         exp.run, exp.overrides = run, arm_overrides
         for arm in exp.arms + list(exp.overrides):
             if arm not in ARMS:
@@ -77,8 +78,6 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
             raise InputError(f"judge_pairs_k: need at least 2 responses per prompt, got {exp.judge_pairs_k}")
         for arm in exp.arms:  # every arm's run config is valid before anything runs
             arm_config(exp, arm, exp.seeds[0])
-    except InputError as e:
-        raise InputError(f"{path}: {e}") from None
     return exp
 
 
@@ -90,18 +89,16 @@ def arm_run_dict(exp: ExperimentConfig, arm: str, seed: int) -> dict[str, Any]:
     """The run config (as YAML data) of ``arm`` with run seed ``seed``."""
     data = copy.deepcopy(exp.run)
     for key, value in {**ARMS[arm], **exp.overrides.get(arm, {}), "seed": seed}.items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     data["run_dir"] = str(Path(exp.root) / arm_name(arm, seed))
     return data
 
 
 def arm_config(exp: ExperimentConfig, arm: str, seed: int) -> RunConfig:
     """The validated run config of ``arm`` (errors name ``run.<field>``)."""
-    try:
-        cfg = _build(RunConfig, arm_run_dict(exp, arm, seed), "")
+    with errors_in(f"run ({arm})"):
+        cfg = build(RunConfig, arm_run_dict(exp, arm, seed), "")
         validate(cfg)
-    except InputError as e:
-        raise InputError(f"run ({arm}): {e}") from None
     return cfg
 
 
