@@ -160,6 +160,16 @@ def _histogram(examples: Sequence[EFTExample]) -> dict[str, int]:
     return {f"{k:g}": v for k, v in sorted(Counter(e.score for e in examples).items())}
 
 
+@dataclass
+class _Kept:
+    """What the agreement filter kept (steps 3 and 4 of the module docstring), before down-sampling."""
+
+    examples: list[EFTExample]  # input order: prompt, response, judgment
+    agreeing: list[str]  # ids of the prompts kept, in input order
+    disagreeing: int = 0
+    unscored: int = 0  # prompts with a response without any valid judgment
+
+
 def build_eft(
     input_path: str | Path,
     out_dir: str | Path,
@@ -177,6 +187,31 @@ def build_eft(
     settings.validate()
     out_dir = Path(out_dir)
     ranked = load_ranked(input_path)
+    work = _claim(out_dir, input_path, ranked, settings)
+    responses = _responses(ranked)
+    judgments = _judge(ranked, responses, engine, settings, work)
+    kept = _keep_agreeing(ranked, judgments, settings)
+    examples, info = downsample(kept.examples, settings.downsample_ratio, settings.seed)
+    eval_ids = split_prompts(kept.agreeing, settings.eval_fraction, settings.seed)
+    train = [e for e in examples if e.id.split("/")[0] not in eval_ids]
+    evals = [e for e in examples if e.id.split("/")[0] in eval_ids]
+    report: dict[str, Any] = {
+        "input": str(input_path), "out_dir": str(out_dir),
+        "prompts": len(ranked), "responses": len(responses), "judgments": len(judgments),
+        "valid_judgments": sum(j.score is not None for j in judgments),
+        "prompts_agreeing": len(kept.agreeing), "prompts_disagreeing": kept.disagreeing,
+        "prompts_unscored": kept.unscored, "examples": len(kept.examples),
+        "scores_before": _histogram(kept.examples), "downsampled": info, "scores_after": _histogram(examples),
+        "train": len(train), "eval": len(evals), "train_prompts": len(set(kept.agreeing) - eval_ids),
+        "eval_prompts": len(eval_ids), "settings": asdict(settings),
+    }
+    _write(out_dir, judgments, train, evals, report)
+    return report
+
+
+def _claim(out_dir: Path, input_path: str | Path, ranked: list[RankedPrompt], settings: EFTSettings) -> Path:
+    """The build's work folder, after checking that ``out_dir`` holds no build of other settings or input
+    (a half-built folder resumes only the build that started it); the first call records the settings."""
     work = out_dir / WORK_DIR
     key = settings_hash(asdict(settings), [asdict(r) for r in ranked])
     settings_file = work / "settings.json"
@@ -186,15 +221,24 @@ def build_eft(
                              f"directory or delete {out_dir}")
     else:
         atomic_write_json(settings_file, {"hash": key, "settings": asdict(settings), "input": str(input_path)})
+    return work
 
-    jcfg = settings.judge_config()
-    prompts = {r.id: Prompt(r.id, r.prompt) for r in ranked}
-    responses = {
+
+def _responses(ranked: list[RankedPrompt]) -> dict[str, Response]:
+    """Every ranked response as a judge-stage ``Response``, by id ``<prompt id>/r<k>`` (input order)."""
+    return {
         f"{r.id}/r{k}": Response(id=f"{r.id}/r{k}", prompt_id=r.id, index=k, text=t)
         for r in ranked
         for k, t in enumerate(r.texts)
     }
 
+
+def _judge(ranked: list[RankedPrompt], responses: dict[str, Response], engine: Engine | Callable[[], Engine],
+           settings: EFTSettings, work: Path) -> list[Judgment]:
+    """``settings.n`` judgments of every response (steps 1-2), through the judge stage's resumable chunk
+    logs in ``work``. A factory ``engine`` is called only if some chunk is left to run, and what it made is
+    closed here."""
+    prompts = {r.id: Prompt(r.id, r.prompt) for r in ranked}
     made: list[Engine] = []
 
     def get_engine() -> Engine:
@@ -202,65 +246,66 @@ def build_eft(
             made.append(engine if isinstance(engine, Engine) else engine())
         return made[0]
 
-    passes = ChunkedPasses(get_engine, lambda name: work / _LOGS[name], settings.chunk_size, lambda name: _LABELS[name])
+    passes = ChunkedPasses(get_engine, lambda name: work / _LOGS[name], settings.chunk_size,
+                           lambda name: _LABELS[name])
     try:
-        judgments = judge.run(prompts, list(responses.values()), jcfg, settings.seed, 0, passes)
+        return judge.run(prompts, list(responses.values()), settings.judge_config(), settings.seed, 0, passes)
     finally:
         if made and made[0] is not engine:
             made[0].close()
 
+
+def _keep_agreeing(ranked: list[RankedPrompt], judgments: list[Judgment], settings: EFTSettings) -> _Kept:
+    """The prompts whose mean scores order their responses as the humans did, and their examples
+    (steps 3-4)."""
     by_response: dict[str, list[Judgment]] = {}
     for j in judgments:
         by_response.setdefault(j.response_id, []).append(j)
-
-    report: dict[str, Any] = {
-        "input": str(input_path), "out_dir": str(out_dir), "prompts": len(ranked), "responses": len(responses),
-        "judgments": len(judgments), "valid_judgments": sum(j.score is not None for j in judgments),
-        "prompts_agreeing": 0, "prompts_disagreeing": 0, "prompts_unscored": 0,
-    }
-    examples: list[EFTExample] = []
-    agreeing: list[str] = []
+    kept = _Kept(examples=[], agreeing=[])
     for r in ranked:
-        means: list[float | None] = []
-        for k in range(len(r.texts)):
-            scores = [j.score for j in by_response[f"{r.id}/r{k}"] if j.score is not None]
-            means.append(sum(scores) / len(scores) if scores else None)
+        valid = [[j for j in by_response[f"{r.id}/r{k}"] if j.score is not None] for k in range(len(r.texts))]
+        means = [sum(j.score for j in v) / len(v) if v else None for v in valid]
         if any(m is None for m in means):
-            report["prompts_unscored"] += 1
-            continue
-        if not agrees(means, r.ranks):
-            report["prompts_disagreeing"] += 1
-            continue
-        report["prompts_agreeing"] += 1
-        agreeing.append(r.id)
-        for k, text in enumerate(r.texts):
-            valid = [j for j in by_response[f"{r.id}/r{k}"] if j.score is not None]
-            if settings.per_response == "closest":
-                valid = [min(valid, key=lambda j, m=means[k]: (abs(j.score - m), j.index))]
-            filled = judge_prompt(r.prompt, text, settings.template)
-            for j in valid:
-                stated = parse_score(j.text, text)
-                examples.append(EFTExample(
-                    id=j.id, prompt=filled, completion=j.text,
-                    score=float(stated if stated is not None else j.score), human_rank=r.ranks[k],
-                ))
+            kept.unscored += 1
+        elif not agrees(means, r.ranks):
+            kept.disagreeing += 1
+        else:
+            kept.agreeing.append(r.id)
+            kept.examples += _examples(r, valid, means, settings)
+    return kept
 
-    report["examples"] = len(examples)
-    report["scores_before"] = _histogram(examples)
-    examples, info = downsample(examples, settings.downsample_ratio, settings.seed)
-    report["downsampled"] = info
-    report["scores_after"] = _histogram(examples)
-    eval_ids = split_prompts(agreeing, settings.eval_fraction, settings.seed)
-    train = [e for e in examples if e.id.split("/")[0] not in eval_ids]
-    evals = [e for e in examples if e.id.split("/")[0] in eval_ids]
-    report.update(train=len(train), eval=len(evals), train_prompts=len(set(agreeing) - eval_ids),
-                  eval_prompts=len(eval_ids), settings=asdict(settings))
 
+def _examples(r: RankedPrompt, valid: list[list[Judgment]], means: list[float],
+              settings: EFTSettings) -> list[EFTExample]:
+    """The SFT examples of one kept prompt: per response, the judgment closest to its mean score (ties: the
+    lower index) or all its valid judgments; the score is the one the completion states."""
+    examples = []
+    for k, text in enumerate(r.texts):
+        chosen = valid[k]
+        if settings.per_response == "closest":
+            chosen = [min(chosen, key=lambda j, m=means[k]: (abs(j.score - m), j.index))]
+        filled = judge_prompt(r.prompt, text, settings.template)
+        for j in chosen:
+            stated = parse_score(j.text, text)
+            examples.append(EFTExample(
+                id=j.id, prompt=filled, completion=j.text,
+                score=float(stated if stated is not None else j.score), human_rank=r.ranks[k],
+            ))
+    return examples
+
+
+def _write(out_dir: Path, judgments: list[Judgment], train: list[EFTExample], evals: list[EFTExample],
+           report: dict[str, Any]) -> None:
+    """The build's files, each written atomically, the report last (a report on disk means every other
+    file is complete)."""
     atomic_write_text(out_dir / ARTIFACTS["judgments"], "".join(to_json(j) + "\n" for j in judgments))
-    atomic_write_text(out_dir / "train.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in train))
-    atomic_write_text(out_dir / "eval.jsonl", "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in evals))
+    atomic_write_text(out_dir / "train.jsonl", _jsonl(train))
+    atomic_write_text(out_dir / "eval.jsonl", _jsonl(evals))
     atomic_write_json(out_dir / "report.json", report)
-    return report
+
+
+def _jsonl(examples: list[EFTExample]) -> str:
+    return "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in examples)
 
 
 __all__ = ["EFTExample", "EFTSettings", "RankedPrompt", "agrees", "build_eft", "downsample", "load_ranked",
