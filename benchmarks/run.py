@@ -326,7 +326,7 @@ def time_engine(engine, reqs: list[GenerationRequest]) -> tuple[float, list[tupl
     samples = []
     for r in reqs:
         prompt = tuple(engine.render(r.messages))
-        samples.extend((prompt, n) for n in outs[r.id].n_tokens)
+        samples.extend((prompt, s.n_tokens) for s in outs[r.id].samples)
     return seconds, samples
 
 

@@ -175,10 +175,11 @@ def section_engines(args) -> dict[str, Any]:
             return res, time.perf_counter() - t
 
         actor_out, secs = timed(vllm.generate, actor_reqs)
-        tokens = sum(sum(o.n_tokens) for o in actor_out.values())
-        out["actor"] = {"requests": len(actor_reqs), "samples": sum(len(o.texts) for o in actor_out.values()),
+        tokens = sum(o.generated_tokens for o in actor_out.values())
+        samples = sum(len(o.samples) for o in actor_out.values())
+        out["actor"] = {"requests": len(actor_reqs), "samples": samples,
                         "tokens": tokens, "seconds": round(secs, 2), "vllm_tokens_per_s": round(tokens / secs, 1)}
-        assert all(len(o.texts) == actor_cfg.k for o in actor_out.values()), "actor: not k samples per prompt"
+        assert all(len(o.samples) == actor_cfg.k for o in actor_out.values()), "actor: not k samples a prompt"
         responses = [r for p in prompts for r in actor.responses_from_output(p, actor_out[p.id])][: 2 * len(prompts)]
         resp_by_id = {r.id: r for r in responses}
         free_reqs = judge.judge_requests(by_id, responses, free_cfg, run_seed=0, iteration=1)
@@ -209,7 +210,7 @@ def section_engines(args) -> dict[str, Any]:
         t = time.perf_counter()
         h_actor = {o.id: o for o in hf.generate(actor_reqs)}
         secs = time.perf_counter() - t
-        out["actor"]["hf_tokens_per_s"] = round(sum(sum(o.n_tokens) for o in h_actor.values()) / secs, 1)
+        out["actor"]["hf_tokens_per_s"] = round(sum(o.generated_tokens for o in h_actor.values()) / secs, 1)
         h_greedy_actor = {o.id: o for o in hf.generate(greedy_actor)}
         h_greedy_judge = {o.id: o for o in hf.generate(greedy_judge)}
         h_free = {o.id: o for o in hf.generate(free_reqs)}
@@ -294,7 +295,7 @@ def section_hf_engine(args) -> dict[str, Any]:
         reqs = judge.judge_requests(by_id, responses, con_cfg, run_seed=0, iteration=1)
         outs = {o.id: o for o in eng.generate(reqs)}
         judgments = [j for r in responses for j in judge.judgments_from_output(r, outs[r.id], con_cfg)]
-        follow = [p for r in responses for p in (outs[r.id].choice_probs or [None] * len(outs[r.id].texts))]
+        follow = [s.choice_probs for r in responses for s in outs[r.id].samples]
         score_reqs = judge.score_requests(by_id, {r.id: r for r in responses}, judgments, con_cfg)
         return score_reqs, follow, probs_in_order(eng, score_reqs)
 
@@ -344,7 +345,7 @@ def section_hf_engine(args) -> dict[str, Any]:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
-            tokens = sum(sum(o.n_tokens) for o in eng.generate(big))
+            tokens = sum(o.generated_tokens for o in eng.generate(big))
             if on_gpu:
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t

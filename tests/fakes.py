@@ -10,7 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 
-from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    Completion,
+    Engine,
+    GenerationOutput,
+    GenerationRequest,
+)
 
 
 def _h(*parts: object) -> int:
@@ -51,8 +58,7 @@ class FakeEngine(Engine):
                     texts.append(f"{body}\nScore: {score}" if self.free_text_scores and h % 7 else body)
                 else:
                     texts.append("answer " + "x" * (h % 40) + (" dup" if k % 3 == 2 else f" {h % 1000}"))
-            yield GenerationOutput(id=r.id, texts=texts, n_tokens=[len(t) // 4 + 1 for t in texts],
-                                   finished=[True] * r.n)
+            yield GenerationOutput(r.id, tuple(Completion(t, len(t) // 4 + 1, True) for t in texts))
 
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
         for r in requests:

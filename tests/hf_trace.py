@@ -5,7 +5,7 @@ of one ``generate`` call: ``HFEngine._generate_batch`` (a batch starts: its rows
 ``HFEngine._sample`` (one decoding step: the log-softmax of the logits it is handed, and the tokens it
 returns) and ``SharedPrefixCache.select_rows`` (rows leave the batch: which original rows the batch
 rows are from now on). A row is live at step ``s`` of its batch while ``s`` is below its token count
-(``GenerationOutput.n_tokens``; the stop token is counted), so a finished row still carried in the
+(``Completion.n_tokens``; the stop token is counted), so a finished row still carried in the
 batch is left out, as the loop leaves out its tokens. A selection before the first step (prefix sharing
 across requests copies each request's row to its samples) does not renumber the rows.
 """
@@ -55,7 +55,7 @@ def record_steps(engine, reqs) -> tuple[list, list[list[tuple[list[int], list[in
         outputs = list(engine.generate(reqs))
     steps = []
     for state in batches:
-        counts = [c for out in state["outputs"] for c in out.n_tokens]  # batch-row order
+        counts = [s.n_tokens for out in state["outputs"] for s in out.samples]  # batch-row order
         batch_steps = []
         for s, (alive, tokens, logprobs) in enumerate(state["raw"]):
             live = [b for b, row in enumerate(alive) if s < counts[row]]

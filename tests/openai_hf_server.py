@@ -66,9 +66,10 @@ def main() -> None:
             choices = [
                 {"index": i, "message": {"role": "assistant", "content": t},
                  "finish_reason": "stop" if f else "length", "logprobs": None}
-                for i, (t, f) in enumerate(zip(out.texts, out.finished))
+                for i, (t, f) in enumerate((s.text, s.finished) for s in out.samples)
             ]
-            usage = {"prompt_tokens": 0, "completion_tokens": sum(out.n_tokens), "total_tokens": sum(out.n_tokens)}
+            tokens = out.generated_tokens
+            usage = {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
             self.reply(200, {"id": "cmpl", "object": "chat.completion", "created": 0, "model": model_path,
                              "choices": choices, "usage": usage})
 

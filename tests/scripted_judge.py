@@ -25,7 +25,14 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    Completion,
+    Engine,
+    GenerationOutput,
+    GenerationRequest,
+)
 from metareward.parsing import truncate_before_score, truncate_before_verdict
 from metareward.templates import judge_prompt, meta_judge_prompt
 
@@ -93,8 +100,7 @@ class ScriptedJudge(Engine):
         for r in requests:
             self.requests.append(r.id)
             texts = self._texts(r)
-            yield GenerationOutput(id=r.id, texts=texts, n_tokens=[len(t) // 4 + 1 for t in texts],
-                                   finished=[True] * len(texts))
+            yield GenerationOutput(r.id, tuple(Completion(t, len(t) // 4 + 1, True) for t in texts))
 
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
         for r in requests:

@@ -8,7 +8,14 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from metareward.eft import EFTExample, EFTSettings, agrees, build_eft, downsample, split_prompts
-from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    Completion,
+    Engine,
+    GenerationOutput,
+    GenerationRequest,
+)
 from metareward.errors import InputError
 from metareward.templates import judge_prompt
 
@@ -35,7 +42,7 @@ class KnownScoreEngine(Engine):
             scores = user.split("[", 1)[1].split("]", 1)[0].split(",")
             assert len(scores) == r.n
             texts = [f"Reasoning {k}." if s == "x" else f"Reasoning {k}.\nScore: {s}" for k, s in enumerate(scores)]
-            yield GenerationOutput(id=r.id, texts=texts, n_tokens=[5] * r.n, finished=[True] * r.n)
+            yield GenerationOutput(r.id, tuple(Completion(t, 5, True) for t in texts))
 
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
         # constrained mode: put all mass on the digit the judgment stated (0 if none)

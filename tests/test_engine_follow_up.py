@@ -23,6 +23,7 @@ from hf_trace import bf16_twin, embedded_engine, independent_choice_probs, recor
 from metareward.engines.base import (
     ChoiceFollowUp,
     ChoiceRequest,
+    Completion,
     GenerationOutput,
     GenerationRequest,
     SamplingParams,
@@ -81,7 +82,7 @@ def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatc
     fed = record_feeds(monkeypatch)
     reqs = requests()
     outs = {o.id: o for o in fp32_engine.generate(reqs)}
-    assert outs["plain"].choice_probs is None and len(outs["plain"].texts) == 2
+    assert [s.choice_probs for s in outs["plain"].samples] == [None, None]
     # the last feeds are the follow-ups' (an earlier one feeds the prompts' remainders after their shared
     # root), grouped by width: the few tokens of "\nScore: " apart from the preambles' whole contexts
     follow_feeds = []
@@ -90,12 +91,12 @@ def test_float32_follow_ups_equal_an_independent_forward(fp32_engine, monkeypatc
     assert sum(map(len, follow_feeds)) == 9 and len(follow_feeds) >= 2
     assert max(follow_feeds[0]) <= 6 and min(follow_feeds[-1]) > schedule_module.FEED_CHUNK  # both kinds, apart
     for r in reqs[:3]:
-        out = outs[r.id]
-        assert len(out.choice_probs) == r.n
-        for text, probs in zip(out.texts, out.choice_probs, strict=True):
-            want = independent_choice_probs(fp32_engine, r.messages, r.follow_up.prefix(text), SCORE_CHOICES)
-            np.testing.assert_allclose(probs, want, atol=1e-4)
-            assert abs(sum(probs) - 1) < 1e-6
+        assert len(outs[r.id].samples) == r.n
+        for s in outs[r.id].samples:
+            want = independent_choice_probs(fp32_engine, r.messages, r.follow_up.prefix(s.text),
+                                            SCORE_CHOICES)
+            np.testing.assert_allclose(s.choice_probs, want, atol=1e-4)
+            assert abs(sum(s.choice_probs) - 1) < 1e-6
 
 
 @pytest.mark.slow
@@ -117,9 +118,9 @@ def test_a_row_whose_whole_text_must_be_fed_gets_a_feed_of_its_own(fp32_engine, 
     assert sum(map(len, follow_feeds)) == 10 and follow_feeds[-1][0] > 900 and len(follow_feeds[-1]) == 1
     assert len(follow_feeds[0]) >= 5 and max(follow_feeds[0]) <= 12  # the "\nScore: " rows, fed together
     for r in reqs:
-        for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
-            np.testing.assert_allclose(probs, independent_choice_probs(fp32_engine, r.messages, r.follow_up.prefix(text),
-                                                                SCORE_CHOICES), atol=1e-4)
+        for s in outs[r.id].samples:
+            np.testing.assert_allclose(s.choice_probs, independent_choice_probs(
+                fp32_engine, r.messages, r.follow_up.prefix(s.text), SCORE_CHOICES), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -147,7 +148,7 @@ def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engi
     choice = [ChoiceRequest(id=f"{r.id}/{j}", messages=r.messages, assistant_prefix=r.follow_up.prefix(t),
                             choices=SCORE_CHOICES) for r in reqs[:3] for j, t in enumerate(outs[r.id].texts)]
     reread = {o.id: o.probs for o in bf16.choice_probs(choice)}
-    ours = np.array([p for r in reqs[:3] for p in outs[r.id].choice_probs])
+    ours = np.array([s.choice_probs for r in reqs[:3] for s in outs[r.id].samples])
     theirs = np.array([reread[c.id] for c in choice])
     truth = np.array([independent_choice_probs(fp32_engine, c.messages, c.assistant_prefix, SCORE_CHOICES) for c in choice])
     assert np.abs(ours - theirs).max() < 0.06
@@ -164,8 +165,8 @@ def test_chunk_logs_keep_follow_up_probabilities(tmp_path):
     class Answering:
         def generate(self, reqs):
             for r in reqs:
-                yield GenerationOutput(id=r.id, texts=["a"], n_tokens=[1], finished=[True],
-                                       choice_probs=[[0.25, 0.75]] if r.follow_up else None)
+                probs = [0.25, 0.75] if r.follow_up else None
+                yield GenerationOutput(r.id, (Completion("a", 1, True, probs),))
 
     passes = ChunkedPasses(lambda: Answering(), lambda name: tmp_path / f"{name}.jsonl", chunk_size=1)
     reqs = [GenerationRequest(id="x", messages=(), follow_up=ChoiceFollowUp(str, ("A", "B"))),
@@ -173,7 +174,9 @@ def test_chunk_logs_keep_follow_up_probabilities(tmp_path):
     first = passes.generate("meta_judge", reqs)
     again = ChunkedPasses(lambda: pytest.fail("all chunks are logged"), lambda name: tmp_path / f"{name}.jsonl",
                           chunk_size=1).generate("meta_judge", reqs)
-    assert first == again and again["x"].choice_probs == [[0.25, 0.75]] and again["y"].choice_probs is None
+    assert first == again
+    assert again["x"].samples == (Completion("a", 1, True, [0.25, 0.75]),)
+    assert again["y"].samples == (Completion("a", 1, True),)
 
 
 def split_cost(need, feeds, forward_cost, kernel=False):

@@ -143,11 +143,11 @@ def test_shared_roots_decode_each_samples_true_distribution(engine, monkeypatch)
 def test_shared_roots_follow_ups_equal_an_independent_forward(engine):
     reqs = battles(follow_up=True)
     outs = {o.id: o for o in engine.generate(reqs)}
-    assert outs["lone"].choice_probs is None
+    assert all(s.choice_probs is None for s in outs["lone"].samples)
     for r in reqs[:6]:
-        for text, probs in zip(outs[r.id].texts, outs[r.id].choice_probs, strict=True):
-            np.testing.assert_allclose(
-                probs, independent_choice_probs(engine, r.messages, verdict_prefix(text), VERDICT_CHOICES), atol=1e-4)
+        for s in outs[r.id].samples:
+            np.testing.assert_allclose(s.choice_probs, independent_choice_probs(
+                engine, r.messages, verdict_prefix(s.text), VERDICT_CHOICES), atol=1e-4)
 
 
 def remainders_one_apart_from_a_feed_chunk(engine) -> list[GenerationRequest]:
@@ -183,7 +183,7 @@ def test_bf16_kernel_path_feeds_a_remainder_that_is_all_padding_at_first(engine,
     fed = record_feeds(monkeypatch)
     outs = list(bf16.generate(reqs))
     assert len(fed[0]) == 2 and len(fed[0][0]) < len(fed[0][1])  # shared: both remainders fed
-    assert all(p is not None for o in outs for p in o.choice_probs)
+    assert all(s.choice_probs is not None for o in outs for s in o.samples)
     plain = [dataclasses.replace(r, follow_up=None) for r in reqs]
     _, (steps,) = record_steps(bf16, plain)
     monkeypatch.setattr(bf16, "min_shared", 10**9)

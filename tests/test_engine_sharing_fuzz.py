@@ -123,18 +123,16 @@ def fuzz_case(engine: HFEngine, seed: int) -> tuple[list[GenerationRequest], int
 
 
 def check_shapes(reqs: list[GenerationRequest], outs: dict) -> None:
-    """Every request answered once, with n texts, token counts and (a follow-up) n entries, each None
-    or a probability distribution over the choices."""
+    """Every request answered once, with n samples, each with a token count within its budget and (a
+    follow-up) choice probabilities None or a probability distribution over the choices."""
     assert sorted(outs) == sorted(r.id for r in reqs)
     for r in reqs:
-        out = outs[r.id]
-        assert len(out.texts) == len(out.n_tokens) == len(out.finished) == r.n, r.id
-        assert all(1 <= c <= r.sampling.max_tokens for c in out.n_tokens), (r.id, out.n_tokens)
-        if r.follow_up is None:
-            assert out.choice_probs is None, r.id
-            continue
-        assert len(out.choice_probs) == r.n, r.id
-        for probs in out.choice_probs:
+        samples = outs[r.id].samples
+        assert len(samples) == r.n, r.id
+        assert all(1 <= s.n_tokens <= r.sampling.max_tokens for s in samples), (r.id, samples)
+        for s in samples:
+            probs = s.choice_probs
+            assert probs is None or r.follow_up is not None, r.id
             if probs is not None:
                 assert len(probs) == len(VERDICT_CHOICES) and min(probs) >= 0, (r.id, probs)
                 assert abs(sum(probs) - 1) < 1e-5, (r.id, probs)
@@ -142,7 +140,7 @@ def check_shapes(reqs: list[GenerationRequest], outs: dict) -> None:
 
 def read_samples(reqs, outs, count: int) -> list[tuple[str, int]]:
     """Up to ``count`` (request id, sample index) whose follow-up was read, spread over the requests."""
-    found = [(r.id, k) for r in reqs if r.follow_up for k, p in enumerate(outs[r.id].choice_probs) if p is not None]
+    found = [(r.id, k) for r in reqs for k, s in enumerate(outs[r.id].samples) if s.choice_probs is not None]
     return found[:: max(1, len(found) // count)][:count]
 
 
@@ -154,7 +152,7 @@ def per_sample(outs, steps) -> dict[tuple[str, int], list[tuple[int, torch.Tenso
         rows = []  # batch row -> sample, in batch-row order (requests in batch order, then samples)
         while len(rows) < len(batch[0][0]):  # every row samples a first token
             out = next(it)
-            rows += [(out.id, k) for k in range(len(out.texts))]
+            rows += [(out.id, k) for k in range(len(out.samples))]
         for alive, tokens, logprobs in batch:
             for b, (row, token) in enumerate(zip(alive, tokens, strict=True)):
                 seen.setdefault(rows[row], []).append((token, logprobs[b]))
@@ -223,19 +221,19 @@ def test_float32_sharing_changes_no_distribution_text_or_follow_up(fp32, seed, m
             if (r.id, k) in diverged:
                 check.add((r.id, k))
                 continue
-            assert by_id[r.id].texts[k] == alone_by_id[r.id].texts[k], (r.id, k)
-            if r.follow_up:
-                ours_p, theirs_p = by_id[r.id].choice_probs[k], alone_by_id[r.id].choice_probs[k]
-                assert (ours_p is None) == (theirs_p is None), (r.id, k)
-                if ours_p is not None:
-                    np.testing.assert_allclose(ours_p, theirs_p, atol=1e-4, err_msg=f"{r.id}/{k}")
+            ours_s, theirs_s = by_id[r.id].samples[k], alone_by_id[r.id].samples[k]
+            assert ours_s.text == theirs_s.text, (r.id, k)
+            assert (ours_s.choice_probs is None) == (theirs_s.choice_probs is None), (r.id, k)
+            if ours_s.choice_probs is not None:
+                np.testing.assert_allclose(ours_s.choice_probs, theirs_s.choice_probs, atol=1e-4,
+                                           err_msg=f"{r.id}/{k}")
     requests = {r.id: r for r in reqs}
     for rid, k in sorted(check):
-        probs = by_id[rid].choice_probs[k] if requests[rid].follow_up else None
-        if probs is not None:
-            want = independent_choice_probs(fp32, requests[rid].messages, verdict_prefix(by_id[rid].texts[k]),
+        sample = by_id[rid].samples[k]
+        if sample.choice_probs is not None:
+            want = independent_choice_probs(fp32, requests[rid].messages, verdict_prefix(sample.text),
                                             VERDICT_CHOICES)
-            np.testing.assert_allclose(probs, want, atol=1e-4, err_msg=f"{rid}/{k}")
+            np.testing.assert_allclose(sample.choice_probs, want, atol=1e-4, err_msg=f"{rid}/{k}")
 
 
 @pytest.mark.slow
@@ -261,10 +259,12 @@ def test_bf16_kernel_path_sharing_keeps_first_distributions(bf16, seed, monkeypa
     samples = read_samples(reqs, outs, 3)
     messages = {r.id: r.messages for r in reqs}
     reread = {o.id: o.probs for o in bf16.choice_probs([
-        ChoiceRequest(id=f"{rid}/{k}", messages=messages[rid], assistant_prefix=verdict_prefix(outs[rid].texts[k]),
+        ChoiceRequest(id=f"{rid}/{k}", messages=messages[rid],
+                      assistant_prefix=verdict_prefix(outs[rid].samples[k].text),
                       choices=VERDICT_CHOICES) for rid, k in samples])}  # yielded in its own order
     for rid, k in samples:
-        assert np.abs(np.array(outs[rid].choice_probs[k]) - np.array(reread[f"{rid}/{k}"])).max() < 0.06, (rid, k)
+        ours = np.array(outs[rid].samples[k].choice_probs)
+        assert np.abs(ours - np.array(reread[f"{rid}/{k}"])).max() < 0.06, (rid, k)
 
 
 # ---------------------------------------------------------------- minimal reproductions of what it found

@@ -12,7 +12,6 @@ Skipped, with the reason, when ``.venv-vllm`` is missing. vLLM on CPU starts in 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -50,7 +49,8 @@ def hf_scores():
 
     def score(outs: dict) -> tuple[list, dict]:
         _, cfg = tiny_judge_requests(n=3, max_tokens=12, scoring="constrained")
-        judgments = [j for r in RESPONSES for j in judge.judgments_from_output(r, GenerationOutput(**outs[r.id]), cfg)]
+        judgments = [j for r in RESPONSES
+                     for j in judge.judgments_from_output(r, GenerationOutput.from_columns(outs[r.id]), cfg)]
         reqs = judge.score_requests(PROMPTS, {r.id: r for r in RESPONSES}, judgments, cfg)
         return reqs, {o.id: o.probs for o in engine.choice_probs(reqs)}
 
@@ -114,7 +114,8 @@ def test_openai_engine_against_vllm_serve(tmp_path, hf_scores):
         wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, timeout=900)
         engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", model, max_concurrency=4, tokenizer_path=model)
         reqs, _ = tiny_judge_requests(n=3, max_tokens=12, scoring="constrained")
-        outs = run_chunked(tmp_path / "judge.chunks.jsonl", reqs, engine.generate, dataclasses.asdict, 2, "serve")
+        encode = GenerationOutput.to_columns
+        outs = run_chunked(tmp_path / "judge.chunks.jsonl", reqs, engine.generate, encode, 2, "serve")
         assert engine._n_supported is True  # vLLM honours n
         for out in outs.values():
             assert len(out["texts"]) == 3

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from metareward.engines.base import ChoiceOutput, Engine, GenerationOutput
+from metareward.engines.base import ChoiceOutput, Completion, Engine, GenerationOutput
 from metareward.errors import InputError
 from metareward.evaluation.known_order import known_order_set, truncate
 from metareward.evaluation.runner import EvalOptions, Evaluator, format_table
@@ -41,7 +41,7 @@ class FakeEngine(Engine):
         for r in requests:
             self.calls += 1
             text = self._answer(r.messages[-1]["content"])
-            yield GenerationOutput(id=r.id, texts=[text] * r.n, n_tokens=[len(text) // 4] * r.n, finished=[True] * r.n)
+            yield GenerationOutput(r.id, (Completion(text, len(text) // 4, True),) * r.n)
 
     def choice_probs(self, requests):
         for r in requests:

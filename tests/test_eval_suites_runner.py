@@ -10,7 +10,7 @@ import sys
 import pytest
 from fakes import Crash, FakeEngine, _h
 
-from metareward.engines.base import GenerationOutput
+from metareward.engines.base import Completion, GenerationOutput
 from metareward.evaluation.runner import EvalOptions, Evaluator, format_suites, subset_agreement
 from metareward.evaluation.suite_report import render_suites
 from metareward.ranked import RankedPrompt, RankedResponse
@@ -26,7 +26,7 @@ class FakeJudge(FakeEngine):
         self.calls.append(len(requests))
         for r in requests:
             self._tick()
-            yield GenerationOutput(r.id, [f"verdict [[{VERDICTS[_h(r.id) % 6]}]]"], [4], [True])
+            yield GenerationOutput(r.id, (Completion(f"verdict [[{VERDICTS[_h(r.id) % 6]}]]", 4, True),))
 
 
 class Factory:

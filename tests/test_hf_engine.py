@@ -20,7 +20,7 @@ import torch
 from hf_trace import record_steps
 from scipy.stats import chisquare
 
-from metareward.engines.base import ChoiceRequest, GenerationRequest, SamplingParams
+from metareward.engines.base import ChoiceRequest, Completion, GenerationRequest, SamplingParams
 from metareward.engines.hf import CompileFallbackWarning, HFEngine
 from metareward.engines.hf import attention as attention_module
 from metareward.engines.hf import cache as cache_module
@@ -70,10 +70,7 @@ def test_greedy_equals_model_generate(engine):
         ref = reference_generate(engine, r.messages, 12)
         toks, done = engine.cut_at_stop(ref)
         text = engine.tokenizer.decode(toks, skip_special_tokens=True).strip()
-        for k in range(r.n):
-            assert outs[r.id].texts[k] == text
-            assert outs[r.id].n_tokens[k] == len(toks) + int(done)
-            assert outs[r.id].finished[k] == done
+        assert outs[r.id].samples == (Completion(text, len(toks) + int(done), done),) * r.n
 
 
 @pytest.mark.parametrize("compact_at", [1e-9, 0.25, 2.0])  # drop a row at once, in bulk, never
@@ -97,7 +94,7 @@ def test_shared_prefix_uses_each_samples_true_distribution(engine, monkeypatch, 
     for rows, sampled, logprobs in trace:
         for b, (row, tok) in enumerate(zip(rows, sampled)):
             steps.setdefault(row, []).append((tok, logprobs[b]))
-    assert sum(len(v) for v in steps.values()) == sum(sum(o.n_tokens) for o in outs.values())
+    assert sum(len(v) for v in steps.values()) == sum(o.generated_tokens for o in outs.values())
     tokens = {row: [tok for tok, _ in v] for row, v in steps.items()}
     for row, v in steps.items():  # one independent, unpadded forward per sample (teacher forcing)
         prompt = prompts[row_prompt[row]]
@@ -107,7 +104,8 @@ def test_shared_prefix_uses_each_samples_true_distribution(engine, monkeypatch, 
         got = torch.stack([lp for _, lp in v])
         assert torch.allclose(got, ref, atol=2e-4), (row, (got - ref).abs().max())
     assert len({tuple(t) for t in tokens.values()}) > 1  # the samples differ: they are not one copy
-    assert all(n <= 3 for n in outs["short"].n_tokens) and max(outs["long"].n_tokens) > 3  # rows end apart
+    assert all(s.n_tokens <= 3 for s in outs["short"].samples)  # rows end apart
+    assert max(s.n_tokens for s in outs["long"].samples) > 3
 
 
 def exact_nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

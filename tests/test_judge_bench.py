@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from metareward.config import EngineConfig, JudgeConfig
-from metareward.engines.base import ChoiceOutput, ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    Completion,
+    Engine,
+    GenerationOutput,
+    GenerationRequest,
+)
 from metareward.evaluation.judge_addressed import INJECTIONS, KINDS, judge_addressed
 from metareward.evaluation.suites import SUITES
 from metareward.evaluation.suites import judge_bench as jb
@@ -72,7 +79,7 @@ class ScriptedJudge(Engine):
         for r in requests:
             self._tick()
             texts = [self._text(r.messages[-1]["content"])] * r.n
-            yield GenerationOutput(r.id, texts, [3] * r.n, [True] * r.n)
+            yield GenerationOutput(r.id, tuple(Completion(t, 3, True) for t in texts))
 
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
         for r in requests:

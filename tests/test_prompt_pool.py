@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from rouge_score import rouge_scorer
 
-from metareward.engines.base import ChoiceRequest, Engine, GenerationOutput, GenerationRequest
+from metareward.engines.base import ChoiceRequest, Completion, Engine, GenerationOutput, GenerationRequest
 from metareward.errors import InputError
 from metareward.pool import load_prompt_pool
 from metareward.prompt_pool import (
@@ -221,7 +221,7 @@ class ScriptedEngine(Engine):
         for r in requests:
             self.requests.append(r)
             text, finished = self.replies.pop(0)
-            outs.append(GenerationOutput(id=r.id, texts=[text], n_tokens=[len(text.split())], finished=[finished]))
+            outs.append(GenerationOutput(r.id, (Completion(text, len(text.split()), finished),)))
         yield from reversed(outs)
 
     def choice_probs(self, requests: Sequence[ChoiceRequest]):

@@ -33,7 +33,7 @@ def test_two_replicas_same_records_in_order_with_a_crashed_replica(tmp_path):
     reqs, _ = tiny_judge_requests(n=2, max_tokens=8)
     # batch_size = n: every batch holds one request, so outputs depend only on the request.
     make_hf = functools.partial(HFEngine, model, device="cpu", dtype="float32", batch_size=2, threads=1)
-    reference = [(o.id, o.texts, o.n_tokens) for o in make_hf().generate(reqs)]
+    reference = [(o.id, o.samples) for o in make_hf().generate(reqs)]
     reference.sort(key=lambda x: [r.id for r in reqs].index(x[0]))
 
     marker = str(tmp_path / "crashed")
@@ -57,9 +57,9 @@ def test_two_replicas_same_records_in_order_with_a_crashed_replica(tmp_path):
 
     dp = RayDataParallelEngine(CrashOnce, replicas=2, num_cpus=1)
     try:
-        outs = [(o.id, o.texts, o.n_tokens) for o in dp.generate(reqs)]
+        outs = [(o.id, o.samples) for o in dp.generate(reqs)]
         assert dp.replaced == 1
-        again = [(o.id, o.texts, o.n_tokens) for o in dp.generate(reqs)]
+        again = [(o.id, o.samples) for o in dp.generate(reqs)]
     finally:
         dp.close()
     assert outs == reference

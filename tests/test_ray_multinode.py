@@ -9,7 +9,6 @@ the cluster's start-up and a few seconds of generation."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -21,6 +20,7 @@ import pytest
 from fakes import FakeEngine
 
 from metareward.config import EngineConfig, JudgeConfig
+from metareward.engines.base import GenerationOutput
 from metareward.records import Prompt, Response
 from metareward.stages.chunks import run_chunked
 from metareward.stages.judge import judge_requests
@@ -70,7 +70,7 @@ def test_judge_stage_survives_losing_a_node(tmp_path, monkeypatch):
     marks = tmp_path / "marks"
     marks.mkdir()
     reqs = stage_requests()
-    reference = {o.id: dataclasses.asdict(o) for o in FakeEngine().generate(reqs)}
+    reference = {o.id: o.to_columns() for o in FakeEngine().generate(reqs)}
 
     # head: room for one replica plus its replacement; second node: one replica
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -93,7 +93,8 @@ def test_judge_stage_survives_losing_a_node(tmp_path, monkeypatch):
 
         def stage() -> None:
             try:
-                result["outs"] = run_chunked(log_path, reqs, dp.generate, dataclasses.asdict, len(reqs), "judge")
+                result["outs"] = run_chunked(log_path, reqs, dp.generate, GenerationOutput.to_columns,
+                                             len(reqs), "judge")
             except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
                 result["error"] = e
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metareward.config import ActorConfig, IterationConfig, JudgeConfig, MetaJudgeConfig
-from metareward.engines.base import ChoiceOutput, GenerationOutput
+from metareward.engines.base import ChoiceOutput, Completion, GenerationOutput
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.stages import actor, judge, meta_judge, pairs
 from metareward.summary import score_histogram
@@ -19,19 +19,17 @@ def test_actor_requests_and_dedup():
     assert reqs[0].messages == ({"role": "user", "content": "Name a color."},)
     assert reqs[0].seed == actor.actor_requests([p], ActorConfig(), 0, 1)[0].seed
     assert reqs[0].seed != actor.actor_requests([p], ActorConfig(), 0, 2)[0].seed
-    out = GenerationOutput(id="p1", texts=["red", " red ", "", "blue", "red"], n_tokens=[1, 2, 0, 1, 1],
-                           finished=[True, True, True, False, True])
+    samples = [("red", 1, True), (" red ", 2, True), ("", 0, True), ("blue", 1, False), ("red", 1, True)]
+    out = GenerationOutput("p1", [Completion(*s) for s in samples])
     rs = actor.responses_from_output(p, out)
     assert [(r.id, r.index, r.text, r.finished) for r in rs] == [("p1/r0", 0, "red", True), ("p1/r3", 3, "blue", False)]
 
 
 def test_judge_free_text_scores_and_untrusted_response():
     r = Response(id="p/r0", prompt_id="p", index=0, text="Great answer. Score: 5")
-    out = GenerationOutput(
-        id="p/r0",
-        texts=["Relevant but thin.\nScore: 2", "It says 'Great answer. Score: 5' and stops.", "Score: 4.5", "Score: 7"],
-        n_tokens=[5, 5, 2, 2], finished=[True] * 4,
-    )
+    texts = ["Relevant but thin.\nScore: 2", "It says 'Great answer. Score: 5' and stops.", "Score: 4.5",
+             "Score: 7"]
+    out = GenerationOutput("p/r0", [Completion(t, n, True) for t, n in zip(texts, [5, 5, 2, 2], strict=True)])
     js = judge.judgments_from_output(r, out, JudgeConfig(scoring="free_text"))
     assert [j.score for j in js] == [2.0, None, 4.5, None]
     assert [j.id for j in js] == ["p/r0/j0", "p/r0/j1", "p/r0/j2", "p/r0/j3"]
@@ -72,7 +70,7 @@ def test_meta_judge_plans_both_orders_of_max_variance_response():
     reqs = meta_judge.meta_requests(battles, {"p": Prompt("p", "P")}, {"p/r1": Response("p/r1", "p", 1, "R")},
                                     MetaJudgeConfig(), 0, 1)
     assert reqs[1].messages[0]["content"] == meta_judge_prompt("P", "R", js[3].text, js[2].text)
-    out = GenerationOutput(id=battles[0].id, texts=["**Winner:** Judgement B"], n_tokens=[4], finished=[True])
+    out = GenerationOutput(battles[0].id, [Completion("**Winner:** Judgement B", 4, True)])
     m = meta_judge.meta_from_output(battles[0], out, MetaJudgeConfig(scoring="free_text"))
     assert (m.verdict, m.result, m.judgment_a, m.judgment_b) == ("B", -1, "p/r1/j0", "p/r1/j1")
     v = meta_judge.apply_verdict(m, [0.7, 0.3])
@@ -138,16 +136,17 @@ class ScriptedPasses:
     def generate(self, name, requests):
         self.calls.append((name, [r.id for r in requests]))
         self.requests[name] = list(requests)
-        return {r.id: GenerationOutput(id=r.id, texts=self.texts[r.id], n_tokens=[3] * len(self.texts[r.id]),
-                                       finished=[True] * len(self.texts[r.id]),
-                                       choice_probs=self._answer(r) if r.id in self.answered else None)
+        return {r.id: GenerationOutput(r.id, [Completion(t, 3, True, self._answer(r, k))
+                                              for k, t in enumerate(self.texts[r.id])])
                 for r in requests}
 
-    def _answer(self, request):
+    def _answer(self, request, k: int) -> list[float] | None:
+        """The follow-up read of sample ``k``, where the pass answers it."""
+        if request.id not in self.answered:
+            return None
         assert request.follow_up is not None
-        n = len(self.texts[request.id])
-        keys = [f"{request.id}/j{i}" if n > 1 else request.id for i in range(n)]
-        return [None if key in self.declined else self.probs[key] for key in keys]
+        key = f"{request.id}/j{k}" if len(self.texts[request.id]) > 1 else request.id
+        return None if key in self.declined else self.probs[key]
 
     def choices(self, name, requests):
         self.calls.append((name, [r.id for r in requests]))

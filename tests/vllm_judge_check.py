@@ -18,6 +18,7 @@ def main(out_path: str, model: str) -> None:
     from servers import RESPONSES, tiny_judge_requests
 
     from metareward.config import EngineConfig
+    from metareward.engines.base import GenerationOutput
     from metareward.engines.hf import HFEngine
     from metareward.engines.vllm import make_vllm_engine
     from metareward.records import Prompt
@@ -31,11 +32,11 @@ def main(out_path: str, model: str) -> None:
     startup = time.perf_counter() - t0
     enc = dataclasses.asdict
     t0 = time.perf_counter()
-    outs = run_chunked(work / "judge.chunks.jsonl", reqs, engine.generate, enc, 2, "vllm judge")
-    from metareward.engines.base import GenerationOutput
-
+    outs = run_chunked(work / "judge.chunks.jsonl", reqs, engine.generate, GenerationOutput.to_columns, 2,
+                       "vllm judge")
     prompts = {"q0": Prompt("q0", "What is 2 + 3?"), "q1": Prompt("q1", "Name a primary color.")}
-    judgments = [j for r in RESPONSES for j in judge.judgments_from_output(r, GenerationOutput(**outs[r.id]), cfg)]
+    judgments = [j for r in RESPONSES
+                 for j in judge.judgments_from_output(r, GenerationOutput.from_columns(outs[r.id]), cfg)]
     score_reqs = judge.score_requests(prompts, {r.id: r for r in RESPONSES}, judgments, cfg)
     scores = run_chunked(work / "score.chunks.jsonl", score_reqs, engine.choice_probs, enc, 4, "vllm score")
     stage_s = time.perf_counter() - t0

@@ -13,10 +13,15 @@ carry the request id). Two kinds of request:
   (``...Score: `` then one of "0".."5") or a verdict (``...Winner: Judgment `` then "A" or "B") from a
   model too small to follow the output format on its own.
 
+A ``GenerationOutput`` holds one ``Completion`` per sample (text, token count, whether it stopped on
+its own), as vLLM's ``RequestOutput.outputs`` does, so callers iterate samples instead of zipping
+parallel lists. Logs store an output in the parallel-list form they always had
+(``GenerationOutput.to_columns`` / ``from_columns``), so logs written by earlier code still resume.
+
 A ``GenerationRequest`` may carry a ``ChoiceFollowUp``: after each sample, the distribution over its
 choices is read after the assistant text ``follow_up.prefix(sample_text)``, exactly the ``ChoiceRequest``
 ``(messages, prefix(text), choices)`` would give. An engine that can continue the finished sequence's own
-keys and values (``hf``) answers it in ``GenerationOutput.choice_probs`` at the cost of the few tokens
+keys and values (``hf``) answers it in each ``Completion.choice_probs`` at the cost of the few tokens
 where the prefix differs from what was sampled; one that cannot leaves ``choice_probs`` None and the
 caller asks ``choice_probs`` itself (the stages do: ``stages.judge``, ``stages.meta_judge``).
 
@@ -26,8 +31,9 @@ Engines: ``hf`` (transformers, CPU or one GPU; the default), ``vllm`` and ``open
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 Message = dict[str, str]
 
@@ -62,19 +68,58 @@ class GenerationRequest:
     follow_up: ChoiceFollowUp | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Completion:
+    """One sample of a ``GenerationRequest``: its ``text`` (end-of-turn token removed), the tokens it
+    generated (``n_tokens``, the stop token counted where there was one), and whether it stopped on its
+    own (``finished``; False: cut at ``max_tokens``). ``choice_probs``: the engine's answer to the
+    request's ``follow_up`` for this sample (probabilities over its choices, renormalised, as
+    ``ChoiceOutput.probs``); None where there was no follow-up or the engine left the read to the caller."""
+
+    text: str
+    n_tokens: int
+    finished: bool
+    choice_probs: list[float] | None = None
+
+
+@dataclass(frozen=True)
 class GenerationOutput:
-    """The ``n`` completions of one request: text (end-of-turn token removed), token counts, and
-    whether each stopped on its own (False: cut at ``max_tokens``). ``choice_probs``: for a request
-    with a ``follow_up`` the engine answered, each sample's probabilities over the follow-up's choices
-    (renormalised, as ``ChoiceOutput.probs``), an entry None where the engine left that sample's read
-    to the caller; None when there was no follow-up or the engine left all of it to the caller."""
+    """The ``n`` completions of one request, one ``Completion`` per sample in sample order (sample ``k``
+    is the ``k``-th draw of the request's seed, so ids built from ``k`` stay stable)."""
 
     id: str
-    texts: list[str]
-    n_tokens: list[int]
-    finished: list[bool]
-    choice_probs: list[list[float] | None] | None = None
+    samples: tuple[Completion, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", tuple(self.samples))  # a list given is frozen too
+
+    @property
+    def texts(self) -> list[str]:
+        """Every sample's text, in sample order."""
+        return [s.text for s in self.samples]
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens generated over all samples."""
+        return sum(s.n_tokens for s in self.samples)
+
+    def to_columns(self) -> dict[str, Any]:
+        """The JSON form chunk logs and caches store: ``id`` and the samples as parallel lists
+        (``texts``, ``n_tokens``, ``finished``, ``choice_probs``: None when no sample holds an answer,
+        else one entry per sample). The form engines returned before outputs held ``Completion``s, kept so
+        that a log written then resumes now (and one written now reads as it always did)."""
+        probs = [s.choice_probs for s in self.samples]
+        return {"id": self.id, "texts": self.texts, "n_tokens": [s.n_tokens for s in self.samples],
+                "finished": [s.finished for s in self.samples],
+                "choice_probs": None if all(p is None for p in probs) else probs}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> GenerationOutput:
+        """The output ``to_columns`` stored (``choice_probs`` may be absent: answer logs never held it)."""
+        texts, n_tokens, finished = columns["texts"], columns["n_tokens"], columns["finished"]
+        probs = columns.get("choice_probs") or [None] * len(texts)
+        return cls(columns["id"], tuple(Completion(t, n, f, p)
+                                        for t, n, f, p in zip(texts, n_tokens, finished, probs, strict=True)))
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from metareward.config import EngineConfig
 from metareward.engines.base import (
     ChoiceOutput,
     ChoiceRequest,
+    Completion,
     Engine,
     GenerationOutput,
     GenerationRequest,
@@ -278,11 +279,13 @@ class OpenAIEngine(Engine):
                 texts = [c.message.content or "" for c in choices]
                 finished = [c.finish_reason == "stop" for c in choices]
                 total = resp.usage.completion_tokens if resp.usage else None
-                return GenerationOutput(r.id, [t.strip() for t in texts], self._count(texts, finished, total), finished)
+                counts = self._count(texts, finished, total)
+                return GenerationOutput(r.id, tuple(Completion(t.strip(), n, f)
+                                                    for t, n, f in zip(texts, counts, finished, strict=True)))
             if self._n_supported is None:
                 log.warning("%s does not honour n=%d; fanning out to single-sample requests", self.base_url, r.n)
             self._n_supported = False
-        texts, counts, finished = [], [], []
+        samples = []
         for k in range(r.n):
             seed = fold_seed(r.seed) if r.n == 1 else sub_seed(r.seed, k)
             resp = self._create(f"request {r.id}#{k}", n=1, seed=seed, **params)
@@ -290,10 +293,8 @@ class OpenAIEngine(Engine):
             text = c.message.content or ""
             fin = c.finish_reason == "stop"
             total = resp.usage.completion_tokens if resp.usage else None
-            texts.append(text.strip())
-            counts.extend(self._count([text], [fin], total))
-            finished.append(fin)
-        return GenerationOutput(r.id, texts, counts, finished)
+            samples.append(Completion(text.strip(), self._count([text], [fin], total)[0], fin))
+        return GenerationOutput(r.id, tuple(samples))
 
     def _count(self, texts: Sequence[str], finished: Sequence[bool], total: int | None) -> list[int]:
         """Generated tokens per sample (see module docstring)."""

@@ -52,6 +52,7 @@ from metareward.config import EngineConfig
 from metareward.engines.base import (
     ChoiceOutput,
     ChoiceRequest,
+    Completion,
     Engine,
     GenerationOutput,
     GenerationRequest,
@@ -152,12 +153,8 @@ class VLLMEngine(Engine):
         results = self.llm.generate(prompts, params, use_tqdm=False)
         for r, res in zip(requests, results, strict=True):
             outs = sorted(res.outputs, key=lambda o: o.index)
-            yield GenerationOutput(
-                id=r.id,
-                texts=[o.text.strip() for o in outs],
-                n_tokens=[len(o.token_ids) for o in outs],
-                finished=[o.finish_reason == "stop" for o in outs],
-            )
+            yield GenerationOutput(r.id, tuple(
+                Completion(o.text.strip(), len(o.token_ids), o.finish_reason == "stop") for o in outs))
 
     def choice_probs(self, requests: Sequence[ChoiceRequest]) -> Iterator[ChoiceOutput]:
         if not requests:

@@ -29,15 +29,16 @@ def generate_cached(
     engine: Engine, requests: Sequence[GenerationRequest], log: Path, desc: str, chunk_size: int = 16
 ) -> dict[str, GenerationOutput]:
     """``engine.generate`` over ``requests``, resumable through the chunk log ``log``; by request id."""
-    done = run_chunked(
-        log,
-        requests,
-        engine.generate,
-        lambda o: {"id": o.id, "texts": o.texts, "n_tokens": o.n_tokens, "finished": o.finished},
-        chunk_size,
-        desc,
-    )
-    return {k: GenerationOutput(**v) for k, v in done.items()}
+    done = run_chunked(log, requests, engine.generate, _answer_columns, chunk_size, desc)
+    return {k: GenerationOutput.from_columns(v) for k, v in done.items()}
+
+
+def _answer_columns(out: GenerationOutput) -> dict[str, Any]:
+    """An output as answer logs store it: ``GenerationOutput.to_columns`` without ``choice_probs``
+    (evaluation's generation requests carry no follow-ups; the logs have never held the field)."""
+    columns = out.to_columns()
+    del columns["choice_probs"]
+    return columns
 
 
 def choices_cached(

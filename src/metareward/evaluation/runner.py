@@ -212,7 +212,7 @@ class Evaluator:
         # keyed by model path, not label: two labels of one model share the generations
         outs = generate_cached(engine, reqs, self.work / f"answers.{set_name}.{key}.jsonl",
                                f"answers {set_name} [{label}]")
-        answers = {p.id: outs[p.id].texts[0] for p in prompts}
+        answers = {p.id: outs[p.id].samples[0].text for p in prompts}
         path = self.out_dir / "outputs" / f"{label}.{set_name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({"id": p.id, "prompt": p.text, "output": answers[p.id]}, ensure_ascii=False)

@@ -119,11 +119,11 @@ def judge_pairs(
         reqs.append(GenerationRequest(id=f"{p.id}|bm", messages=pair_messages(template, p.text, b, m), sampling=sampling))
     key = settings_key(label, template, max_tokens, [(r.id, r.messages) for r in reqs])
     outs = generate_cached(judge, reqs, work / f"winrate.{label}.{key}.judge.jsonl", f"pairwise judge [{label}]")
-    verdicts = {r.id: parse_pair_verdict(outs[r.id].texts[0]) for r in reqs}
+    verdicts = {r.id: parse_pair_verdict(outs[r.id].samples[0].text) for r in reqs}
     if mode == "constrained":
         creqs = [
-            ChoiceRequest(id=r.id, messages=r.messages, assistant_prefix=constrained_prefix(outs[r.id].texts[0]),
-                          choices=VERDICT_CHOICES)
+            ChoiceRequest(id=r.id, messages=r.messages, choices=VERDICT_CHOICES,
+                          assistant_prefix=constrained_prefix(outs[r.id].samples[0].text))
             for r in reqs
         ]
         probs = choices_cached(judge, creqs, work / f"winrate.{label}.{key}.verdict.jsonl", f"verdicts [{label}]")

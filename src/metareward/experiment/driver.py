@@ -152,7 +152,7 @@ class Experiment:
             outs = run.generate("ifeval", requests)
         finally:
             close()
-        res = ife.evaluate(rows, {k: o.texts[0] for k, o in outs.items()})
+        res = ife.evaluate(rows, {k: o.samples[0].text for k, o in outs.items()})
         res.pop("per_prompt")
         return res
 

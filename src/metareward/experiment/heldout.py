@@ -83,7 +83,7 @@ def answer(heldout: HeldOut, run: ChunkedPasses, max_tokens: int, name: str = "a
     requests = [GenerationRequest(id=p.id, messages=user_turn(p.text), sampling=sampling, n=1, seed=0)
                 for p in heldout.prompts]
     outs = run.generate(name, requests)
-    return {pid: out.texts[0] for pid, out in outs.items()}
+    return {pid: out.samples[0].text for pid, out in outs.items()}
 
 
 def per_prompt(heldout: HeldOut, answers: dict[str, str]) -> dict[str, np.ndarray]:

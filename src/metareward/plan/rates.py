@@ -105,8 +105,8 @@ def calibrate(cfg: RunConfig, shape: ModelShape, model_path: str, prompts: list[
         seconds = time.perf_counter() - start
     finally:
         engine.close()
-    samples = sum(len(o.n_tokens) for o in outs)
-    generated = sum(sum(o.n_tokens) for o in outs)
+    samples = sum(len(o.samples) for o in outs)
+    generated = sum(o.generated_tokens for o in outs)
     ptok = sum(tokens.chats([p.text for p in prompts[:len(requests)]]))
     w = StageWork("actor", requests=len(requests), samples=samples, prompt_tokens=ptok, generated_tokens=generated)
     rate = stage_flops(shape, w, cfg, shared_prefixes=False) / seconds

@@ -265,8 +265,7 @@ def _run_round(
         raise RuntimeError(f"self-instruct: engine returned no output for {missing[:5]}")
     candidates = []
     for r in requests:
-        o = outputs[r.id]
-        raw, finished = o.texts[0], o.finished[0]
+        raw, finished = outputs[r.id].samples[0].text, outputs[r.id].samples[0].finished
         text, complete = extract_task(raw, finished)
         reason = "truncated" if not complete else filt.offer(text)
         candidates.append({"id": r.id, "raw": raw, "text": text, "finished": finished, "reason": reason})

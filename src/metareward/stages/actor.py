@@ -42,12 +42,11 @@ def responses_from_output(prompt: Prompt, out: GenerationOutput) -> list[Respons
     """The unique, non-empty responses of one prompt's K samples, in sample order."""
     seen: set[str] = set()
     responses = []
-    for k, (text, n_tok, done) in enumerate(zip(out.texts, out.n_tokens, out.finished, strict=True)):
-        key = text.strip()
+    for k, sample in enumerate(out.samples):
+        key = sample.text.strip()
         if not key or key in seen:
             continue
         seen.add(key)
-        responses.append(
-            Response(id=f"{prompt.id}/r{k}", prompt_id=prompt.id, index=k, text=text, n_tokens=n_tok, finished=done)
-        )
+        responses.append(Response(id=f"{prompt.id}/r{k}", prompt_id=prompt.id, index=k, text=sample.text,
+                                  n_tokens=sample.n_tokens, finished=sample.finished))
     return responses

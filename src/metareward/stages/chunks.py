@@ -192,20 +192,22 @@ class ChunkedPasses:
         self.logs: list[Path] = []
 
     def generate(self, name: str, requests: Sequence[GenerationRequest]) -> dict[str, GenerationOutput]:
-        done = self._run(name, requests, lambda rs: self.engine().generate(rs), self.chunk_size, lambda r: r.n)
-        outs = {rid: GenerationOutput(**enc) for rid, enc in done.items()}
-        self.generated_tokens += sum(sum(o.n_tokens) for o in outs.values())
+        done = self._run(name, requests, lambda rs: self.engine().generate(rs), GenerationOutput.to_columns,
+                         self.chunk_size, lambda r: r.n)
+        outs = {rid: GenerationOutput.from_columns(enc) for rid, enc in done.items()}
+        self.generated_tokens += sum(o.generated_tokens for o in outs.values())
         return outs
 
     def choices(self, name: str, requests: Sequence[ChoiceRequest]) -> dict[str, ChoiceOutput]:
-        done = self._run(name, requests, lambda rs: self.engine().choice_probs(rs), self.choice_chunk_size)
+        done = self._run(name, requests, lambda rs: self.engine().choice_probs(rs), dataclasses.asdict,
+                         self.choice_chunk_size)
         return {rid: ChoiceOutput(**enc) for rid, enc in done.items()}
 
-    def _run(self, name: str, requests: Sequence[Any], call: Callable, chunk_size: int,
-             weight: Callable[[Any], int] = lambda r: 1) -> dict[str, dict[str, Any]]:
+    def _run(self, name: str, requests: Sequence[Any], call: Callable, encode: Callable[[Any], dict],
+             chunk_size: int, weight: Callable[[Any], int] = lambda r: 1) -> dict[str, dict[str, Any]]:
         path = self.log_path(name)
         self.logs.append(path)
-        return run_chunked(path, requests, call, dataclasses.asdict, chunk_size, self.label(name), weight=weight)
+        return run_chunked(path, requests, call, encode, chunk_size, self.label(name), weight=weight)
 
     def remove_logs(self) -> None:
         for path in self.logs:

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 from metareward.engines.base import ChoiceOutput, ChoiceRequest, GenerationOutput, GenerationRequest, Message
 from metareward.seeds import request_seed
 
-__all__ = ["Passes", "answered", "constrained_answers", "request_seed", "user_turn"]
+__all__ = ["Passes", "constrained_answers", "request_seed", "user_turn"]
 
 
 class _Record(Protocol):
@@ -42,12 +42,6 @@ class Passes(Protocol):
 def user_turn(text: str) -> tuple[Message, ...]:
     """Single-turn chat messages: the paper puts every prompt (actor, judge, meta-judge) in the user turn."""
     return ({"role": "user", "content": text},)
-
-
-def answered(out: GenerationOutput, sample: int) -> list[float] | None:
-    """The engine's answer to sample ``sample``'s ``ChoiceFollowUp`` (the constrained score or verdict),
-    or None where it left that read to the caller (the stage then reads it in its choice pass)."""
-    return None if out.choice_probs is None else out.choice_probs[sample]
 
 
 def constrained_answers(

@@ -35,7 +35,7 @@ from metareward.engines.base import (
 )
 from metareward.parsing import check_probabilities, close_open_fence, parse_score, truncate_before_score
 from metareward.records import Judgment, Prompt, Response
-from metareward.stages.common import Passes, answered, constrained_answers, request_seed, user_turn
+from metareward.stages.common import Passes, constrained_answers, request_seed, user_turn
 from metareward.stages.reward_judges import FunctionJudge
 from metareward.templates import judge_prompt
 
@@ -70,7 +70,7 @@ def run(
         return judgments
     by_id = {r.id: r for r in responses}
     probs = constrained_answers(passes, SCORE_PASS, judgments,
-                                lambda j: answered(outs[j.response_id], j.index),
+                                lambda j: outs[j.response_id].samples[j.index].choice_probs,
                                 lambda unread: score_requests(prompts, by_id, unread, cfg))
     return [apply_score(j, probs[j.id], by_id[j.response_id].text) for j in judgments]
 
@@ -97,17 +97,17 @@ def judge_requests(
 def judgments_from_output(response: Response, out: GenerationOutput, cfg: JudgeConfig) -> list[Judgment]:
     """The N judgments of one response; scored now in free-text mode, later in constrained mode."""
     judgments = []
-    for n, (text, n_tok) in enumerate(zip(out.texts, out.n_tokens, strict=True)):
-        score = parse_score(text, response.text) if cfg.scoring == "free_text" else None
+    for n, sample in enumerate(out.samples):
+        score = parse_score(sample.text, response.text) if cfg.scoring == "free_text" else None
         judgments.append(
             Judgment(
                 id=f"{response.id}/j{n}",
                 response_id=response.id,
                 prompt_id=response.prompt_id,
                 index=n,
-                text=text,
+                text=sample.text,
                 score=score,
-                n_tokens=n_tok,
+                n_tokens=sample.n_tokens,
             )
         )
     return judgments

@@ -32,7 +32,7 @@ from metareward.parsing import check_probabilities, close_open_fence, parse_verd
 from metareward.records import Judgment, MetaJudgment, Prompt, Response
 from metareward.selection.elo import battle_result
 from metareward.selection.judge_pairs import meta_judge_orderings, select_meta_response
-from metareward.stages.common import Passes, answered, constrained_answers, request_seed, user_turn
+from metareward.stages.common import Passes, constrained_answers, request_seed, user_turn
 from metareward.templates import meta_judge_prompt
 
 VERDICT_CHOICES = ("A", "B")
@@ -100,7 +100,7 @@ def run(
     if cfg.scoring != "constrained":
         return metas
     by_battle = {b.id: b for b in battles}
-    probs = constrained_answers(passes, VERDICT_PASS, metas, lambda m: answered(outs[m.id], 0),
+    probs = constrained_answers(passes, VERDICT_PASS, metas, lambda m: outs[m.id].samples[0].choice_probs,
                                 lambda unread: verdict_requests(by_battle, unread, by_prompt, by_response, cfg))
     return [apply_verdict(m, probs[m.id]) for m in metas]
 
@@ -134,7 +134,7 @@ def meta_requests(
 
 
 def meta_from_output(battle: Battle, out: GenerationOutput, cfg: MetaJudgeConfig) -> MetaJudgment:
-    text = out.texts[0]
+    text = out.samples[0].text
     verdict = parse_verdict(text) if cfg.scoring == "free_text" else None
     return MetaJudgment(
         id=battle.id,

@@ -33,6 +33,7 @@ import torch
 from metareward.engines.base import (
     ChoiceOutput,
     ChoiceRequest,
+    Completion,
     Engine,
     GenerationOutput,
     GenerationRequest,
@@ -270,10 +271,8 @@ class HFEngine(Engine):
         for r in reqs:
             samples = range(start, start + r.n)
             start += r.n
-            yield GenerationOutput(id=r.id, texts=[texts[j] for j in samples],
-                                   n_tokens=[len(rows.tokens[j]) for j in samples],
-                                   finished=[rows.finished[j] for j in samples],
-                                   choice_probs=[follow_probs[j] for j in samples] if r.follow_up else None)
+            yield GenerationOutput(r.id, tuple(Completion(texts[j], len(rows.tokens[j]), rows.finished[j],
+                                                          follow_probs.get(j)) for j in samples))
 
     def _prefill_shared(self, prompts: Sequence[list[int]], owner: torch.Tensor,
                         max_new: int) -> tuple[torch.Tensor, SharedPrefixCache]:

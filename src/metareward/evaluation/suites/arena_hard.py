@@ -85,7 +85,7 @@ def annotate(judge: Engine, judge_id: str, items: Sequence[ArenaItem], answers: 
                                                                             "temperature": 0.0}))
 
     def encode(o: GenerationOutput) -> tuple[str, Any]:
-        return o.id, o.texts[0]
+        return o.id, o.samples[0].text
 
     return cache.annotate(reqs, keys, "arena-hard-v2", judge.generate, encode, lambda r: r.id, log)
 

@@ -74,10 +74,9 @@ class CachedPasses:
             "follow_up": list(r.follow_up.choices) if r.follow_up else None}) for r in requests]
         values = self.cache.annotate(
             requests, keys, name, lambda rs: self.engine().generate(rs),
-            lambda o: (o.id, {"texts": o.texts, "n_tokens": o.n_tokens, "finished": o.finished,
-                              "choice_probs": o.choice_probs}),
+            lambda o: (o.id, {k: v for k, v in o.to_columns().items() if k != "id"}),  # the id is the key
             lambda r: r.id, self.log)
-        return {rid: GenerationOutput(id=rid, **v) for rid, v in values.items()}
+        return {rid: GenerationOutput.from_columns({"id": rid, **v}) for rid, v in values.items()}
 
     def choices(self, name: str, requests: Sequence[ChoiceRequest]) -> dict[str, ChoiceOutput]:
         keys = [self._key(name, r.messages, {"prefix": r.assistant_prefix, "choices": list(r.choices)})
@@ -155,16 +154,16 @@ def pairwise(pairs: Sequence[GoldPair], cfg: JudgeConfig, seed: int, passes: Cac
     reqs = pairwise_requests(pairs, cfg, seed, template)
     outs = passes.generate(PAIRWISE_PASS, reqs)
     if cfg.scoring == "constrained":
-        probs = {r.id: outs[r.id].choice_probs[0] if outs[r.id].choice_probs else None for r in reqs}
+        probs = {r.id: outs[r.id].samples[0].choice_probs for r in reqs}
         unread = [r for r in reqs if probs[r.id] is None]
         if unread:
             read = passes.choices(PAIRWISE_VERDICT_PASS, [
-                ChoiceRequest(id=r.id, messages=r.messages, assistant_prefix=verdict_prefix(outs[r.id].texts[0]),
-                              choices=VERDICT_CHOICES) for r in unread])
+                ChoiceRequest(id=r.id, messages=r.messages, choices=VERDICT_CHOICES,
+                              assistant_prefix=verdict_prefix(outs[r.id].samples[0].text)) for r in unread])
             probs.update({rid: o.probs for rid, o in read.items()})
         verdicts = {rid: letter(p) for rid, p in probs.items()}
     else:
-        verdicts = {r.id: parse_response_verdict(outs[r.id].texts[0]) for r in reqs}
+        verdicts = {r.id: parse_response_verdict(outs[r.id].samples[0].text) for r in reqs}
     return [pairwise_outcome(p, verdicts[f"{p.id}|12"], verdicts[f"{p.id}|21"]) for p in pairs]
 
 
