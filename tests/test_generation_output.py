@@ -9,6 +9,7 @@ logs literally, as that code wrote them, and resume the judge stage from them.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from fakes import FakeEngine
@@ -16,7 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metareward.config import JudgeConfig
-from metareward.engines.base import Completion, GenerationOutput
+from metareward.engines.base import Completion, GenerationOutput, GenerationRequest, SamplingParams
+from metareward.engines.openai import OpenAIEngine, sub_seed
+from metareward.engines.vllm import VLLMEngine
 from metareward.records import Judgment, Prompt, Response
 from metareward.stages import judge
 from metareward.stages.chunks import ChunkedPasses
@@ -54,6 +57,55 @@ completions = st.builds(Completion, st.text(), st.integers(0, 4096), st.booleans
 def test_columns_round_trip_through_json(rid, samples):
     out = GenerationOutput(rid, samples)
     assert GenerationOutput.from_columns(json.loads(json.dumps(out.to_columns()))) == out
+
+
+# ------------------------------------------------------- engines without a model here: replies to samples
+# (the engines against real servers and vLLM: tests/test_engine_openai.py and tests/test_engine_vllm.py)
+
+REQUEST = GenerationRequest("q", ({"role": "user", "content": "Hi."},), SamplingParams(max_tokens=8), n=2, seed=5)
+
+
+def reply(choices, completion_tokens):
+    """A chat-completion reply: ``choices`` as (index, text, finish reason)."""
+    return SimpleNamespace(usage=SimpleNamespace(completion_tokens=completion_tokens), choices=[
+        SimpleNamespace(index=i, message=SimpleNamespace(content=t), finish_reason=f) for i, t, f in choices])
+
+
+def test_openai_engine_gives_one_completion_per_choice_in_index_order(monkeypatch):
+    eng = OpenAIEngine("http://127.0.0.1:9/v1", "judge", check_model=False)
+    monkeypatch.setattr(eng, "_create", lambda what, **params: reply([(1, "  bb ", "length"), (0, "a", "stop")], 9))
+    (out,) = eng.generate([REQUEST])
+    # no local tokenizer: the reply's 9 tokens split by characters, 1 : 5 (texts as sent, before stripping)
+    assert out == GenerationOutput("q", (Completion("a", 2, True), Completion("bb", 8, False)))
+
+
+def test_openai_engine_fanned_out_gives_one_completion_per_single_sample_request(monkeypatch):
+    eng = OpenAIEngine("http://127.0.0.1:9/v1", "judge", check_model=False)
+    asked = []
+
+    def create(what, n, seed, **params):
+        asked.append((n, seed))
+        if n > 1:
+            return reply([(0, "one sample only", "stop")], 4)  # a server that ignores n
+        k = len(asked) - 2
+        return reply([(0, f" s{k}", "stop" if k else "length")], 3 + k)
+
+    monkeypatch.setattr(eng, "_create", create)
+    (out,) = eng.generate([REQUEST])
+    assert asked[1:] == [(1, sub_seed(5, 0)), (1, sub_seed(5, 1))]
+    assert out == GenerationOutput("q", (Completion("s0", 3, False), Completion("s1", 4, True)))
+
+
+def test_vllm_engine_gives_one_completion_per_sample_in_index_order():
+    """``VLLMEngine.generate`` on a stand-in for ``vllm.LLM`` (vLLM's outputs, one ``CompletionOutput``
+    per sample, in any order): no vLLM is needed to check what the engine makes of them."""
+    eng = VLLMEngine.__new__(VLLMEngine)  # no model: the attributes generate reads
+    eng.render, eng.stop_ids, eng._SamplingParams = (lambda messages: [1, 2]), [0], dict
+    samples = [SimpleNamespace(index=1, text=" b ", token_ids=[5, 6, 7], finish_reason="length"),
+               SimpleNamespace(index=0, text="a", token_ids=[4, 0], finish_reason="stop")]
+    eng.llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: [SimpleNamespace(outputs=samples)])
+    (out,) = eng.generate([REQUEST])
+    assert out == GenerationOutput("q", (Completion("a", 2, True), Completion("b", 3, False)))
 
 
 # ------------------------------------------------------------- resuming from a chunk log written before

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from metareward.engines.base import ChoiceFollowUp, GenerationRequest, SamplingParams
+from metareward.engines.base import ChoiceFollowUp, Completion, GenerationRequest, SamplingParams
 from metareward.engines.hf import rows as rows_module
 from metareward.engines.hf.rows import DecodeRows
 from metareward.engines.hf.schedule import cut_batches
@@ -87,6 +87,14 @@ def test_texts_drop_the_stop_token():
     rows.record(torch.tensor([3, 0]), 1)
     rows.record(torch.tensor([4, 9]), 2)
     assert rows.texts(Tokenizer()) == ["3-4", ""]
+
+
+def test_completions_count_the_stop_token_and_carry_follow_up_answers():
+    rows = make_rows([request(2, 3, follow=True), request(1, 1)], lazy=False)
+    rows.record(torch.tensor([5, 0, 7]), 1)  # row 1 stops at once; row 2 reaches its budget
+    rows.record(torch.tensor([0, 9, 9]), 2)  # row 0 stops
+    assert rows.completions(["a", "", "c"], {0: [0.5, 0.5], 1: [1.0, 0.0]}) == [
+        Completion("a", 2, True, [0.5, 0.5]), Completion("", 1, True, [1.0, 0.0]), Completion("c", 1, False)]
 
 
 def test_cut_batches():

@@ -33,7 +33,6 @@ import torch
 from metareward.engines.base import (
     ChoiceOutput,
     ChoiceRequest,
-    Completion,
     Engine,
     GenerationOutput,
     GenerationRequest,
@@ -267,12 +266,11 @@ class HFEngine(Engine):
         if rows.follow:
             follow_probs = self._follow_ups(cache, rows.requests, rows.follow, rows.tokens, texts, prompt_len,
                                             remainder_valid, rows.park_last(cache))
+        samples = rows.completions(texts, follow_probs)
         start = 0
-        for r in reqs:
-            samples = range(start, start + r.n)
+        for r in reqs:  # rows are in request order, a request's samples in sample order
+            yield GenerationOutput(r.id, tuple(samples[start:start + r.n]))
             start += r.n
-            yield GenerationOutput(r.id, tuple(Completion(texts[j], len(rows.tokens[j]), rows.finished[j],
-                                                          follow_probs.get(j)) for j in samples))
 
     def _prefill_shared(self, prompts: Sequence[list[int]], owner: torch.Tensor,
                         max_new: int) -> tuple[torch.Tensor, SharedPrefixCache]:

@@ -9,11 +9,11 @@ step are ``alive`` (original index of each batch row), which shrinks as finished
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from metareward.engines.base import GenerationRequest
+from metareward.engines.base import Completion, GenerationRequest
 from metareward.engines.hf.cache import SharedPrefixCache
 
 COMPACT_AT = 0.25  # off the C++ kernels' path, finished rows leave the batch once they are this fraction of it
@@ -87,3 +87,10 @@ class DecodeRows:
         """Each row's text: its tokens decoded without the stop token, special tokens skipped, stripped."""
         return [tokenizer.decode(t[:-1] if f else t, skip_special_tokens=True).strip()
                 for t, f in zip(self.tokens, self.finished, strict=True)]
+
+    def completions(self, texts: Sequence[str], follow_probs: Mapping[int, list[float]]) -> list[Completion]:
+        """Each row's sample as the engine returns it: its text (``texts``), the tokens it generated (the
+        stop token counted), whether it stopped on its own, and its follow-up's answer where one was read
+        (``follow_probs``, by row)."""
+        return [Completion(text, len(tokens), finished, follow_probs.get(r))
+                for r, (text, tokens, finished) in enumerate(zip(texts, self.tokens, self.finished, strict=True))]
