@@ -72,6 +72,21 @@ def test_sigterm_raises_terminated_once_and_the_handler_is_restored():
     assert issubclass(cli.Terminated, KeyboardInterrupt)  # every Ctrl-C clean-up path runs for SIGTERM too
 
 
+def test_a_sigterm_swallowed_by_a_bare_except_is_raised_again_by_the_next_one():
+    """langdetect's profile loader (reached by the verifier's language check) turns any exception, ours
+    included, into its own error, which the checker logs and ignores: the next SIGTERM must still stop us."""
+    swallowed = 0
+    with pytest.raises(cli.Terminated), cli.sigterm_as_interrupt() as term:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except BaseException:  # noqa: BLE001 - what a library's bare `except:` does
+            swallowed += 1
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert swallowed == 1 and term == [signal.SIGTERM]
+
+
 @pytest.mark.parametrize(("how", "code", "message"), [
     ("sigterm", 143, "metareward: terminated (SIGTERM); " + RESUME),
     ("sigint", 130, "metareward: interrupted; " + RESUME),

@@ -80,18 +80,23 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[list[int]]:
-    """While the block runs, SIGTERM raises ``Terminated`` in the main thread (once; later ones are
-    ignored). Yields a list that holds the signal number once one arrived, so the caller can tell a
-    SIGTERM even when the clean-up it started raised something else. Off the main thread: no-op."""
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread. Yields a list that holds
+    the signal number once one arrived, so the caller can tell a SIGTERM even when the clean-up it
+    started raised something else. Off the main thread: no-op.
+
+    Every SIGTERM raises, not only the first: a library with a bare ``except:`` (langdetect's profile
+    loader, reached through the verifier's language check, is one) can swallow the first ``Terminated``
+    and carry on, and the process would then run until SIGKILL. A repeated SIGTERM may interrupt the
+    clean-up the first one started, as a second Ctrl-C does; every record write is atomic, so that
+    loses at most the chunk in flight."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
 
     def on_term(signum: int, frame: object) -> None:
-        if received:
-            return
-        received.append(signum)
+        if not received:
+            received.append(signum)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, on_term)
