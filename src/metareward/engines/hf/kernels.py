@@ -17,8 +17,10 @@ Build: ``torch.utils.cpp_extension.load`` compiles the sources once per machine 
 for the host CPU with ``-march=native``) into torch's extension cache; later processes load the cached
 library. The build directory's name carries a hash of the source, the compiler
 flags and the CPU's feature flags, so a cache shared between machines never hands one CPU another's
-code. Where the build fails (no compiler, no OpenMP), ``load_decode_kernel`` warns once and returns
-None, and the engine decodes through batched matmuls instead (the same numerics up to rounding).
+code, and of the sources' directory: torch's build file names the sources by absolute path, so two
+checkouts sharing one build directory would each rebuild it whenever the other had loaded it. Where
+the build fails (no compiler, no OpenMP), ``load_decode_kernel`` warns once and returns None, and the
+engine decodes through batched matmuls instead (the same numerics up to rounding).
 
 Assumptions checked by the kernel: bf16, contiguous CPU tensors; key buffers padded to whole
 ``KEY_BLOCK`` s of positions; head dimension 64 or 128; 1-8 query heads per KV head.
@@ -67,6 +69,7 @@ def load_decode_kernel(portable: bool = False):
     cflags = CFLAGS + (["-DMETAREWARD_NO_BF16_DOT"] if portable else [])
     key = hashlib.sha256(
         b"".join(path.read_bytes() for path in SOURCES + HEADERS) + " ".join(cflags).encode()
+        + str(SOURCES[0].parent.resolve()).encode()
         + " ".join(sorted(cpu_flags()) or [platform.processor()]).encode() + torch.__version__.encode()
     ).hexdigest()[:12]
     try:
