@@ -156,10 +156,10 @@ def remainders_one_apart_from_a_feed_chunk(engine) -> list[GenerationRequest]:
     (a row with no real continuation position yet, attending to its root alone)."""
     from metareward.engines.hf.schedule import FEED_CHUNK
 
-    question = "Summarise the rules of chess for a beginner in plain words. " * 12
+    question = "Summarise the rules of chess for a beginner in plain words. " * 6  # a root over min_shared
     short = [{"role": "user", "content": question}]
-    for words in range(1, 200):
-        long = [{"role": "user", "content": question + "Also mention castling. " * words}]
+    for words in range(1, 200):  # one token a word: the first fit is 1 + FEED_CHUNK
+        long = [{"role": "user", "content": question + "Also mention" + " apple" * words}]
         root_of, cut = shared_roots([engine.render(short), engine.render(long)], engine.min_shared)
         width = max(len(p) - c for p, c in zip([engine.render(short), engine.render(long)], cut, strict=True))
         if root_of[0] == root_of[1] and width % FEED_CHUNK == 1 and width > FEED_CHUNK:
