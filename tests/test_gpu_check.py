@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_hf_engine_section_runs_and_reports_without_a_gpu(tmp_path):
+    """The smallest run the script's options allow: one prompt (its four responses, two judged three times
+    each); ``--vllm-python ''``: only this interpreter is probed for vLLM (no vLLM section runs here)."""
     out = tmp_path / "report.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--only", "hf_engine",
-                           "--prompts", "2", "--threads", "2", "--out", str(out)],
+                           "--prompts", "1", "--threads", "2", "--vllm-python", "", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "NO GPU" in done.stdout
