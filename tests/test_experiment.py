@@ -132,3 +132,15 @@ def test_pair_agreement_counts_pairs_by_constraints_satisfied():
 
     pairs = [pair("the river", "a, b"), pair("a, b", "river"), pair("river, x", "plain"), pair("x", "y")]
     assert ho.pair_agreement(pairs, cons) == {"more": 1, "fewer": 1, "equal": 2}
+
+
+def test_per_constraint_counts_satisfied_prompts_per_constraint_kind():
+    from metareward.records import Prompt
+    from metareward.verifiable.constraints import Constraint
+
+    comma, river = Constraint("punctuation:no_comma"), Constraint("keywords:existence", {"keywords": ["river"]})
+    heldout = ho.HeldOut([Prompt("a", "Write."), Prompt("b", "Write.")], {"a": [comma, river], "b": [comma]})
+    assert ho.per_constraint(heldout, {"a": "the river, flowing", "b": "no commas here"}) == {
+        "keywords:existence": {"satisfied": 1, "prompts": 1},
+        "punctuation:no_comma": {"satisfied": 1, "prompts": 2},
+    }

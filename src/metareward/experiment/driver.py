@@ -114,7 +114,8 @@ class Experiment:
             run = self._folder(engine, label, "answers", {
                 "model": model_path, "heldout": [p.id for p in self.heldout.prompts],
                 "answer_max_tokens": self.exp.answer_max_tokens})
-            table = ho.per_prompt(self.heldout, ho.answer(self.heldout, run, self.exp.answer_max_tokens))
+            answers = ho.answer(self.heldout, run, self.exp.answer_max_tokens)
+            table = ho.per_prompt(self.heldout, answers)
             judged = None
             if self.pairs:
                 judge_key = settings_key(dataclasses.asdict(cfg.judge))  # arms judge with their own settings
@@ -124,7 +125,8 @@ class Experiment:
                 judged = ho.judge_accuracy(self.heldout, self.pairs, cfg.judge, run)
         finally:
             close()
-        out: dict[str, Any] = {"model": model_path, **ho.accuracy(table), "judge_vs_verifier": judged}
+        out: dict[str, Any] = {"model": model_path, **ho.accuracy(table), "judge_vs_verifier": judged,
+                               "per_constraint": ho.per_constraint(self.heldout, answers)}
         if self.seed_table is None:
             self.seed_table = table
         else:

@@ -86,6 +86,20 @@ def answer(heldout: HeldOut, run: ChunkedPasses, max_tokens: int, name: str = "a
     return {pid: out.samples[0].text for pid, out in outs.items()}
 
 
+def per_constraint(heldout: HeldOut, answers: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per constraint kind (IFEval instruction id), how many of the held-out prompts carrying it the
+    answers satisfy (strict) out of how many carry it: shows which constraints a gain comes from (a
+    model that only learned to be brief gains on length limits and loses on bullet lists)."""
+    counts: dict[str, dict[str, int]] = {}
+    for p in heldout.prompts:
+        v = heldout.check(p, answers[p.id])
+        for constraint, ok in zip(heldout.constraints[p.id], v.strict, strict=True):
+            c = counts.setdefault(constraint.id, {"satisfied": 0, "prompts": 0})
+            c["satisfied"] += int(ok)
+            c["prompts"] += 1
+    return dict(sorted(counts.items()))
+
+
 def per_prompt(heldout: HeldOut, answers: dict[str, str]) -> dict[str, np.ndarray]:
     """Per held-out prompt (in order): all strict, all loose, constraints satisfied strict and loose,
     constraints in all, answer length in characters."""
