@@ -74,8 +74,8 @@ def test_vllm_engine_judge_stage(tmp_path, hf_scores):
     assert r["repeat_same"]
     # a stage with more seeded prompt tokens than one engine step runs (vLLM 0.32 on CPU crashed there)
     many = r["many_prompts"]
-    assert many["outputs"] == many["requests"] == 42 and many["texts_per_output"] == [2]
-    assert many["prompt_tokens"] > 16384
+    assert many["outputs"] == many["requests"] == 6 and many["texts_per_output"] == [2]
+    assert many["prompt_tokens"] > 2 * many["step_tokens"]
     # close() ends vLLM's engine-core process (which holds the weights and KV cache): the engine ran in a
     # child process, and that process, the engine core and every other process of its group are gone
     assert r["vllm_processes_before_close"] and r["vllm_processes_after_close"] == []

@@ -2,7 +2,11 @@
 a constrained-mode judge stage through ``VLLMEngine`` (in its child process, as the loop builds it) on the
 embedded model, with the chunked store the
 loop uses, and the same score requests through ``HFEngine`` for comparison. Writes a JSON report to
-the path given as the first argument. Guarded by ``__main__``: vLLM spawns worker processes."""
+the path given as the first argument. Guarded by ``__main__``: vLLM spawns worker processes.
+
+The engine gets a small step budget (``STEP_TOKENS`` = ``max_num_batched_tokens`` = ``max_model_len``,
+vLLM's settings; the loop leaves vLLM's defaults), so that a stage whose prompts exceed one step takes a
+few judge prompts rather than dozens: the path under test, prompts scheduled across steps, is the same."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+STEP_TOKENS = 1024  # tokens one engine step schedules: one judge prompt (~500 tokens) and part of a second
+
 
 def main(out_path: str, model: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
@@ -20,7 +26,7 @@ def main(out_path: str, model: str) -> None:
     from metareward.config import EngineConfig
     from metareward.engines.base import GenerationOutput
     from metareward.engines.hf import HFEngine
-    from metareward.engines.vllm import make_vllm_engine
+    from metareward.engines.vllm import isolated_vllm_engine
     from metareward.records import Prompt
     from metareward.stages import judge
     from metareward.stages.chunks import run_chunked
@@ -28,7 +34,8 @@ def main(out_path: str, model: str) -> None:
     work = Path(out_path).parent
     reqs, cfg = tiny_judge_requests(n=3, max_tokens=12, scoring="constrained")
     t0 = time.perf_counter()
-    engine = make_vllm_engine(EngineConfig(name="vllm", dtype="float32", threads=2), model)
+    engine = isolated_vllm_engine(EngineConfig(name="vllm", dtype="float32", threads=2), model,
+                                  max_model_len=STEP_TOKENS, max_num_batched_tokens=STEP_TOKENS)
     startup = time.perf_counter() - t0
     enc = dataclasses.asdict
     t0 = time.perf_counter()
@@ -41,8 +48,8 @@ def main(out_path: str, model: str) -> None:
     scores = run_chunked(work / "score.chunks.jsonl", score_reqs, engine.choice_probs, enc, 4, "vllm score")
     stage_s = time.perf_counter() - t0
     again = {o.id: o.texts for o in engine.generate(reqs[:1])}
-    # More seeded prompt tokens than one engine step takes (42 judge prompts of ~500 tokens): vLLM 0.32
-    # on CPU died here when it split a prefill across steps (see VLLMEngine).
+    # More seeded prompt tokens than one engine step takes (6 judge prompts of ~500 tokens, STEP_TOKENS a
+    # step): vLLM 0.32 on CPU died here when it split a prefill across steps (see VLLMEngine).
     from metareward.engines.base import GenerationRequest, SamplingParams
     from metareward.templates import judge_prompt
 
@@ -50,7 +57,7 @@ def main(out_path: str, model: str) -> None:
         GenerationRequest(id=f"many{i}", messages=({"role": "user", "content": judge_prompt(
             f"Question {i}: " + " ".join(["Explain the water cycle in detail."] * 12), r.text)},),
             sampling=SamplingParams(0.8, 0.95, 2), n=2, seed=i)
-        for i, r in enumerate(RESPONSES * 14)
+        for i, r in enumerate(RESPONSES * 2)
     ]
     many_out = list(engine.generate(many))
     many_prompt_tokens = sum(len(engine.render(r.messages)) for r in many)
@@ -90,6 +97,7 @@ def main(out_path: str, model: str) -> None:
         "release": engine.release,
         "repeat_same": again[reqs[0].id] == outs[reqs[0].id]["texts"],
         "many_prompts": {"requests": len(many), "outputs": len(many_out), "prompt_tokens": many_prompt_tokens,
+                         "step_tokens": STEP_TOKENS,
                          "texts_per_output": sorted({len(o.texts) for o in many_out})},
         "scores": {k: v["probs"] for k, v in scores.items()},
         "hf_scores": hf_scores,
