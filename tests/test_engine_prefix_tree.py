@@ -94,14 +94,14 @@ JUDGMENTS = ["The response is correct and concise. Score: 4", "It answers but la
 
 
 def battles(follow_up: bool) -> list[GenerationRequest]:
-    """The meta-judge's six battles of one response (n=2 samples each, to exercise the copies), and one
-    unrelated request in the same batch."""
+    """Three of the meta-judge's battles of one response (each pair of judgments once; n=2 samples each,
+    to exercise the copies), and one unrelated request in the same batch (the last)."""
     reqs = [GenerationRequest(
         id=f"{a}-{b}", messages=({"role": "user", "content": meta_judge_prompt("What is 2+2?", "4", JUDGMENTS[a],
                                                                                JUDGMENTS[b])},),
         sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=12 + 3 * a + b), n=2, seed=3 * a + b,
         follow_up=ChoiceFollowUp(verdict_prefix, VERDICT_CHOICES) if follow_up else None)
-        for a in range(3) for b in range(3) if a != b]
+        for a in range(3) for b in range(3) if a < b]
     reqs.append(GenerationRequest(id="lone", messages=({"role": "user", "content": "Name a colour."},),
                                   sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=8), n=2, seed=99))
     return reqs
@@ -120,7 +120,7 @@ def test_shared_roots_decode_each_samples_true_distribution(engine, monkeypatch)
     reqs = battles(follow_up=False)
     outs, (steps,) = record_steps(engine, reqs)
     prompts = [engine.render(r.messages) for r in reqs]
-    assert len(fed) == 1 and max(len(s) for s in fed[0]) < 200 < min(len(p) for p in prompts[:6])  # shared
+    assert len(fed) == 1 and max(len(s) for s in fed[0]) < 200 < min(len(p) for p in prompts[:-1])  # shared
     order = sharing_order(prompts, engine.min_shared)
     rows = [prompts[i] for i in order for _ in range(reqs[i].n)]  # batch-row order
     per_row: dict[int, list] = {}
@@ -144,7 +144,7 @@ def test_shared_roots_follow_ups_equal_an_independent_forward(engine):
     reqs = battles(follow_up=True)
     outs = {o.id: o for o in engine.generate(reqs)}
     assert all(s.choice_probs is None for s in outs["lone"].samples)
-    for r in reqs[:6]:
+    for r in reqs[:-1]:
         for s in outs[r.id].samples:
             np.testing.assert_allclose(s.choice_probs, independent_choice_probs(
                 engine, r.messages, verdict_prefix(s.text), VERDICT_CHOICES), atol=1e-4)
