@@ -24,19 +24,22 @@ from metareward.verifiable.verify import verify  # noqa: E402
 POOL = "builtin:verifiable_train"
 
 
-def dpo_loss_on(model_path: str, ref_path: str, pairs: list[PreferencePair], beta: float) -> float:
-    """Mean DPO loss of ``model_path`` against ``ref_path`` on ``pairs`` (TRL's tokenization)."""
+def pair_logps(model_path: str, pairs: list[PreferencePair]) -> torch.Tensor:
+    """Summed log-probabilities of each pair's (chosen, rejected) under ``model_path`` (TRL's tokenization)."""
     from metareward.training.common import load_for_training
-    from metareward.training.dpo_native import dpo_loss, reference_logps, tokenize_pair
+    from metareward.training.dpo_native import reference_logps, tokenize_pair
 
-    logps = []
-    for path in (model_path, ref_path):
-        loaded = load_for_training(path, "float32", threads=0)
-        rows = [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": p.chosen, "rejected": p.rejected}
-                for p in pairs]
-        items = [tokenize_pair(loaded.tokenizer, r, 1024) for r in rows]
-        logps.append(reference_logps(loaded.model, items, 4, loaded.tokenizer.pad_token_id))
-    (policy, ref) = logps
+    loaded = load_for_training(model_path, "float32", threads=0)
+    rows = [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": p.chosen, "rejected": p.rejected}
+            for p in pairs]
+    items = [tokenize_pair(loaded.tokenizer, r, 1024) for r in rows]
+    return reference_logps(loaded.model, items, 4, loaded.tokenizer.pad_token_id)
+
+
+def dpo_loss_on(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> float:
+    """Mean DPO loss of the policy's pair log-probabilities against the reference's."""
+    from metareward.training.dpo_native import dpo_loss
+
     loss, _, _ = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta)
     return float(loss.mean())
 
@@ -45,7 +48,7 @@ def dpo_loss_on(model_path: str, ref_path: str, pairs: list[PreferencePair], bet
 def test_one_control_iteration_prefers_satisfied_constraints_and_lowers_the_dpo_loss(tmp_path):
     cfg = RunConfig(run_dir=str(tmp_path / "run"), prompts=POOL, mode="self-rewarding")
     cfg.judge.kind, cfg.judge.n = "verifier", 1
-    cfg.engine.threads, cfg.engine.batch_size = 1, 64
+    cfg.engine.threads, cfg.engine.batch_size = 2, 64
     cfg.actor.k, cfg.actor.max_tokens = 4, 48
     cfg.training.backend, cfg.training.learning_rate, cfg.training.epochs = "native", 5e-5, 2
     cfg.training.batch_size, cfg.training.gradient_accumulation, cfg.training.warmup_ratio = 4, 1, 0.0
@@ -66,7 +69,8 @@ def test_one_control_iteration_prefers_satisfied_constraints_and_lowers_the_dpo_
         assert p.chosen_score == pytest.approx(5 * chosen.satisfied / chosen.total, abs=1e-6)
 
     trained = str(it.model)
-    before = dpo_loss_on(resolve_model(cfg.model), resolve_model(cfg.model), pairs, cfg.training.beta)
-    after = dpo_loss_on(trained, resolve_model(cfg.model), pairs, cfg.training.beta)
+    seed = pair_logps(resolve_model(cfg.model), pairs)  # the reference, and the policy before training
+    before = dpo_loss_on(seed, seed, cfg.training.beta)
+    after = dpo_loss_on(pair_logps(trained, pairs), seed, cfg.training.beta)
     assert before == pytest.approx(math.log(2), abs=1e-6)
     assert after < before - 0.01
