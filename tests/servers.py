@@ -111,10 +111,11 @@ def _group_alive(pgid: int) -> bool:
 
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of ``upstream`` that answers every ``every``-th POST itself with
-    429 (odd failures) or 500 (even failures) instead of forwarding it. Records the Authorization headers
-    it saw, so a test can check the API key was sent."""
+    429 (odd failures) or 500 (even failures) instead of forwarding it (``every=0``: never). Records the
+    Authorization headers it saw, so a test can check the API key was sent. ``refuse_n``: a POST asking for
+    ``n`` > 1 gets HTTP 400 (as some servers answer), without reaching ``upstream``."""
 
-    def __init__(self, upstream: str, every: int):
+    def __init__(self, upstream: str, every: int, refuse_n: bool = False):
         self.upstream, self.every = upstream.rstrip("/").removesuffix("/v1"), every
         self.posts = 0
         self.failures = 0
@@ -152,9 +153,11 @@ class FaultProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if refuse_n and int(json.loads(body).get("n") or 1) > 1:
+                    return self._send(400, json.dumps({"error": {"message": "'n' must be 1 on this server"}}).encode())
                 with proxy.lock:
                     proxy.posts += 1
-                    fail = proxy.posts % proxy.every == 0
+                    fail = proxy.every > 0 and proxy.posts % proxy.every == 0
                     if fail:
                         proxy.failures += 1
                     nth = proxy.failures

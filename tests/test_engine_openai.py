@@ -3,7 +3,7 @@
 
 A judge stage runs through it with the chunked store the loop uses; fault tests inject 429/500 replies
 through a proxy (the engine retries and the records equal a fault-free run, none duplicated) and kill
-the server mid-stage (the rerun after a restart resumes and gives the same records). The API key is
+the server mid-stage (the rerun, against a live server, resumes and gives the same records). The API key is
 checked to reach the server and to appear in no log, output or file. ``vllm serve`` as the server is
 tested in ``test_engine_vllm.py`` (it takes minutes to start on CPU)."""
 
@@ -106,7 +106,9 @@ def test_faults_429_500_are_retried_and_nothing_is_duplicated(server, model, ref
             assert SECRET not in f.read_text(errors="replace")
 
 
-def test_server_killed_mid_stage_then_rerun_resumes(model, reference, tmp_path):
+def test_server_killed_mid_stage_then_rerun_resumes(server, model, reference, tmp_path):
+    """A server dies in the second chunk: the stage fails; rerun against a live server (the module's: a
+    restarted one would be the same weights behind another process), it resumes at that chunk."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     reqs, _ = tiny_judge_requests()
@@ -129,28 +131,22 @@ def test_server_killed_mid_stage_then_rerun_resumes(model, reference, tmp_path):
     finally:
         stop(proc)
 
-    proc = start_server(model, port)
-    try:
-        eng = OpenAIEngine(url, model, max_concurrency=2, tokenizer_path=model)
-        chunks_called.clear()
+    eng = OpenAIEngine(server, model, max_concurrency=2, tokenizer_path=model)
+    chunks_called.clear()
 
-        def call(chunk):
-            chunks_called.append([r.id for r in chunk])
-            return eng.generate(chunk)
+    def call(chunk):
+        chunks_called.append([r.id for r in chunk])
+        return eng.generate(chunk)
 
-        out = run_chunked(log_path, reqs, call, encode, 1, "resumed")
-        eng.close()
-    finally:
-        stop(proc)
+    out = run_chunked(log_path, reqs, call, encode, 1, "resumed")
+    eng.close()
     assert chunks_called == [["q0/r1"], ["q1/r0"]]  # the finished chunk was not redone
     assert out == reference
 
 
-def test_n_fans_out_when_the_server_rejects_it(model, tmp_path):
-    port = free_port()
-    proc = start_server(model, port, "--no-n")
-    try:
-        eng = OpenAIEngine(f"http://127.0.0.1:{port}/v1", model, max_concurrency=2, tokenizer_path=model)
+def test_n_fans_out_when_the_server_rejects_it(server, model, tmp_path):
+    with FaultProxy(server, every=0, refuse_n=True) as proxy:  # the module's server, refusing n > 1
+        eng = OpenAIEngine(proxy.url, model, max_concurrency=2, tokenizer_path=model)
         reqs, _ = tiny_judge_requests(n=3, max_tokens=8)
         outs = {o.id: o for o in eng.generate(reqs[:2])}
         assert eng._n_supported is False
@@ -164,10 +160,8 @@ def test_n_fans_out_when_the_server_rejects_it(model, tmp_path):
                                                  ("0", "1", "2", "3", "4", "5"))]))
         # a model the server does not serve
         with pytest.raises(InputError, match="serves"):
-            OpenAIEngine(f"http://127.0.0.1:{port}/v1", "some/other-model")
+            OpenAIEngine(proxy.url, "some/other-model")
         eng.close()
-    finally:
-        stop(proc)
 
 
 def test_seeds():
