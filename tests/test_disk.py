@@ -197,10 +197,10 @@ def temporaries(run_dir: str) -> list[str]:
     return [str(Path(d, n)) for d, dirs, fs in os.walk(run_dir) for n in dirs + fs if is_temporary(Path(n))]
 
 
-def full_disk_then_freed(tmp_path: Path, run_dir: Path, fill, free_all) -> None:
+def full_disk_then_freed(tmp_path: Path, run_dir: Path, fill, free_all) -> list[str]:
     """The issue's sequence: too little space for the model (stopped before training), then space that
     passes the check but not the save (the OS error), then space freed: the rerun's records equal an
-    undisturbed run's, and no temporary is ever left."""
+    undisturbed run's, and no temporary is ever left. Returns the two errors' messages, in order."""
     ref = make_cfg(tmp_path / "ref", tmp_path / "ref" / "run")
     run(ref)
     cfg = make_cfg(tmp_path / "full", run_dir)
@@ -208,18 +208,21 @@ def full_disk_then_freed(tmp_path: Path, run_dir: Path, fill, free_all) -> None:
     fill(PARAMS * 4 - (1 << 20))  # 1 MiB short of the model's weights
     with pytest.raises(DiskError) as e:
         run(cfg)
+    messages = [str(e.value)]
     assert "\n" not in str(e.value)
     assert str(e.value).startswith(f"{model}: DPO (1M parameters: model save) needs about 3.8 MiB but only ")
     assert temporaries(run_dir) == [] and not model.exists()
     fill(PARAMS * 4 + EXTRA // 2)  # the weights fit, the tokenizer does not: the OS refuses mid-save
     with pytest.raises(DiskError, match=rf"^{model}: saving the model failed: No space left on device \(") as e:
         run(cfg)
+    messages.append(str(e.value))
     assert "\n" not in str(e.value)
     assert temporaries(run_dir) == [] and not model.exists()
     free_all()
     run(cfg)
     assert records(cfg.run_dir) == records(ref.run_dir)
     assert temporaries(run_dir) == [] and (model / "model.safetensors").stat().st_size == PARAMS * 4
+    return messages
 
 
 @pytest.fixture
@@ -244,7 +247,10 @@ def test_full_disk_on_a_real_small_filesystem(tmp_path, small_tmpfs):
             for start in range(0, size, 1 << 20):
                 f.write(b"\1" * min(1 << 20, size - start))
 
-    full_disk_then_freed(tmp_path, small_tmpfs / "run", fill, lambda: ballast.unlink())
+    before_training, mid_save = full_disk_then_freed(tmp_path, small_tmpfs / "run", fill, lambda: ballast.unlink())
+    assert "needs about 3.8 MiB" in before_training
+    assert "No space left on device" in mid_save  # the real filesystem's own ENOSPC, not a simulated one
+    assert not ballast.exists()
 
 
 def test_full_disk_simulated(tmp_path, monkeypatch):
@@ -261,8 +267,11 @@ def test_full_disk_simulated(tmp_path, monkeypatch):
         real_write(self, folder, **kwargs)
 
     monkeypatch.setattr(Bytes, "save_pretrained", write_within)
-    full_disk_then_freed(tmp_path, tmp_path / "run", lambda free: state.update(free=free),
-                         lambda: state.update(free=None))
+    before_training, mid_save = full_disk_then_freed(tmp_path, tmp_path / "run", lambda free: state.update(free=free),
+                                                     lambda: state.update(free=None))
+    assert "needs about 3.8 MiB" in before_training
+    assert "saving the model failed: No space left on device" in mid_save
+    assert state["free"] is None
 
 
 def test_the_cli_prints_a_full_disk_as_one_line(tmp_path, monkeypatch, capsys):
