@@ -21,6 +21,7 @@ from metareward.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
+from metareward.errors import InputError
 from metareward.evaluation.judge_addressed import INJECTIONS, KINDS, judge_addressed
 from metareward.evaluation.suites import SUITES
 from metareward.evaluation.suites import judge_bench as jb
@@ -101,7 +102,7 @@ def golds_of(pairs: Sequence[jb.GoldPair]) -> set[str]:
 
 
 def run_suites(tmp_path: Path, engine: Engine, suites=("llmbar", "human-pref"), limit=12, scoring="free_text",
-               judges=("seed",)) -> tuple[dict, list[str]]:
+               judges=("seed",), modes=jbj.MODES) -> tuple[dict, list[str]]:
     made: list[str] = []
 
     def make(spec: JudgeSpec) -> Engine:
@@ -111,7 +112,8 @@ def run_suites(tmp_path: Path, engine: Engine, suites=("llmbar", "human-pref"), 
     cfg = JudgeConfig(n=2, max_tokens=16, scoring=scoring)
     specs = [(label, JudgeSpec(ref=label, path=f"model-{label}", engine=EngineConfig())) for label in judges]
     cache = AnnotationCache(tmp_path / "annotations.jsonl")
-    block = jbj.evaluate(suites, specs, make, cfg, cache, limit=limit, seed=0, rounds=200, log=lambda s: None)
+    block = jbj.evaluate(suites, specs, make, cfg, cache, limit=limit, seed=0, rounds=200, log=lambda s: None,
+                         modes=modes)
     return block, made
 
 
@@ -246,6 +248,45 @@ def test_a_garbage_judge_is_counted_invalid_never_scored(tmp_path, scoring):
         o = block["human-pref"]["results"]["seed"][mode]["overall"]
         assert (o["invalid"], o["correct"], o["wrong"], o["ties"]) == (9, 0, 0, 0)
         assert o["accuracy"] == 0.5 and o["accuracy_without_ties"] is None
+
+
+class RecordingJudge(ScriptedJudge):
+    """A scripted judge that keeps every user prompt it was asked (generation and choice requests)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts: list[str] = []
+
+    def generate(self, requests):
+        requests = list(requests)
+        self.prompts += [r.messages[-1]["content"] for r in requests]
+        return super().generate(requests)
+
+    def choice_probs(self, requests):
+        requests = list(requests)
+        self.prompts += [r.messages[-1]["content"] for r in requests]
+        return super().choice_probs(requests)
+
+
+@pytest.mark.parametrize("scoring", ["free_text", "constrained"])
+def test_one_way_of_judging_asks_only_its_prompts_and_reports_only_it(tmp_path, scoring):
+    golds = golds_of(all_pairs(("llmbar",), 8))
+    full = RecordingJudge("gold", golds)
+    both, _ = run_suites(tmp_path / "both", full, ("llmbar",), limit=8, scoring=scoring)
+    for mode, other in (("pointwise", "pairwise"), ("pairwise", "pointwise")):
+        engine = RecordingJudge("gold", golds)
+        block, _ = run_suites(tmp_path / mode, engine, ("llmbar",), limit=8, scoring=scoring, modes=(mode,))
+        assert list(block["llmbar"]["results"]["seed"]) == [mode] and other not in block["llmbar"]
+        assert block["llmbar"]["results"]["seed"][mode] == both["llmbar"]["results"]["seed"][mode]
+        pointwise_prompts = [p for p in engine.prompts if "<response>" in p]
+        assert (len(pointwise_prompts) == len(engine.prompts)) == (mode == "pointwise") and engine.prompts
+    assert len(full.prompts) > len(engine.prompts)
+
+
+@pytest.mark.parametrize("modes", [(), ("pointwise", "listwise")])
+def test_an_unknown_way_of_judging_is_refused_before_any_judge_loads(tmp_path, modes):
+    with pytest.raises(InputError, match="judge modes: .*expected one or both of pointwise, pairwise"):
+        run_suites(tmp_path, ScriptedJudge("first"), ("llmbar",), limit=2, modes=modes)
 
 
 class _nothing:

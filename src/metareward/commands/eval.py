@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     p.add_argument("--judge-max-tokens", type=int, default=256, help="judgment length cap (agreement)")
     p.add_argument("--verdict-max-tokens", type=int, default=384,
                    help="pairwise judgment length cap (win rate, Arena-Hard)")
+    p.add_argument("--judge-modes", default="pointwise,pairwise",
+                   help="judge suites: pointwise, pairwise or both, comma-separated (default both; pairwise "
+                        "prompts hold both outputs and take about twice as long)")
     p.add_argument("--scoring", choices=["free_text", "constrained"], default=None,
                    help="judge scoring for agreement (default: the run's judge.scoring, else free_text)")
     p.add_argument("--baseline", default="seed",
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         agreement_limit=args.agreement_limit,
         judge_n=args.judge_n,
         judge_max_tokens=args.judge_max_tokens,
+        judge_modes=tuple(m.strip() for m in args.judge_modes.split(",") if m.strip()),
         verdict_max_tokens=args.verdict_max_tokens,
         scoring=args.scoring or judge.scoring,
         baseline=args.baseline,

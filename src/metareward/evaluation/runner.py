@@ -87,6 +87,7 @@ class EvalOptions:
     judge_base_url: str | None = None  # openai judge: server URL (default: the engine config's)
     judge_api_key_env: str | None = None  # openai judge: name of the variable holding the key
     suite_bootstrap: int = 100  # Arena-Hard bootstrap rounds (upstream's 100)
+    judge_modes: tuple[str, ...] = ("pointwise", "pairwise")  # judge suites: the ways of judging a gold pair
 
 
 def run_models(run_dir: Path) -> tuple[list[tuple[str, str]], EngineConfig, JudgeConfig]:
@@ -295,7 +296,7 @@ class Evaluator:
         cache = suites_run.AnnotationCache(self.out_dir / suites_run.CACHE_FILE)
         return judge_bench_judging.evaluate(suites, judges, self.make_judge, self.judge_cfg(), cache,
                                             limit=self.opts.limit, seed=self.opts.seed,
-                                            rounds=self.opts.bootstrap, log=self.log)
+                                            rounds=self.opts.bootstrap, log=self.log, modes=self.opts.judge_modes)
 
     def suites(self, items: suites_run.SuiteItems, answers: dict[str, dict[str, dict[str, str]]],
                winrates: dict[str, Any]) -> dict[str, Any]:

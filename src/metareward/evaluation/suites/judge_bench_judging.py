@@ -32,6 +32,7 @@ from metareward.engines.base import (
     GenerationRequest,
     SamplingParams,
 )
+from metareward.errors import InputError
 from metareward.evaluation.suites import judge_bench as jb
 from metareward.evaluation.suites.annotation_cache import AnnotationCache, annotation_key
 from metareward.evaluation.suites.judge_bench import GoldPair, Outcome, pairwise_outcome, pointwise_outcome
@@ -48,6 +49,7 @@ from metareward.stages.common import request_seed, user_turn
 from metareward.templates import load_template, pairwise_judge_prompt
 
 PAIRWISE_PASS = "pairwise_judge"
+MODES = ("pointwise", "pairwise")  # the two ways of judging a gold pair, in report order
 PAIRWISE_VERDICT_PASS = "pairwise_verdict"
 VERDICT_CHOICES = ("A", "B")
 PAIRWISE_TEMPLATE = "pairwise_judge.txt"
@@ -186,10 +188,15 @@ def evaluate(
     seed: int = 0,
     rounds: int = 1000,
     log: Callable[[str], None] = print,
+    modes: Sequence[str] = MODES,
 ) -> dict[str, Any]:
-    """The ``suites`` blocks of the judge suites: every judge (label, spec) judges every suite's pairs
-    pointwise and pairwise (one pass each over all suites' pairs, so shared pairs are asked once); a
-    judge whose every answer is cached is never loaded. Block layout in docs/evaluation.md."""
+    """The ``suites`` blocks of the judge suites: every judge (label, spec) judges every suite's pairs in
+    each of ``modes`` (pointwise, pairwise: one pass each over all suites' pairs, so shared pairs are asked
+    once); a judge whose every answer is cached is never loaded. Block layout in docs/evaluation.md.
+    ``modes`` lets a user skip a way of judging (pairwise prompts hold both outputs: the longer pass)."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise InputError(f"judge modes: {', '.join(unknown) or '(none)'}: expected one or both of {', '.join(MODES)}")
     loaded = {s: jb.load_suite(s, limit) for s in suites}
     pairs = [p for s in suites for p in loaded[s][0]]
     results: dict[str, dict[str, Any]] = {s: {} for s in suites}
@@ -198,7 +205,8 @@ def evaluate(
         engine = LazyJudge(lambda spec=spec: make_judge(spec), log)
         passes = CachedPasses(cache, lambda engine=engine: engine, spec.id, log)
         try:
-            by_mode = {"pointwise": pointwise(pairs, cfg, seed, passes), "pairwise": pairwise(pairs, cfg, seed, passes)}
+            ask = {"pointwise": pointwise, "pairwise": pairwise}
+            by_mode = {mode: ask[mode](pairs, cfg, seed, passes) for mode in MODES if mode in modes}
         finally:
             engine.close()
         start = 0
@@ -208,13 +216,16 @@ def evaluate(
             start += n
     settings = {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
                 "scoring": cfg.scoring, "template": cfg.template or "builtin:judge.txt"}
+    mode_settings = {
+        "pointwise": settings,
+        "pairwise": {"template": template_name(None), "temperature": 0.0, "max_tokens": cfg.max_tokens,
+                     "scoring": cfg.scoring, "orders": 2},
+    }
     return {
         s: {
             "kind": "judge_accuracy",
             "judges": {label: {"model": spec.model, "engine": spec.engine.name} for label, spec in judges},
-            "pointwise": settings,
-            "pairwise": {"template": template_name(None), "temperature": 0.0, "max_tokens": cfg.max_tokens,
-                         "scoring": cfg.scoring, "orders": 2},
+            **{mode: mode_settings[mode] for mode in MODES if mode in modes},
             "n": len(loaded[s][0]), "of": loaded[s][1], "strata": jb.strata(loaded[s][0]),
             "bootstrap_rounds": rounds,
             "results": results[s],
