@@ -41,6 +41,14 @@ CASES = [
     ("Explain why the sky is blue.", "Rayleigh scattering."),
 ]
 PREAMBLE = "Reviewer notes, kept verbatim for the record. " * 12  # > FEED_CHUNK tokens
+# The bf16 test's judge prompt, cut to the rubric's gist: what the engine does with it depends only on the
+# prompts sharing a root of over ``min_shared`` tokens (here 81, the chat template's system turn included)
+# and differing after it, not on the rubric's length (the paper's judge prompt is ~300 tokens more per
+# prompt, every one of them prefilled again in bf16 by each generate and choice_probs call).
+SHORT_JUDGE = ("Review the user's question and the corresponding response using the additive 5-point scoring "
+               "system: add a point each for relevance, for addressing most of the question, for a useful answer, "
+               "for a clear and direct one, and for an expert, engaging one.\n\nUser: {}\n\n<response>{}</response>"
+               "\n\nConclude with the score using the format: \"Score: <total points>\"")
 
 
 class Preamble:
@@ -53,12 +61,12 @@ class Preamble:
         return f"{self.words}{text}\nScore: "
 
 
-def requests(budgets=(10, 40, 45)) -> list[GenerationRequest]:
-    prefixes = [ScorePrefix(CASES[0][1]), Preamble("Note. "), Preamble(PREAMBLE)]
+def requests(budgets=(10, 40, 45), preamble=PREAMBLE, prompt=judge_prompt) -> list[GenerationRequest]:
+    prefixes = [ScorePrefix(CASES[0][1]), Preamble("Note. "), Preamble(preamble)]
     out = []
     for i, ((question, response), prefix, budget) in enumerate(zip(CASES, prefixes, budgets, strict=True)):
         out.append(GenerationRequest(
-            id=f"r{i}", messages=({"role": "user", "content": judge_prompt(question, response)},),
+            id=f"r{i}", messages=({"role": "user", "content": prompt(question, response)},),
             sampling=SamplingParams(temperature=0.9, top_p=0.95, max_tokens=budget), n=3, seed=i,
             follow_up=ChoiceFollowUp(prefix, SCORE_CHOICES)))
     out.append(GenerationRequest(id="plain", messages=({"role": "user", "content": "Say hi."},),
@@ -140,7 +148,10 @@ def test_bf16_kernel_path_parks_rows_and_reads_what_choice_probs_reads(fp32_engi
 
     monkeypatch.setattr(FusedDecoder, "kernel_feed", counting_feed)
     monkeypatch.setattr(cache_module.SharedPrefixCache, "promote_rows", lambda self: promoted.append(1) or promote(self))
-    reqs = requests()
+    # the kernels feed a context of any width in one pass (no FEED_CHUNK): the third request's preamble
+    # is two sentences and its rows stop at 12 tokens (their whole context is fed either way); the
+    # "Note. " rows' 40 tokens still grow the buffers past 32 while the 10-token rows are parked
+    reqs = requests(budgets=(10, 40, 12), preamble=PREAMBLE[: len(PREAMBLE) // 6], prompt=SHORT_JUDGE.format)
     outs = {o.id: o for o in bf16.generate(reqs)}
     assert max(parked_at_growth) > 0  # rows finished at 10 tokens were kept through a growth past 32
     assert fed and promoted  # follow-ups fed through kernel_feed; the judge prompts' remainders promoted
