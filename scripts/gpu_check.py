@@ -274,7 +274,9 @@ def section_hf_engine(args) -> dict[str, Any]:
     prompts = _prompts(args.prompts)
     by_id = {p.id: p for p in prompts}
     con_cfg = JudgeConfig(n=3, max_tokens=48, scoring="constrained")
-    actor_reqs = actor.actor_requests(prompts, ActorConfig(k=4, max_tokens=96), run_seed=0, iteration=1)
+    # without a GPU the run checks the section itself (bf16 is slow on most CPUs): 32-token responses
+    actor_reqs = actor.actor_requests(prompts, ActorConfig(k=4, max_tokens=96 if on_gpu else 32), run_seed=0,
+                                      iteration=1)
     greedy_actor = _greedy(actor_reqs)
     out: dict[str, Any] = {"device": device, "prompts": len(prompts)}
     problems: list[str] = []

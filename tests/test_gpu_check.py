@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_hf_engine_section_runs_and_reports_without_a_gpu(tmp_path):
-    """The smallest run the script's options allow: one prompt (its four responses, two judged three times
-    each); ``--vllm-python ''``: only this interpreter is probed for vLLM (no vLLM section runs here)."""
+    """The smallest run the script's options allow: one prompt (its four responses, of 32 tokens without a
+    GPU, two judged three times each); ``--vllm-python ''``: only this interpreter is probed for vLLM (no
+    vLLM section runs here)."""
     out = tmp_path / "report.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--only", "hf_engine",
                            "--prompts", "1", "--threads", "2", "--vllm-python", "", "--out", str(out)],
