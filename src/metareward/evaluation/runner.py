@@ -87,7 +87,7 @@ class EvalOptions:
     judge_base_url: str | None = None  # openai judge: server URL (default: the engine config's)
     judge_api_key_env: str | None = None  # openai judge: name of the variable holding the key
     suite_bootstrap: int = 100  # Arena-Hard bootstrap rounds (upstream's 100)
-    judge_modes: tuple[str, ...] = ("pointwise", "pairwise")  # judge suites: the ways of judging a gold pair
+    judge_modes: tuple[str, ...] = judge_bench.MODES  # judge suites: the ways of judging a gold pair
 
 
 def run_models(run_dir: Path) -> tuple[list[tuple[str, str]], EngineConfig, JudgeConfig]:

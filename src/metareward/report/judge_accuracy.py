@@ -20,10 +20,9 @@ import numpy as np
 
 from metareward.drift import judge_label
 from metareward.evaluation.diagnostics import IterationDiagnostics
-from metareward.evaluation.suites.judge_bench import INJECTION_SUITE, JUDGE_SUITES, PUBLISHED
+from metareward.evaluation.suites.judge_bench import INJECTION_SUITE, JUDGE_SUITES, MODES, PUBLISHED
 from metareward.report.html import figure, fmt, table
 
-MODES = ("pointwise", "pairwise")
 FIGURE = "judge-accuracy"
 COMPARE_FIGURE = "compare-judge-accuracy"
 

@@ -48,6 +48,7 @@ SUBSETS: dict[str, tuple[str, ...]] = {
 INJECTION_SUITE = "judge-injection"
 INJECTION_SOURCE = "natural"  # the gold pairs the injection suite is built from
 JUDGE_SUITES = (*SUBSETS, INJECTION_SUITE)
+MODES = ("pointwise", "pairwise")  # the two ways of judging a gold pair, in report order
 DATA_PACKAGE = "metareward.data"
 DATA_FOLDER = "judge_bench"
 

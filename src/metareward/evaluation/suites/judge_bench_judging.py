@@ -35,7 +35,13 @@ from metareward.engines.base import (
 from metareward.errors import InputError
 from metareward.evaluation.suites import judge_bench as jb
 from metareward.evaluation.suites.annotation_cache import AnnotationCache, annotation_key
-from metareward.evaluation.suites.judge_bench import GoldPair, Outcome, pairwise_outcome, pointwise_outcome
+from metareward.evaluation.suites.judge_bench import (
+    MODES,
+    GoldPair,
+    Outcome,
+    pairwise_outcome,
+    pointwise_outcome,
+)
 from metareward.evaluation.suites.run import JudgeSpec, LazyJudge
 from metareward.parsing import (
     check_probabilities,
@@ -49,7 +55,6 @@ from metareward.stages.common import request_seed, user_turn
 from metareward.templates import load_template, pairwise_judge_prompt
 
 PAIRWISE_PASS = "pairwise_judge"
-MODES = ("pointwise", "pairwise")  # the two ways of judging a gold pair, in report order
 PAIRWISE_VERDICT_PASS = "pairwise_verdict"
 VERDICT_CHOICES = ("A", "B")
 PAIRWISE_TEMPLATE = "pairwise_judge.txt"
